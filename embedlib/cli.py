@@ -1,0 +1,183 @@
+"""The `embedlib` command. Each sub-command parses its options and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from embedlib.corpus.discover import FORMATS
+from embedlib.exceptions import EmbedlibError
+from embedlib.models import DEFAULT_MODEL
+from embedlib.options import METRICS, EmbedOptions, RunOptions
+
+
+def _storage_option(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key, value
+
+
+def add_run_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of how a Ray job runs (shared by every job)."""
+    g = p.add_argument_group("running")
+    g.add_argument(
+        "--address", help="Ray cluster address (default: a running cluster, else a local one)"
+    )
+    g.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    g.add_argument("--workers", type=int, help="encoder actors (default: as many as CPUs allow)")
+    g.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=1.0,
+        help="CPUs per worker (default 1; fractions allowed)",
+    )
+    g.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker (default 0)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--storage-option",
+        type=_storage_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="fsspec storage option for SOURCE and OUT (repeatable), e.g. anon=true",
+    )
+
+
+def add_embed_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `embedlib embed` and `jobs/embed_corpus.py`."""
+    p.add_argument("source", help="corpus: a file, folder or glob on any fsspec URL")
+    p.add_argument("out", help="output embedding set (folder on any fsspec URL)")
+    g = p.add_argument_group("input")
+    g.add_argument("--text-column", default="text", help="column holding the text (default: text)")
+    g.add_argument(
+        "--id-column", help="column holding ids (default: 'id' when present, else path:row)"
+    )
+    g.add_argument("--columns", help="comma-separated passthrough columns to keep (default: all)")
+    g.add_argument(
+        "--format", choices=FORMATS, help="read every file as this format (default: by extension)"
+    )
+    g.add_argument("--shard-rows", type=int, default=10_000, help="rows per shard (default 10000)")
+    g.add_argument(
+        "--on-duplicate",
+        choices=("error", "keep-first"),
+        default="error",
+        help="what duplicate ids do (default: error)",
+    )
+    g = p.add_argument_group("model")
+    g.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"sentence-transformers model name or path (default {DEFAULT_MODEL})",
+    )
+    g.add_argument("--batch-size", type=int, default=64, help="encoder batch size (default 64)")
+    g.add_argument(
+        "--no-normalize", action="store_true", help="keep raw vectors (default: unit length)"
+    )
+    g.add_argument(
+        "--max-seq-length",
+        type=int,
+        help="truncate texts to this many tokens (default: the model's)",
+    )
+    g.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32", help="stored vector type"
+    )
+    g.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="cosine",
+        help="metric hint for the index (default cosine)",
+    )
+    g = p.add_argument_group("output")
+    g.add_argument(
+        "--overwrite", action="store_true", help="discard an existing output and start again"
+    )
+    add_run_arguments(p)
+
+
+def embed_options(args: argparse.Namespace) -> EmbedOptions:
+    return EmbedOptions(
+        model=args.model,
+        text_column=args.text_column,
+        id_column=args.id_column,
+        columns=tuple(c.strip() for c in args.columns.split(",") if c.strip())
+        if args.columns
+        else None,
+        normalize=not args.no_normalize,
+        max_seq_length=args.max_seq_length,
+        dtype=args.dtype,
+        metric=args.metric,
+        shard_rows=args.shard_rows,
+        format=args.format,
+        on_duplicate=args.on_duplicate,
+    )
+
+
+def run_options(args: argparse.Namespace) -> RunOptions:
+    return RunOptions(
+        runner="local" if args.local else "ray",
+        address=args.address,
+        workers=args.workers,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+        batch_size=getattr(args, "batch_size", 64),
+        overwrite=getattr(args, "overwrite", False),
+        progress=not args.no_progress,
+        storage_options=dict(args.storage_option),
+    )
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from embedlib.embed_job import embed_corpus
+
+    report = embed_corpus(args.source, args.out, options=embed_options(args), run=run_options(args))
+    print(report)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from embedlib.demo import run_demo
+
+    run_demo(args.out, run=run_options(args))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="embedlib", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("embed", help="embed a corpus into an embedding set (a Ray job)")
+    add_embed_arguments(p)
+    p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("demo", help="embed the Python standard library docs and run a few queries")
+    p.add_argument(
+        "--out", default="embedlib-demo", help="where the demo writes (default ./embedlib-demo)"
+    )
+    add_run_arguments(p)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except EmbedlibError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: re-run the same command to resume from the committed shards",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

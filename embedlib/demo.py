@@ -1,0 +1,164 @@
+"""The embedded default corpus and `embedlib demo`.
+
+The corpus is the documentation of the installed Python standard library (module, class
+and function docstrings, read from the sources with `ast`, so nothing is imported or
+run), the docstrings of its compiled modules, and the three documents of the classic
+example. It needs no download and is the same on every run of the same Python.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import io
+import sys
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedlib.options import EmbedOptions, RunOptions
+
+CLASSIC = {
+    "classic/cat-video": "cat video",
+    "classic/ml-tutorial": "machine learning tutorial",
+    "classic/cheap-shoes": "buy cheap shoes",
+}
+QUERIES = (
+    "how to train a neural net",
+    "compress a file",
+    "funny animal clip",
+    "parse command line arguments",
+    "send an email",
+)
+_SKIP_PACKAGES = {
+    "test", "tests", "idlelib", "turtledemo", "tkinter", "lib2to3", "ensurepip", "site-packages",
+    "pydoc_data", "__pycache__", "distutils", "venv", "unittest", "msilib", "__phello__",
+}  # fmt: skip
+_MAX_CHARS = 600
+
+
+def _first_paragraph(doc: str) -> str:
+    para = inspect.cleandoc(doc).split("\n\n", 1)[0]
+    return " ".join(para.split())[:_MAX_CHARS]
+
+
+def _python_docs(root: Path) -> Iterator[tuple[str, str, str]]:
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if any(p in _SKIP_PACKAGES or p.startswith(("_", ".")) for p in rel.parts[:-1]):
+            continue
+        stem = rel.stem
+        if stem.startswith("_") and stem != "__init__":
+            continue
+        module = ".".join((*rel.parts[:-1], *(() if stem == "__init__" else (stem,))))
+        if not module:
+            continue
+        try:
+            tree = ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        doc = ast.get_docstring(tree)
+        if doc:
+            yield module, "module", _first_paragraph(doc)
+        for node in tree.body:
+            if isinstance(
+                node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+            ) and not node.name.startswith("_"):
+                doc = ast.get_docstring(node)
+                if doc:
+                    kind = "class" if isinstance(node, ast.ClassDef) else "function"
+                    yield f"{module}.{node.name}", kind, _first_paragraph(doc)
+
+
+def _compiled_docs(root: Path) -> Iterator[tuple[str, str, str]]:
+    dynload = root / "lib-dynload"
+    names = set(sys.builtin_module_names)
+    if dynload.is_dir():
+        names |= {p.name.split(".", 1)[0] for p in dynload.iterdir() if p.suffix in (".so", ".pyd")}
+    for name in sorted(n for n in names if not n.startswith("_")):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if getattr(module, "__file__", "").endswith(".py"):
+            continue
+        if module.__doc__:
+            yield name, "module", _first_paragraph(module.__doc__)
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or not (inspect.isbuiltin(obj) or inspect.isclass(obj)):
+                continue
+            if getattr(obj, "__module__", name) != name or not obj.__doc__:
+                continue
+            yield (
+                f"{name}.{attr}",
+                "class" if inspect.isclass(obj) else "function",
+                _first_paragraph(obj.__doc__),
+            )
+
+
+def stdlib_corpus() -> pa.Table:
+    """The demo corpus as a table: id, text, kind, module."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rows: dict[str, tuple[str, str]] = {}
+    for qualname, kind, doc in (*_python_docs(root), *_compiled_docs(root)):
+        if doc and qualname not in rows:
+            rows[qualname] = (kind, f"{qualname}: {doc}")
+    for doc_id, text in CLASSIC.items():
+        rows[doc_id] = ("classic", text)
+    ids = sorted(rows)
+    return pa.table(
+        {
+            "id": ids,
+            "text": [rows[i][1] for i in ids],
+            "kind": [rows[i][0] for i in ids],
+            "module": [i.split("/", 1)[0].split(".", 1)[0] for i in ids],
+        }
+    )
+
+
+def write_corpus(path: Path, table: pa.Table) -> None:
+    """Write the corpus, leaving an identical file untouched (so a re-run resumes)."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=500)
+    data = buf.getvalue()
+    if path.exists() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def run_demo(
+    out: str, *, run: RunOptions | None = None, queries: tuple[str, ...] = QUERIES
+) -> None:
+    """Embed the standard-library corpus on Ray and show nearest neighbours of a few queries."""
+    from embedlib.embed_job import embed_corpus
+    from embedlib.encode import TextEncoder
+    from embedlib.exact import exact_search
+    from embedlib.store import EmbeddingSet
+
+    run = run or RunOptions()
+    root = Path(out)
+    corpus = root / "corpus" / "stdlib_docs.parquet"
+    table = stdlib_corpus()
+    write_corpus(corpus, table)
+    print(
+        f"demo corpus: {table.num_rows} documents from the Python {sys.version.split()[0]} standard library -> {corpus}"
+    )
+    embeddings = str(root / "embeddings")
+    report = embed_corpus(str(corpus), embeddings, options=EmbedOptions(shard_rows=500), run=run)
+    print(report)
+    eset = EmbeddingSet(embeddings)
+    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    encoder = TextEncoder(eset.fingerprint.name)
+    vectors, _ = encoder.encode(list(queries))
+    ids, scores = exact_search(eset, vectors, k=5)
+    for query, hit_ids, hit_scores in zip(queries, ids, scores, strict=True):
+        print(f"\nquery: {query!r}")
+        for doc_id, score in zip(hit_ids, hit_scores, strict=True):
+            print(f"  {score:.3f}  {doc_id:<40} {texts[doc_id][:80]}")

@@ -1,0 +1,83 @@
+"""Typed options of the embedding job: what it produces, and how it runs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from embedlib.corpus.discover import FORMATS, Format
+from embedlib.models import DEFAULT_MODEL
+
+Metric = Literal["cosine", "dot", "l2"]
+Dtype = Literal["float32", "float16"]
+OnDuplicate = Literal["error", "keep-first"]
+RunnerKind = Literal["ray", "local"]
+METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EmbedOptions:
+    """Options that decide the output. Re-running into an existing output with different
+    values is refused unless `overwrite` is given."""
+
+    model: str = DEFAULT_MODEL
+    text_column: str = "text"
+    id_column: str | None = None  # None: `id` when every file has it, else path:row
+    columns: tuple[str, ...] | None = None  # passthrough columns to keep; None: all
+    normalize: bool = True
+    max_seq_length: int | None = None  # None: the model's own limit
+    dtype: Dtype = "float32"
+    metric: Metric = "cosine"
+    shard_rows: int = 10_000
+    format: Format | None = None  # None: from each file's extension
+    on_duplicate: OnDuplicate = "error"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        if self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.shard_rows < 1:
+            raise ValueError(f"shard_rows must be >= 1, got {self.shard_rows}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.format is not None and self.format not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
+        if self.on_duplicate not in ("error", "keep-first"):
+            raise ValueError(f"on_duplicate must be error or keep-first, got {self.on_duplicate!r}")
+        if not self.text_column:
+            raise ValueError("text_column must not be empty")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["columns"] = None if self.columns is None else list(self.columns)
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """Options that decide how the job runs, not what it writes."""
+
+    runner: RunnerKind = "ray"
+    address: str | None = None  # Ray address; None: a running cluster if found, else local
+    workers: int | None = None  # None: as many as the cluster's CPUs allow
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    batch_size: int = 64
+    read_batch_rows: int = 2048  # rows read, length-sorted and encoded together
+    max_task_retries: int = 3  # re-runs of a shard whose worker or node died
+    overwrite: bool = False
+    progress: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.runner not in ("ray", "local"):
+            raise ValueError(f"runner must be ray or local, got {self.runner!r}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        if self.cpus_per_worker <= 0:
+            raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
+        if self.gpus_per_worker < 0:
+            raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
+        if self.batch_size < 1 or self.read_batch_rows < 1:
+            raise ValueError("batch_size and read_batch_rows must be >= 1")

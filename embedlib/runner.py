@@ -1,0 +1,207 @@
+"""Where shard work runs: in this process, or on a Ray cluster.
+
+The Ray runner keeps one model per worker actor (loaded once, not per shard), hands each
+idle actor the next shard, and re-runs a shard elsewhere when its actor or node dies.
+An error raised by the work itself (a corrupt file) stops new work, lets shards already
+running finish (so they can be committed), and is then raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Collection, Iterator, Mapping
+from typing import Any, Protocol
+
+from embedlib.corpus.plan import Shard
+from embedlib.encode import TextEncoder
+from embedlib.exceptions import StorageError
+from embedlib.models import ModelFingerprint
+from embedlib.options import EmbedOptions, RunOptions
+from embedlib.shard_work import ShardContext, ShardResult, ShardScan, embed_shard, scan_shard
+
+log = logging.getLogger(__name__)
+
+# Workers never download: the default model ships in a package, others must be local.
+WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class Runner(Protocol):
+    def scan(self, shards: list[Shard], ctx: ShardContext) -> Iterator[ShardScan]: ...
+
+    def start_encoders(self, options: EmbedOptions, n_shards: int) -> ModelFingerprint: ...
+
+    def embed(
+        self, shards: list[Shard], ctx: ShardContext, drop_rows: Mapping[int, Collection[int]]
+    ) -> Iterator[ShardResult]: ...
+
+    def close(self) -> None: ...
+
+
+def _encoder_args(options: EmbedOptions, run: RunOptions) -> dict[str, Any]:
+    return {
+        "model": options.model,
+        "normalize": options.normalize,
+        "max_seq_length": options.max_seq_length,
+        "batch_size": run.batch_size,
+        "device": "cuda" if run.gpus_per_worker > 0 else "cpu",
+    }
+
+
+class LocalRunner:
+    """Runs every shard in this process, one after another (no Ray needed)."""
+
+    def __init__(self, run: RunOptions) -> None:
+        self.run = run
+        self.encoder: TextEncoder | None = None
+
+    def scan(self, shards: list[Shard], ctx: ShardContext) -> Iterator[ShardScan]:
+        for shard in shards:
+            yield scan_shard(shard, ctx)
+
+    def start_encoders(self, options: EmbedOptions, n_shards: int) -> ModelFingerprint:
+        self.encoder = TextEncoder(**_encoder_args(options, self.run))
+        return self.encoder.fingerprint
+
+    def embed(
+        self, shards: list[Shard], ctx: ShardContext, drop_rows: Mapping[int, Collection[int]]
+    ) -> Iterator[ShardResult]:
+        assert self.encoder is not None, "start_encoders first"
+        for shard in shards:
+            yield embed_shard(shard, ctx, self.encoder, drop_rows=drop_rows.get(shard.index, ()))
+
+    def close(self) -> None:
+        self.encoder = None
+
+
+def ensure_ray(address: str | None) -> None:
+    """Connect to the Ray cluster at `address`, or to a running one, or start a local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    ray.init(address=address, log_to_driver=True)
+
+
+def check_reachable_by_workers(*urls: str) -> None:
+    """memory:// lives inside one process: Ray workers cannot see it."""
+    for url in urls:
+        if url.startswith("memory://"):
+            raise StorageError(
+                f"{url!r} is in-process memory, which Ray workers cannot see. Use storage "
+                "every worker can reach (a local or shared path, s3://, gs://), or run "
+                "in-process with --local."
+            )
+
+
+class _EmbedActor:
+    """One model per worker process; `embed` runs one shard."""
+
+    def __init__(self, encoder_args: dict[str, Any], num_threads: int) -> None:
+        import ray
+
+        self.encoder = TextEncoder(**encoder_args, num_threads=num_threads)
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def fingerprint(self) -> tuple[ModelFingerprint, str]:
+        return self.encoder.fingerprint, self.node
+
+    def embed(self, shard: Shard, ctx: ShardContext, drop_rows: Collection[int]) -> ShardResult:
+        return embed_shard(shard, ctx, self.encoder, drop_rows=drop_rows, node=self.node)
+
+
+class RayRunner:
+    """Runs scans as Ray tasks and embedding on a pool of model-holding actors."""
+
+    def __init__(self, run: RunOptions) -> None:
+        import ray
+
+        ensure_ray(run.address)
+        self.ray = ray
+        self.run = run
+        self.actors: list[Any] = []
+        self._make_actor: Callable[[], Any] | None = None
+
+    def _cluster_workers(self) -> int:
+        cpus = float(self.ray.cluster_resources().get("CPU", 1.0))
+        return max(1, int(cpus // self.run.cpus_per_worker))
+
+    def scan(self, shards: list[Shard], ctx: ShardContext) -> Iterator[ShardScan]:
+        task = self.ray.remote(scan_shard).options(
+            num_cpus=min(1.0, self.run.cpus_per_worker),
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        ctx_ref = self.ray.put(ctx)
+        pending = [task.remote(s, ctx_ref) for s in shards]
+        while pending:
+            done, pending = self.ray.wait(pending, num_returns=1)
+            yield self.ray.get(done[0])
+
+    def start_encoders(self, options: EmbedOptions, n_shards: int) -> ModelFingerprint:
+        workers = self.run.workers or self._cluster_workers()
+        workers = max(1, min(workers, n_shards))
+        actor_cls = self.ray.remote(_EmbedActor).options(
+            num_cpus=self.run.cpus_per_worker,
+            num_gpus=self.run.gpus_per_worker,
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        args = _encoder_args(options, self.run)
+        threads = max(1, round(self.run.cpus_per_worker))
+        self._make_actor = lambda: actor_cls.remote(args, threads)
+        self.actors = [self._make_actor() for _ in range(workers)]
+        answers = self.ray.get([a.fingerprint.remote() for a in self.actors])
+        first = answers[0][0]
+        for fp, node in answers[1:]:
+            first.require_compatible(fp, what="the model on one worker", other_what=f"node {node}")
+        return first
+
+    def embed(
+        self, shards: list[Shard], ctx: ShardContext, drop_rows: Mapping[int, Collection[int]]
+    ) -> Iterator[ShardResult]:
+        from ray.exceptions import RayActorError, RayTaskError
+
+        assert self._make_actor is not None, "start_encoders first"
+        ctx_ref = self.ray.put(ctx)
+        pending = deque(shards)
+        idle = deque(range(len(self.actors)))
+        inflight: dict[Any, tuple[Shard, int]] = {}
+        failures: dict[int, int] = {}
+        error: BaseException | None = None
+        while pending or inflight:
+            while error is None and pending and idle:
+                slot, shard = idle.popleft(), pending.popleft()
+                rows = list(drop_rows.get(shard.index, ()))
+                inflight[self.actors[slot].embed.remote(shard, ctx_ref, rows)] = (shard, slot)
+            if not inflight:
+                break
+            done, _ = self.ray.wait(list(inflight), num_returns=1)
+            shard, slot = inflight.pop(done[0])
+            try:
+                result = self.ray.get(done[0])
+            except RayTaskError as e:  # the work raised: stop, finish what runs, re-raise
+                error = error or (e.cause if e.cause is not None else e)
+                idle.append(slot)
+                continue
+            except RayActorError as e:  # the worker or its node died: retry elsewhere
+                failures[shard.index] = failures.get(shard.index, 0) + 1
+                log.warning("worker for %s died (%s); retrying", shard.describe(), e)
+                if failures[shard.index] > self.run.max_task_retries:
+                    error = error or e
+                else:
+                    pending.appendleft(shard)
+                self.actors[slot] = self._make_actor()
+                idle.append(slot)
+                continue
+            idle.append(slot)
+            yield result
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        for actor in self.actors:
+            self.ray.kill(actor)
+        self.actors = []
+
+
+def make_runner(run: RunOptions) -> Runner:
+    return RayRunner(run) if run.runner == "ray" else LocalRunner(run)

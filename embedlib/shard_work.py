@@ -1,0 +1,156 @@
+"""The work done on one shard, with no Ray in it: scan (validate, count, hash ids) and
+embed (read, encode, write an attempt file). Runners call these locally or on Ray."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+from collections import Counter
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+import fsspec
+import numpy as np
+
+from embedlib.corpus.plan import Shard
+from embedlib.corpus.read import QuarantineRecord, read_shard
+from embedlib.documents import DocumentSpec, id_hashes, prepare
+from embedlib.encode import TextEncoder
+from embedlib.store import ATTEMPTS, ShardFile, ShardWriter, join
+
+
+@dataclass
+class ShardScan:
+    """What a shard holds, found without encoding."""
+
+    index: int
+    columns: list[str]
+    rows_read: int
+    documents: int
+    skipped: Counter[str]
+    quarantined: int
+    id_hashes: np.ndarray  # uint64, one per document, in row order
+    id_rows: np.ndarray  # int64 file-level row of each document
+
+
+@dataclass
+class ShardResult:
+    """An embedded shard, written to an attempt file that the driver commits."""
+
+    index: int
+    attempt: str | None  # attempt Parquet file; None when no document survived
+    file: ShardFile | None
+    quarantine: str | None  # attempt quarantine file, when rows were quarantined
+    rows_read: int
+    documents: int
+    skipped: Counter[str]
+    quarantined: int
+    truncated: int
+    seconds: float
+    node: str = field(default_factory=socket.gethostname)
+
+
+@dataclass(frozen=True)
+class ShardContext:
+    """Everything a worker needs besides the shard and the model."""
+
+    fs_in: fsspec.AbstractFileSystem
+    fs_out: fsspec.AbstractFileSystem
+    out_path: str
+    spec: DocumentSpec
+    read_batch_rows: int
+    dtype: str
+
+
+def _binary_columns(spec: DocumentSpec) -> tuple[str, ...]:
+    return (spec.text_column,)
+
+
+def scan_shard(shard: Shard, ctx: ShardContext) -> ShardScan:
+    """Read `shard` once to learn its columns, counts and document ids."""
+    columns: dict[str, None] = {}
+    rows_read = 0
+    skipped: Counter[str] = Counter()
+    quarantined = 0
+    hashes: list[np.ndarray] = []
+    rows: list[np.ndarray] = []
+    for raw in read_shard(
+        ctx.fs_in,
+        shard,
+        batch_rows=ctx.read_batch_rows,
+        text_column=ctx.spec.text_column,
+        binary_columns=_binary_columns(ctx.spec),
+    ):
+        columns.update(dict.fromkeys(c for c in raw.table.column_names if c != "__row"))
+        docs = prepare(raw, ctx.spec, relpath=shard.file.relpath)
+        rows_read += raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values())
+        skipped.update(docs.skipped)
+        quarantined += len(docs.quarantined)
+        hashes.append(id_hashes(docs.ids))
+        rows.append(docs.rows)
+    return ShardScan(
+        index=shard.index,
+        columns=list(columns),
+        rows_read=rows_read,
+        documents=int(sum(len(h) for h in hashes)),
+        skipped=skipped,
+        quarantined=quarantined,
+        id_hashes=np.concatenate(hashes) if hashes else np.zeros(0, np.uint64),
+        id_rows=np.concatenate(rows) if rows else np.zeros(0, np.int64),
+    )
+
+
+def embed_shard(
+    shard: Shard,
+    ctx: ShardContext,
+    encoder: TextEncoder,
+    *,
+    drop_rows: Collection[int] = (),
+    node: str | None = None,
+) -> ShardResult:
+    """Read, encode and write `shard` to a fresh attempt file under `_attempts/`."""
+    start = time.perf_counter()
+    attempt_base = join(ctx.out_path, ATTEMPTS, f"{shard.name}.{uuid.uuid4().hex}")
+    ctx.fs_out.makedirs(join(ctx.out_path, ATTEMPTS), exist_ok=True)
+    writer = ShardWriter(ctx.fs_out, f"{attempt_base}.parquet", dtype=ctx.dtype)
+    drop = set(drop_rows)
+    rows_read = documents = truncated = 0
+    skipped: Counter[str] = Counter()
+    bad: list[QuarantineRecord] = []
+    for raw in read_shard(
+        ctx.fs_in,
+        shard,
+        batch_rows=ctx.read_batch_rows,
+        text_column=ctx.spec.text_column,
+        binary_columns=_binary_columns(ctx.spec),
+    ):
+        docs = prepare(raw, ctx.spec, relpath=shard.file.relpath, drop_rows=drop)
+        rows_read += raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values())
+        skipped.update(docs.skipped)
+        bad.extend(docs.quarantined)
+        vectors, cut = encoder.encode(docs.texts)
+        truncated += cut
+        documents += len(docs)
+        writer.write(docs, vectors)
+    info = writer.close()
+    quarantine = None
+    if bad:
+        quarantine = f"{attempt_base}.quarantine.jsonl"
+        with ctx.fs_out.open(quarantine, "w") as fh:
+            for record in bad:
+                fh.write(json.dumps(record.to_dict()) + "\n")
+    return ShardResult(
+        index=shard.index,
+        attempt=f"{attempt_base}.parquet" if info else None,
+        file=info,
+        quarantine=quarantine,
+        rows_read=rows_read,
+        documents=documents,
+        skipped=skipped,
+        quarantined=len(bad),
+        truncated=truncated,
+        seconds=time.perf_counter() - start,
+        node=node or socket.gethostname(),
+    )
