@@ -14,6 +14,7 @@ import inspect
 import io
 import sys
 import sysconfig
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -81,7 +82,9 @@ def _compiled_docs(root: Path) -> Iterator[tuple[str, str, str]]:
         names |= {p.name.split(".", 1)[0] for p in dynload.iterdir() if p.suffix in (".so", ".pyd")}
     for name in sorted(n for n in names if not n.startswith("_")):
         try:
-            module = importlib.import_module(name)
+            with warnings.catch_warnings():  # e.g. 'spwd' is deprecated: we only read docs
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module(name)
         except ImportError:
             continue
         if getattr(module, "__file__", "").endswith(".py"):
@@ -135,8 +138,9 @@ def write_corpus(path: Path, table: pa.Table) -> None:
 
 def run_demo(
     out: str, *, run: RunOptions | None = None, queries: tuple[str, ...] = QUERIES
-) -> None:
-    """Embed the standard-library corpus on Ray and show nearest neighbours of a few queries."""
+) -> dict[str, list[tuple[str, float]]]:
+    """Embed the standard-library corpus on Ray, print the nearest neighbours of a few
+    queries, and return them as {query: [(id, score), ...]}."""
     from embedlib.embed_job import embed_corpus
     from embedlib.encode import TextEncoder
     from embedlib.exact import exact_search
@@ -158,7 +162,10 @@ def run_demo(
     encoder = TextEncoder(eset.fingerprint.name)
     vectors, _ = encoder.encode(list(queries))
     ids, scores = exact_search(eset, vectors, k=5)
+    results = {}
     for query, hit_ids, hit_scores in zip(queries, ids, scores, strict=True):
+        results[query] = [(str(i), float(s)) for i, s in zip(hit_ids, hit_scores, strict=True)]
         print(f"\nquery: {query!r}")
-        for doc_id, score in zip(hit_ids, hit_scores, strict=True):
+        for doc_id, score in results[query]:
             print(f"  {score:.3f}  {doc_id:<40} {texts[doc_id][:80]}")
+    return results

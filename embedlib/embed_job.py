@@ -26,7 +26,7 @@ from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes, prepar
 from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
 from embedlib.models import ModelFingerprint
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.runner import check_reachable_by_workers, make_runner
+from embedlib.runner import Runner, check_reachable_by_workers, make_runner
 from embedlib.shard_work import ShardContext, ShardResult, ShardScan
 from embedlib.store import (
     ATTEMPTS,
@@ -107,9 +107,10 @@ def embed_corpus(
     if run.runner == "ray":
         check_reachable_by_workers(source, out)
     job = _prepare_output(fs_out, out_path, out, options, digest, overwrite=run.overwrite)
-    runner = make_runner(run)
+    runner: Runner | None = None
     try:
         if job is None:
+            runner = make_runner(run)
             job = _scan_and_validate(runner, fs_in, fs_out, out_path, shards, files, options, run)
             job.update(source=source, options=options.to_dict(), plan_digest=digest)
             job["shards"] = [s.to_dict() for s in shards]
@@ -126,6 +127,7 @@ def embed_corpus(
         drop_rows = {int(k): v for k, v in job.get("drop_rows", {}).items()}
         per_node: dict[str, Counter[str]] = defaultdict(Counter)
         if todo:
+            runner = runner or make_runner(run)
             fingerprint = runner.start_encoders(options, len(todo))
             _check_fingerprint(fs_out, out_path, out, job, fingerprint)
             total = sum(job["documents_per_shard"][s.index] for s in todo)
@@ -139,7 +141,8 @@ def embed_corpus(
         else:
             fingerprint = ModelFingerprint.from_dict(job["fingerprint"])
     finally:
-        runner.close()
+        if runner is not None:
+            runner.close()
     manifest = _write_manifest(
         fs_out, out_path, source, files, shards, committed, job, options, fingerprint
     )
@@ -234,7 +237,7 @@ def _check_fingerprint(
 
 
 def _scan_and_validate(
-    runner: Any,
+    runner: Runner,
     fs_in: fsspec.AbstractFileSystem,
     fs_out: fsspec.AbstractFileSystem,
     out_path: str,
@@ -354,7 +357,7 @@ def _find_duplicates(
         )
         if names:
             raise DuplicateIdError(
-                f"{len(dup_positions)} duplicate document ids, e.g. {', '.join(repr(n) for n in names)}. "
+                f"{len(dup_positions)} rows repeat an id seen before, e.g. {', '.join(repr(n) for n in names)}. "
                 "Make ids unique, name another --id-column, or pass --on-duplicate keep-first "
                 "to keep each id's first row."
             )

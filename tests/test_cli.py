@@ -1,0 +1,80 @@
+"""The `embedlib` command and the job script, as a user runs them (real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from embedlib import EmbeddingSet
+from tests import corpora
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+EMBEDLIB = [sys.executable, "-m", "embedlib.cli"]
+
+
+def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        args, capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=600, **kw
+    )
+
+
+def test_job_script_and_cli_take_the_same_options():
+    job = _run([sys.executable, "jobs/embed_corpus.py", "--help"])
+    cli = _run([*EMBEDLIB, "embed", "--help"])
+    assert job.returncode == cli.returncode == 0
+    strip = lambda s: s.split("\n", 1)[1]  # noqa: E731 - the usage line names the program
+    assert strip(job.stdout) == strip(cli.stdout)
+    for flag in ("--text-column", "--id-column", "--columns", "--model", "--batch-size", "--workers",
+                 "--cpus-per-worker", "--gpus-per-worker", "--no-normalize", "--max-seq-length",
+                 "--address", "--overwrite"):  # fmt: skip
+        assert flag in cli.stdout
+
+
+def test_missing_column_exits_with_a_message_naming_it(tmp_path):
+    (tmp_path / "c.parquet").write_bytes(corpora.to_bytes(corpora.table(10), "parquet"))
+    r = _run(
+        [
+            *EMBEDLIB,
+            "embed",
+            str(tmp_path / "c.parquet"),
+            str(tmp_path / "out"),
+            "--text-column",
+            "nope",
+            "--local",
+        ]
+    )
+    assert r.returncode == 2
+    assert "error: text column 'nope' not found" in r.stderr and "'body'" in r.stderr
+
+
+def test_killed_run_resumes_from_committed_shards(tmp_path):
+    (tmp_path / "c.jsonl").write_bytes(corpora.to_bytes(corpora.table(600, seed=9), "jsonl"))
+    out = tmp_path / "out"
+    args = [*EMBEDLIB, "embed", str(tmp_path / "c.jsonl"), str(out), "--text-column", "body",
+            "--id-column", "doc_id", "--shard-rows", "50", "--local", "--no-progress"]  # fmt: skip
+    proc = subprocess.Popen(
+        args, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "_commits").glob("*.json"))) < 2:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    committed = {p.name: p.stat().st_mtime_ns for p in out.glob("part-*.parquet")}
+    assert 2 <= len(committed) < 12 and not (out / "manifest.json").exists()
+    r = _run(args)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(committed)} already committed" in r.stdout
+    assert {p: (out / p).stat().st_mtime_ns for p in committed} == committed
+    ids = EmbeddingSet(str(out)).read_table(["id"]).column("id").to_pylist()
+    assert sorted(ids) == sorted(f"d{i}" for i in range(600))  # every row exactly once
+    assert len(list(out.glob("*.parquet"))) == 12
+    assert sum(pq.read_metadata(p).num_rows for p in out.glob("*.parquet")) == 600

@@ -1,0 +1,145 @@
+"""The embedding job in-process (no Ray) on memory://: formats, vectors, manifest."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
+from embedlib.documents import text_hash
+from tests import corpora
+
+LOCAL = RunOptions(runner="local", progress=False)
+FORMATS = ["parquet", "jsonl", "csv", "tsv", "text"]
+
+
+def _embed(src: str, out: str, **opts) -> EmbeddingSet:
+    embed_corpus(src, out, options=EmbedOptions(**opts), run=LOCAL)
+    return EmbeddingSet(out)
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_format_gives_the_same_documents(memfs, fmt, gz, st_model):
+    fs, url = memfs
+    t = corpora.table(40, seed=1)
+    corpora.write(
+        fs,
+        f"{url}/in/corpus.{corpora.EXTENSION[fmt]}",
+        corpora.to_bytes(t, fmt, row_group_size=8),
+        gz=gz,
+    )
+    text_column = "text" if fmt == "text" else "body"
+    id_column = None if fmt == "text" else "doc_id"
+    eset = _embed(
+        f"{url}/in", f"{url}/out", text_column=text_column, id_column=id_column, shard_rows=16
+    )
+    got = eset.read_table()
+    texts = got.column(text_column).to_pylist()
+    assert texts == t.column("body").to_pylist()
+    if id_column:
+        assert got.column("id").to_pylist() == t.column("doc_id").to_pylist()
+        assert got.column("lang").to_pylist() == t.column("lang").to_pylist()
+        assert [str(y) for y in got.column("year").to_pylist()] == [
+            str(y) for y in t.column("year").to_pylist()
+        ]
+    else:
+        name = "corpus.txt.gz" if gz else "corpus.txt"
+        assert got.column("id").to_pylist() == [f"{name}:{i}" for i in range(40)]
+    assert got.column("text_hash").to_pylist() == [text_hash(x) for x in texts]
+    _, vectors = eset.read_vectors()
+    reference = st_model.encode(texts, normalize_embeddings=True)
+    assert (vectors * reference).sum(1).min() >= 0.9999
+
+
+def test_vectors_match_sentence_transformers_and_manifest_is_complete(memfs, st_model):
+    fs, url = memfs
+    texts = corpora.sentences(150, seed=3, max_words=80)
+    corpora.write(
+        fs,
+        f"{url}/c.parquet",
+        corpora.to_bytes(corpora.table(150, seed=3), "parquet", row_group_size=20),
+    )
+    eset = _embed(
+        f"{url}/c.parquet", f"{url}/out", text_column="body", id_column="doc_id", shard_rows=40
+    )
+    ids, vectors = eset.read_vectors()
+    t = corpora.table(150, seed=3)
+    by_id = dict(zip(t.column("doc_id").to_pylist(), t.column("body").to_pylist(), strict=True))
+    reference = st_model.encode([by_id[i] for i in ids], normalize_embeddings=True)
+    assert vectors.dtype == np.float32 and vectors.shape == (150, 384)
+    assert (vectors * reference).sum(1).min() >= 0.9999
+    assert len(texts) == 150
+    m = eset.manifest
+    assert m["dim"] == 384 and m["normalize"] is True and m["metric"] == "cosine"
+    assert m["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert len(m["model"]["weights_sha256"]) == 64
+    assert m["counts"]["documents"] == 150 and sum(s["rows"] for s in m["shards"]) == 150
+    assert len(m["shards"]) == 4  # 150 rows, row groups of 20, shards of >= 40 rows
+    for shard in m["shards"]:
+        assert fs.cat(f"{url}/out/{shard['file']}") and len(shard["sha256"]) == 64
+    assert m["source"]["files"] == [
+        {"path": "c.parquet", "format": "parquet", "bytes": fs.size(f"{url}/c.parquet")}
+    ]
+    # only committed shards and the manifest at the top level
+    top = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/out", detail=False))
+    assert [p for p in top if not p.startswith("_")] == [
+        "manifest.json",
+        *[s["file"] for s in m["shards"]],
+    ]
+
+
+def test_generated_ids_are_stable_across_urls(memfs):
+    fs, url = memfs
+    data = corpora.to_bytes(corpora.table(10), "text")
+    corpora.write(fs, f"{url}/a/sub/x.txt", data)
+    corpora.write(fs, f"{url}/b/sub/x.txt", data)
+    a = _embed(f"{url}/a", f"{url}/oa").read_table(["id"]).column("id").to_pylist()
+    b = _embed(f"{url}/b", f"{url}/ob").read_table(["id"]).column("id").to_pylist()
+    assert a == b == [f"sub/x.txt:{i}" for i in range(10)]
+
+
+def test_columns_option_and_float16(memfs):
+    fs, url = memfs
+    corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(20), "jsonl"))
+    eset = _embed(
+        f"{url}/c.jsonl",
+        f"{url}/out",
+        text_column="body",
+        id_column="doc_id",
+        columns=("lang",),
+        dtype="float16",
+    )
+    schema = pq.read_schema(fs.open(f"{url}/out/part-00000.parquet"))
+    assert schema.names == ["id", "vector", "text_hash", "lang"]
+    vtype = schema.field("vector").type
+    assert vtype.value_type == pa.float16() and vtype.list_size == 384
+    _, v = eset.read_vectors()
+    assert v.dtype == np.float32 and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-2)
+    assert eset.text_column is None  # the text was not kept
+
+
+def test_glob_source(memfs):
+    fs, url = memfs
+    for name in ("a.jsonl", "b.jsonl", "c.csv"):
+        fmt = "csv" if name.endswith("csv") else "jsonl"
+        corpora.write(
+            fs, f"{url}/in/{name}", corpora.to_bytes(corpora.table(5, seed=ord(name[0])), fmt)
+        )
+    eset = _embed(
+        f"{url}/in/*.jsonl",
+        f"{url}/out",
+        text_column="body",
+        id_column="doc_id",
+        on_duplicate="keep-first",
+    )
+    manifest = json.loads(fs.cat(f"{url}/out/manifest.json"))
+    assert [f["path"] for f in manifest["source"]["files"]] == ["a.jsonl", "b.jsonl"]
+    # ids d0..d4 are in both files: the second file's rows are skipped as duplicates
+    assert len(eset) == 5 and manifest["counts"]["skipped"] == {"duplicate_id": 5}
+    a_texts = corpora.table(5, seed=ord("a")).column("body").to_pylist()
+    assert eset.read_table(["body"]).column("body").to_pylist() == a_texts

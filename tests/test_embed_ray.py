@@ -1,0 +1,87 @@
+"""The embedding job on a real local Ray cluster equals its single-process twin."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import embedlib.embed_job as embed_job
+from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
+from tests import corpora
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+OPTIONS = EmbedOptions(text_column="body", shard_rows=40)
+
+
+def _corpus(root) -> str:
+    """Three files, three formats, 330 rows: more shards (8) than workers."""
+    src = root / "corpus"
+    src.mkdir()
+    (src / "a.parquet").write_bytes(
+        corpora.to_bytes(corpora.table(150, seed=1), "parquet", row_group_size=25)
+    )
+    (src / "b.jsonl").write_bytes(corpora.to_bytes(corpora.table(100, seed=2), "jsonl"))
+    (src / "c.txt").write_bytes(corpora.to_bytes(corpora.table(80, seed=3), "text"))
+    return str(src)
+
+
+def _rows(out: str) -> dict[str, tuple[str, np.ndarray]]:
+    t = EmbeddingSet(out).read_table()
+    vecs = EmbeddingSet(out).read_vectors()[1]
+    return {
+        i: (h, v)
+        for i, h, v in zip(
+            t.column("id").to_pylist(), t.column("text_hash").to_pylist(), vecs, strict=True
+        )
+    }
+
+
+def test_ray_job_equals_local_run(tmp_path):
+    src = _corpus(tmp_path)
+    ray_report = embed_corpus(
+        src, str(tmp_path / "ray"), options=OPTIONS, run=RunOptions(workers=2, progress=False)
+    )
+    embed_corpus(
+        src,
+        str(tmp_path / "local"),
+        options=OPTIONS,
+        run=RunOptions(runner="local", progress=False),
+    )
+    assert ray_report.shards == 8 and ray_report.documents == 330
+    assert sum(n["shards"] for n in ray_report.per_node.values()) == 8
+    a, b = _rows(str(tmp_path / "ray")), _rows(str(tmp_path / "local"))
+    assert a.keys() == b.keys() and len(a) == 330
+    for doc_id, (h, v) in a.items():
+        assert h == b[doc_id][0]
+        assert float(v @ b[doc_id][1]) >= 0.9999
+    ma = EmbeddingSet(str(tmp_path / "ray")).manifest
+    mb = EmbeddingSet(str(tmp_path / "local")).manifest
+    assert [s["sha256"] for s in ma["shards"]] != [] and ma["model"] == mb["model"]
+    assert [s["rows"] for s in ma["shards"]] == [s["rows"] for s in mb["shards"]]
+
+
+def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
+    src = _corpus(tmp_path)
+    out = str(tmp_path / "out")
+    real_commit = embed_job._commit
+    calls = {"n": 0}
+
+    def crash_after_three(*args, **kwargs):
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the driver dies here: like Ctrl-C between two commits
+        calls["n"] += 1
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(embed_job, "_commit", crash_after_three)
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(src, out, options=OPTIONS, run=RunOptions(workers=2, progress=False))
+    monkeypatch.setattr(embed_job, "_commit", real_commit)
+    committed = sorted((tmp_path / "out").glob("part-*.parquet"))
+    assert len(committed) == 3 and not (tmp_path / "out" / "manifest.json").exists()
+    mtimes = {p.name: p.stat().st_mtime_ns for p in committed}
+    report = embed_corpus(src, out, options=OPTIONS, run=RunOptions(workers=2, progress=False))
+    assert report.shards_already_committed == 3 and report.shards_done_now == 5
+    assert {p.name: p.stat().st_mtime_ns for p in committed} == mtimes  # committed shards untouched
+    rows = _rows(out)
+    assert len(rows) == 330 == report.documents  # every row exactly once
+    assert not (tmp_path / "out" / "_attempts").exists()
