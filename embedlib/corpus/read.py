@@ -106,10 +106,10 @@ def _read_csv(
         bad.append(
             QuarantineRecord(
                 file=shard.file.relpath,
-                row=None if row.number is None else row.number - 1,
+                row=None,  # records before it are counted by the parser, not by us
                 reason="malformed_csv_row",
                 detail=f"expected {row.expected_columns} columns, got {row.actual_columns}"
-                + ("" if row.number is None else f" (physical line {row.number})"),
+                + ("" if row.number is None else f" at line {row.number} of the file"),
                 raw=row.text[:_RAW_LIMIT],
             )
         )
