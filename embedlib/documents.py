@@ -48,6 +48,7 @@ class Documents:
     texts: list[str]
     hashes: list[str]
     passthrough: pa.Table
+    source_columns: list[str] = field(default_factory=list)  # every column the batch had
     skipped: Counter[str] = field(default_factory=Counter)
     quarantined: list[QuarantineRecord] = field(default_factory=list)
 
@@ -130,6 +131,7 @@ def prepare(
         texts=texts,
         hashes=[text_hash(t) for t in texts],
         passthrough=passthrough,
+        source_columns=[c for c in table.column_names if c != ROW],
         skipped=skipped,
         quarantined=quarantined,
     )

@@ -21,13 +21,12 @@ from tqdm.auto import tqdm
 from embedlib import __version__
 from embedlib.corpus.discover import SourceFile, discover
 from embedlib.corpus.plan import Shard, plan_digest, plan_shards
-from embedlib.corpus.read import read_shard
-from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes, prepare
+from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
 from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
 from embedlib.models import ModelFingerprint
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.runner import Runner, check_reachable_by_workers, make_runner
-from embedlib.shard_work import ShardContext, ShardResult, ShardScan
+from embedlib.shard_work import ShardContext, ShardResult, ShardScan, iter_documents
 from embedlib.store import (
     ATTEMPTS,
     COMMITS,
@@ -55,6 +54,7 @@ class EmbedReport:
     shards_already_committed: int
     documents_now: int
     seconds: float
+    encode_seconds: float
     rows_read: int
     skipped: dict[str, int]
     quarantined: int
@@ -64,7 +64,8 @@ class EmbedReport:
 
     @property
     def documents_per_s(self) -> float:
-        return self.documents_now / self.seconds if self.seconds > 0 else 0.0
+        """Documents embedded per second of the embedding phase (after scan and start-up)."""
+        return self.documents_now / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
     def __str__(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
@@ -72,8 +73,8 @@ class EmbedReport:
             f"embedding set: {self.output}",
             f"  documents:   {self.documents} in {self.shards} shards "
             f"({self.shards_done_now} embedded now, {self.shards_already_committed} already committed)",
-            f"  this run:    {self.documents_now} documents in {self.seconds:.1f}s "
-            f"({self.documents_per_s:.1f} documents/s)",
+            f"  this run:    {self.documents_now} documents in {self.seconds:.1f}s; "
+            f"embedding {self.encode_seconds:.1f}s ({self.documents_per_s:.1f} documents/s)",
             f"  rows read:   {self.rows_read}; skipped: {skipped}",
             f"  quarantined: {self.quarantined} (see {QUARANTINE}/); truncated: {self.truncated}",
         ]
@@ -126,11 +127,13 @@ def embed_corpus(
         ctx = ShardContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
         drop_rows = {int(k): v for k, v in job.get("drop_rows", {}).items()}
         per_node: dict[str, Counter[str]] = defaultdict(Counter)
+        encode_seconds = 0.0
         if todo:
             runner = runner or make_runner(run)
             fingerprint = runner.start_encoders(options, len(todo))
             _check_fingerprint(fs_out, out_path, out, job, fingerprint)
             total = sum(job["documents_per_shard"][s.index] for s in todo)
+            encode_start = time.perf_counter()
             with tqdm(total=total, unit="doc", desc="embedding", disable=not run.progress) as bar:
                 for result in runner.embed(todo, ctx, drop_rows):
                     record = _commit(fs_out, out_path, shards[result.index], result)
@@ -138,6 +141,7 @@ def embed_corpus(
                     per_node[result.node]["shards"] += 1
                     per_node[result.node]["documents"] += result.documents
                     bar.update(result.documents)
+            encode_seconds = time.perf_counter() - encode_start
         else:
             fingerprint = ModelFingerprint.from_dict(job["fingerprint"])
     finally:
@@ -158,6 +162,7 @@ def embed_corpus(
         shards_already_committed=len(shards) - len(todo),
         documents_now=sum(r["documents"] for r in now),
         seconds=time.perf_counter() - start,
+        encode_seconds=encode_seconds,
         rows_read=sum(r["rows_read"] for r in now),
         skipped=dict(sum((Counter(r["skipped"]) for r in now), Counter())),
         quarantined=sum(r["quarantined"] for r in now),
@@ -384,14 +389,7 @@ def _ids_for_hashes(
     seen: Counter[str] = Counter()
     for index in where:
         shard = shards[index]
-        for raw in read_shard(
-            fs_in,
-            shard,
-            batch_rows=run.read_batch_rows,
-            text_column=spec.text_column,
-            binary_columns=(spec.text_column,),
-        ):
-            docs = prepare(raw, spec, relpath=shard.file.relpath)
+        for _, docs in iter_documents(fs_in, shard, spec, batch_rows=run.read_batch_rows):
             for doc_id, h in zip(docs.ids, id_hashes(docs.ids), strict=True):
                 if int(h) in wanted:
                     seen[doc_id] += 1

@@ -8,7 +8,7 @@ import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
@@ -16,7 +16,7 @@ import numpy as np
 
 from embedlib.corpus.plan import Shard
 from embedlib.corpus.read import QuarantineRecord, read_shard
-from embedlib.documents import DocumentSpec, id_hashes, prepare
+from embedlib.documents import Documents, DocumentSpec, id_hashes, prepare
 from embedlib.encode import TextEncoder
 from embedlib.store import ATTEMPTS, ShardFile, ShardWriter, join
 
@@ -64,8 +64,25 @@ class ShardContext:
     dtype: str
 
 
-def _binary_columns(spec: DocumentSpec) -> tuple[str, ...]:
-    return (spec.text_column,)
+def iter_documents(
+    fs: fsspec.AbstractFileSystem,
+    shard: Shard,
+    spec: DocumentSpec,
+    *,
+    batch_rows: int,
+    drop_rows: Collection[int] = (),
+) -> Iterator[tuple[int, Documents]]:
+    """(rows read, documents) for each batch of `shard`. The text column of a CSV is read
+    as bytes, so bad UTF-8 quarantines one row instead of failing the file."""
+    for raw in read_shard(
+        fs,
+        shard,
+        batch_rows=batch_rows,
+        text_column=spec.text_column,
+        binary_columns=(spec.text_column,),
+    ):
+        docs = prepare(raw, spec, relpath=shard.file.relpath, drop_rows=drop_rows)
+        yield raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values()), docs
 
 
 def scan_shard(shard: Shard, ctx: ShardContext) -> ShardScan:
@@ -76,16 +93,9 @@ def scan_shard(shard: Shard, ctx: ShardContext) -> ShardScan:
     quarantined = 0
     hashes: list[np.ndarray] = []
     rows: list[np.ndarray] = []
-    for raw in read_shard(
-        ctx.fs_in,
-        shard,
-        batch_rows=ctx.read_batch_rows,
-        text_column=ctx.spec.text_column,
-        binary_columns=_binary_columns(ctx.spec),
-    ):
-        columns.update(dict.fromkeys(c for c in raw.table.column_names if c != "__row"))
-        docs = prepare(raw, ctx.spec, relpath=shard.file.relpath)
-        rows_read += raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values())
+    for n, docs in iter_documents(ctx.fs_in, shard, ctx.spec, batch_rows=ctx.read_batch_rows):
+        columns.update(dict.fromkeys(docs.source_columns))
+        rows_read += n
         skipped.update(docs.skipped)
         quarantined += len(docs.quarantined)
         hashes.append(id_hashes(docs.ids))
@@ -119,15 +129,10 @@ def embed_shard(
     rows_read = documents = truncated = 0
     skipped: Counter[str] = Counter()
     bad: list[QuarantineRecord] = []
-    for raw in read_shard(
-        ctx.fs_in,
-        shard,
-        batch_rows=ctx.read_batch_rows,
-        text_column=ctx.spec.text_column,
-        binary_columns=_binary_columns(ctx.spec),
+    for n, docs in iter_documents(
+        ctx.fs_in, shard, ctx.spec, batch_rows=ctx.read_batch_rows, drop_rows=drop
     ):
-        docs = prepare(raw, ctx.spec, relpath=shard.file.relpath, drop_rows=drop)
-        rows_read += raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values())
+        rows_read += n
         skipped.update(docs.skipped)
         bad.extend(docs.quarantined)
         vectors, cut = encoder.encode(docs.texts)

@@ -255,6 +255,27 @@ class EmbeddingSet:
     def files(self) -> list[str]:
         return [join(self.path, s["file"]) for s in self.manifest["shards"] if s.get("file")]
 
+    def verify(self) -> None:
+        """Check every shard file against the manifest's row count and SHA-256."""
+        for shard in self.manifest["shards"]:
+            if not shard.get("file"):
+                continue
+            path = join(self.path, shard["file"])
+            if not self.fs.exists(path):
+                raise SourceError(f"shard {shard['file']!r} of {self.url!r} is missing")
+            digest = file_sha256(self.fs, path)
+            if digest != shard["sha256"]:
+                raise SourceError(
+                    f"shard {shard['file']!r} of {self.url!r} does not match its checksum "
+                    "(changed or corrupt since it was written); re-embed into a new location"
+                )
+            with self.fs.open(path, "rb") as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+            if rows != shard["rows"]:
+                raise SourceError(
+                    f"shard {shard['file']!r} has {rows} rows, the manifest says {shard['rows']}"
+                )
+
     def iter_tables(
         self, columns: Sequence[str] | None = None, batch_rows: int = 8192
     ) -> Iterator[pa.Table]:

@@ -143,3 +143,57 @@ def test_glob_source(memfs):
     assert len(eset) == 5 and manifest["counts"]["skipped"] == {"duplicate_id": 5}
     a_texts = corpora.table(5, seed=ord("a")).column("body").to_pylist()
     assert eset.read_table(["body"]).column("body").to_pylist() == a_texts
+
+
+def test_a_model_given_as_a_local_path(memfs, tmp_path, st_model):
+    fs, url = memfs
+    st_model.save(str(tmp_path / "model"))
+    corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(12), "jsonl"))
+    a = _embed(f"{url}/c.jsonl", f"{url}/a", text_column="body", model=str(tmp_path / "model"))
+    b = _embed(f"{url}/c.jsonl", f"{url}/b", text_column="body")
+    assert a.fingerprint.name == str(tmp_path / "model")
+    assert a.fingerprint.differences(b.fingerprint) == {}  # same weights: comparable vectors
+    assert np.allclose(a.read_vectors()[1], b.read_vectors()[1], atol=1e-6)
+
+
+def test_resume_with_other_model_weights_is_refused(memfs, monkeypatch):
+    import embedlib.embed_job as embed_job
+    from embedlib import IncompatibleOutputError
+
+    fs, url = memfs
+    corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(30), "jsonl"))
+    opts = EmbedOptions(text_column="body", shard_rows=10)
+    real_commit = embed_job._commit
+
+    def crash_after_one(*args, **kwargs):
+        monkeypatch.setattr(embed_job, "_commit", _raise)
+        return real_commit(*args, **kwargs)
+
+    def _raise(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(embed_job, "_commit", crash_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        embed_corpus(f"{url}/c.jsonl", f"{url}/out", options=opts, run=LOCAL)
+    monkeypatch.setattr(embed_job, "_commit", real_commit)
+    job = json.loads(fs.cat(f"{url}/out/_job.json"))
+    job["fingerprint"]["weights_sha256"] = "0" * 64  # as if the model changed on disk
+    fs.pipe(f"{url}/out/_job.json", json.dumps(job).encode())
+    with pytest.raises(IncompatibleOutputError, match=r"weights_sha256: '0000.*--overwrite"):
+        embed_corpus(f"{url}/c.jsonl", f"{url}/out", options=opts, run=LOCAL)
+
+
+def test_verify_checks_shards_against_the_manifest(memfs):
+    from embedlib import SourceError
+
+    fs, url = memfs
+    corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(30), "jsonl"))
+    eset = _embed(f"{url}/c.jsonl", f"{url}/out", text_column="body", shard_rows=10)
+    eset.verify()
+    other = _embed(
+        f"{url}/c.jsonl", f"{url}/other", text_column="body", shard_rows=10, normalize=False
+    )
+    fs.pipe(f"{url}/out/part-00001.parquet", fs.cat(f"{url}/other/part-00002.parquet"))
+    with pytest.raises(SourceError, match=r"part-00001\.parquet.*checksum"):
+        eset.verify()
+    assert len(other) == 30

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import embedlib.embed_job as embed_job
-from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
+from embedlib import EmbeddingSet, EmbedOptions, RunOptions, SourceError, embed_corpus
 from tests import corpora
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -85,3 +85,42 @@ def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
     rows = _rows(out)
     assert len(rows) == 330 == report.documents  # every row exactly once
     assert not (tmp_path / "out" / "_attempts").exists()
+
+
+def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monkeypatch):
+    """A file that becomes unreadable after the scan fails the job naming it; the shards
+    committed meanwhile stay valid, and a re-run with the file back completes the set."""
+    import gzip
+    import os
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    (src / "a.jsonl").write_bytes(corpora.to_bytes(corpora.table(120, seed=4), "jsonl"))
+    good = gzip.compress(corpora.to_bytes(corpora.table(40, seed=5), "jsonl"), mtime=0)
+    b = src / "b.jsonl.gz"
+    b.write_bytes(good)
+    stat = b.stat()
+    real_scan = embed_job._scan_and_validate
+
+    def scan_then_break_b(*args, **kwargs):
+        job = real_scan(*args, **kwargs)
+        b.write_bytes(b"\x1f\x8b" + b"\0" * (len(good) - 2))  # same size, not gzip data
+        return job
+
+    monkeypatch.setattr(embed_job, "_scan_and_validate", scan_then_break_b)
+    out = str(tmp_path / "out")
+    options = EmbedOptions(text_column="body", shard_rows=40)  # ids: path:row
+    with pytest.raises(SourceError, match=r"b\.jsonl\.gz"):
+        embed_corpus(str(src), out, options=options, run=RunOptions(workers=1, progress=False))
+    monkeypatch.setattr(embed_job, "_scan_and_validate", real_scan)
+    committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
+    assert committed == {
+        n: committed[n] for n in ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet")
+    }
+    b.write_bytes(good)
+    os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same file as planned
+    report = embed_corpus(str(src), out, options=options, run=RunOptions(workers=1, progress=False))
+    assert report.shards_already_committed == 3 and report.documents == 160
+    assert {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in committed} == committed
+    rows = _rows(out)
+    assert len(rows) == 160 and {i.split(":")[0] for i in rows} == {"a.jsonl", "b.jsonl.gz"}
