@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from embedlib.corpus.discover import FORMATS
 from embedlib.exceptions import EmbedlibError
+from embedlib.index.build import IndexOptions
+from embedlib.index.plan import parse_bytes
 from embedlib.models import DEFAULT_MODEL
 from embedlib.options import METRICS, EmbedOptions, RunOptions
 
@@ -144,6 +146,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `embedlib index` and `jobs/build_index.py`."""
+    p.add_argument(
+        "embeddings", nargs="+", help="embedding sets, Parquet files of id + vector, or a .npy"
+    )
+    p.add_argument("out", help="index root (holds the versions and the CURRENT pointer)")
+    g = p.add_argument_group("index")
+    g.add_argument("--factory", default="auto", help="a FAISS factory string, or auto (default)")
+    g.add_argument("--metric", choices=METRICS, help="default: the embedding set's, else cosine")
+    g.add_argument("--shards", type=int, default=1, help="serving shards (default 1)")
+    g.add_argument(
+        "--memory-budget", default="4GB", help="RAM the served index may take (default 4GB)"
+    )
+    g.add_argument(
+        "--target-recall", type=float, default=0.95, help="recall@10 to tune for (default 0.95)"
+    )
+    g.add_argument(
+        "--strict-recall",
+        action="store_true",
+        help="fail instead of warning when the target is missed",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the training sample (default 0)")
+    g = p.add_argument_group("user vectors")
+    g.add_argument("--id-column", default="id", help="id column of Parquet inputs (default id)")
+    g.add_argument(
+        "--vector-column", default="vector", help="vector column of Parquet inputs (default vector)"
+    )
+    g.add_argument(
+        "--ids", help="for a .npy input: a text file with one id per row (default: row numbers)"
+    )
+    add_run_arguments(p)
+
+
+def index_options(args: argparse.Namespace) -> IndexOptions:
+    return IndexOptions(
+        factory=args.factory,
+        metric=args.metric,
+        shards=args.shards,
+        memory_budget=parse_bytes(args.memory_budget),
+        target_recall=args.target_recall,
+        strict_recall=args.strict_recall,
+        seed=args.seed,
+        id_column=args.id_column,
+        vector_column=args.vector_column,
+        ids=args.ids,
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from embedlib.index.build import build_index
+
+    def echo(line: str) -> None:
+        print(line, flush=True)
+
+    report = build_index(
+        args.embeddings, args.out, options=index_options(args), run=run_options(args), echo=echo
+    )
+    print(report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedlib", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -151,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="embed a corpus into an embedding set (a Ray job)")
     add_embed_arguments(p)
     p.set_defaults(func=cmd_embed)
+    p = sub.add_parser("index", help="build a sharded FAISS index from embeddings (a Ray job)")
+    add_index_arguments(p)
+    p.set_defaults(func=cmd_index)
     p = sub.add_parser("demo", help="embed the Python standard library docs and run a few queries")
     p.add_argument(
         "--out", default="embedlib-demo", help="where the demo writes (default ./embedlib-demo)"

@@ -205,3 +205,61 @@ class RayRunner:
 
 def make_runner(run: RunOptions) -> Runner:
     return RayRunner(run) if run.runner == "ray" else LocalRunner(run)
+
+
+def map_tasks(
+    fn: Callable[..., Any],
+    calls: list[tuple[Any, ...]],
+    run: RunOptions,
+    *,
+    desc: str,
+    num_cpus: float | None = None,
+) -> list[Any]:
+    """`[fn(*args) for args in calls]`, on Ray tasks or in this process, in call order.
+
+    Ray re-runs a task whose worker or node died (up to `max_task_retries` times), so a
+    killed task changes nothing but the time taken; an error the task raises is re-raised.
+    """
+    from tqdm.auto import tqdm
+
+    results: list[Any] = [None] * len(calls)
+    with tqdm(total=len(calls), desc=desc, unit="task", disable=not run.progress) as bar:
+        if run.runner == "local":
+            for i, args in enumerate(calls):
+                results[i] = fn(*args)
+                bar.update(1)
+            return results
+        import ray
+
+        ensure_ray(run.address)
+        task = ray.remote(fn).options(
+            num_cpus=num_cpus if num_cpus is not None else run.cpus_per_worker,
+            max_retries=run.max_task_retries,
+            runtime_env={"env_vars": WORKER_ENV},
+        )
+        from ray.exceptions import RayTaskError
+
+        refs = {task.remote(*args): i for i, args in enumerate(calls)}
+        pending = list(refs)
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            try:
+                results[refs[done[0]]] = ray.get(done[0])
+            except RayTaskError as e:
+                for ref in pending:
+                    ray.cancel(ref)
+                raise (e.cause if e.cause is not None else e) from None
+            bar.update(1)
+    return results
+
+
+def largest_node_cpus(run: RunOptions) -> float:
+    """CPUs of the biggest node (for a task that should use one whole machine)."""
+    if run.runner == "local":
+        return 1.0
+    import ray
+
+    ensure_ray(run.address)
+    return max(
+        (float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1.0
+    )

@@ -119,7 +119,7 @@ class ShardWriter:
         )
         if self._writer is not None:
             schema = self._chunks[-1][1]
-            fitted = _conform(table, schema)
+            fitted = conform_table(table, schema)
             if fitted is not None:
                 self._writer.write_table(fitted)
                 self.rows += table.num_rows
@@ -160,7 +160,7 @@ class ShardWriter:
             for path, _ in self._chunks:
                 with self.fs.open(path, "rb") as fh:
                     for batch in pq.ParquetFile(fh).iter_batches():
-                        fitted = _conform(
+                        fitted = conform_table(
                             pa.Table.from_batches([batch]), schema, text_fallback=True
                         )
                         assert fitted is not None
@@ -188,7 +188,9 @@ def unify_schemas(schemas: Sequence[pa.Schema]) -> pa.Schema:
         return pa.schema(list(fields.values()))
 
 
-def _conform(table: pa.Table, schema: pa.Schema, *, text_fallback: bool = False) -> pa.Table | None:
+def conform_table(
+    table: pa.Table, schema: pa.Schema, *, text_fallback: bool = False
+) -> pa.Table | None:
     """`table` with `schema`'s columns and types, or None when it cannot be made to fit."""
     if not set(table.column_names) <= set(schema.names):
         return None

@@ -1,0 +1,551 @@
+"""Building a sharded FAISS index on Ray: sample, train once, add in parallel, merge,
+tune the search parameters for a target recall, publish a new version.
+
+1. A uniform random sample (seeded) of the whole set is read by tasks, one per part that
+   holds sampled rows; the driver never loads the set.
+2. One task trains the index on the sample and writes `trained.faiss`.
+3. Add tasks each copy the trained empty index and add one unit of rows (a part cut at
+   serving-shard boundaries) with global int64 ids; each also writes the unit's docs
+   rows and computes the exact top-k of the tuning queries among its rows.
+4. Merge tasks combine each serving shard's partial indexes (`merge_from`, ids kept);
+   HNSW, which cannot merge, builds each shard in one task instead.
+5. The driver merges the exact top-k into ground truth, tunes nprobe/efSearch on the
+   built shards, writes the manifest and switches CURRENT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from embedlib import __version__
+from embedlib.documents import ID, VECTOR
+from embedlib.exceptions import EmbedlibError
+from embedlib.index.faiss_ops import merge_into, prepare_vectors, read_index_bytes, write_index
+from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
+from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
+from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
+from embedlib.options import METRICS, Metric, RunOptions
+from embedlib.runner import largest_node_cpus, map_tasks
+from embedlib.store import (
+    conform_table,
+    file_sha256,
+    unify_schemas,
+    vector_array,
+    write_json_atomic,
+)
+
+IID = "_iid"
+PARTIALS = "_partials"
+K_TUNE = 10
+DOCS_ROW_GROUP = 8192
+
+
+class RecallError(EmbedlibError):
+    """The target recall could not be reached and --strict-recall was given."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexOptions:
+    """What index to build. Ids and vectors of user Parquet files are read from
+    `id_column` and `vector_column`; a .npy takes its ids from `ids` (a text file, one
+    id per line; row numbers when absent)."""
+
+    factory: str = "auto"
+    metric: Metric | None = None  # None: the embedding set's, else cosine
+    shards: int = 1
+    memory_budget: int = 4_000_000_000
+    target_recall: float = 0.95
+    strict_recall: bool = False
+    seed: int = 0
+    tuning_queries: int = 500
+    id_column: str = ID
+    vector_column: str = VECTOR
+    ids: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.shards}")
+        if not 0 < self.target_recall <= 1:
+            raise ValueError(f"target_recall must be in (0, 1], got {self.target_recall}")
+        if self.metric is not None and self.metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
+        if self.tuning_queries < 1:
+            raise ValueError("tuning_queries must be >= 1")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """Rows [start, stop) of a part (positions within the part), all in one serving shard."""
+
+    index: int
+    shard: int
+    part: Part
+    start: int
+    stop: int
+
+    @property
+    def first_id(self) -> int:
+        return self.part.offset + self.start
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    fs: fsspec.AbstractFileSystem
+    staging: str
+    dim: int
+    metric: Metric
+    plan: IndexPlan
+    queries: np.ndarray  # tuning queries, as indexed (normalized for cosine)
+
+
+@dataclass
+class PartialResult:
+    shard: int
+    name: str
+    rows: int
+    gt_scores: np.ndarray
+    gt_ids: np.ndarray
+    id_hashes: np.ndarray
+
+
+@dataclass
+class IndexReport:
+    root: str
+    version: str
+    factory: str
+    reason: str
+    metric: str
+    ntotal: int
+    shards: int
+    search_params: dict[str, int]
+    recall_at_10: float
+    target_recall: float
+    latency_ms_p50: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def recall_met(self) -> bool:
+        return self.recall_at_10 >= self.target_recall
+
+    def __str__(self) -> str:
+        params = ", ".join(f"{k}={v}" for k, v in self.search_params.items()) or "none (exact)"
+        phases = ", ".join(f"{k} {v:.1f}s" for k, v in self.seconds.items())
+        lines = [
+            f"index {self.root} -> published {self.version}",
+            f"  {self.factory} ({self.metric}), {self.ntotal} vectors in {self.shards} shards",
+            f"  why: {self.reason}",
+            f"  search params: {params}; recall@10 {self.recall_at_10:.3f} "
+            f"(target {self.target_recall}); {self.latency_ms_p50:.2f} ms/query (p50, one query at a time)",
+            f"  time: {phases}",
+        ]
+        if not self.recall_met:
+            lines.append(
+                f"  WARNING: recall@10 {self.recall_at_10:.3f} is below the target {self.target_recall}"
+            )
+        return "\n".join(lines)
+
+
+def _sample_rows(part: Part, positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Task: the vectors at `positions` (0 = the part's first row) and their global ids."""
+    data = read_part(part, dim=dim, rows=positions)
+    return data.vectors, part.offset + positions
+
+
+def _train(ctx: BuildContext, seed: int, *samples: tuple[np.ndarray, np.ndarray]) -> None:
+    """Task: train the empty index once on the sample and write `trained.faiss`."""
+    index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
+    if not index.is_trained:
+        x = (
+            np.concatenate([v for v, _ in samples])
+            if samples
+            else np.zeros((0, ctx.dim), np.float32)
+        )
+        ids = [str(i) for _, g in samples for i in g]
+        x = prepare_vectors(x, ctx.metric, ids)
+        ivf = faiss.try_extract_index_ivf(index)
+        if ivf is not None:
+            ivf.cp.seed = seed
+        index.train(x)
+    write_index(index, ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
+
+
+def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
+    """Task: copy the trained index, add the units' vectors with global ids, write the
+    partial index and its docs rows, and find the queries' exact top-k among them."""
+    index = read_index_bytes(ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
+    k = K_TUNE + 1
+    best_d = np.full((len(ctx.queries), 0), np.nan, np.float32)
+    best_i = np.zeros((len(ctx.queries), 0), np.int64)
+    hashes = []
+    docs_path = posixpath.join(ctx.staging, PARTIALS, f"{name}.parquet")
+    writer: pq.ParquetWriter | None = None
+    rows = 0
+    with ctx.fs.open(docs_path, "wb") as out:
+        for unit in units:
+            data = read_part(unit.part, dim=ctx.dim, rows=np.arange(unit.start, unit.stop))
+            x = prepare_vectors(data.vectors, ctx.metric, data.ids)
+            gids = np.arange(unit.first_id, unit.first_id + len(x), dtype=np.int64)
+            index.add_with_ids(x, gids)
+            d, i = faiss.knn(ctx.queries, x, min(k, len(x)), metric=faiss_metric(ctx.metric))
+            best_d, best_i = _merge_topk(best_d, best_i, d, i + unit.first_id, k, ctx.metric)
+            hashes.append(_hash_ids(data.ids))
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(gids),
+                    pa.array(data.ids, pa.string()),
+                    vector_array(x, "float32"),
+                    *data.metadata.columns,
+                ],
+                names=[IID, ID, VECTOR, *data.metadata.column_names],
+            )
+            if writer is None:
+                writer = pq.ParquetWriter(out, table.schema)
+            fitted = conform_table(table, writer.schema)
+            if fitted is None:
+                raise VectorError(
+                    f"the metadata columns of {unit.part.path!r} differ from the other inputs'"
+                )
+            writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
+            rows += len(x)
+        if writer is not None:
+            writer.close()
+    write_index(index, ctx.fs, posixpath.join(ctx.staging, PARTIALS, f"{name}.faiss"))
+    return PartialResult(units[0].shard, name, rows, best_d, best_i, np.concatenate(hashes))
+
+
+def _merge_shard(shard: int, names: list[str], ctx: BuildContext) -> dict[str, Any]:
+    """Task: merge a serving shard's partial indexes and docs tables into one each."""
+    fs, base = ctx.fs, posixpath.join(ctx.staging, PARTIALS)
+    index = read_index_bytes(fs, posixpath.join(base, f"{names[0]}.faiss"))
+    for name in names[1:]:
+        merge_into(index, read_index_bytes(fs, posixpath.join(base, f"{name}.faiss")))
+    shard_file, docs_file = f"shard-{shard:05d}.faiss", f"docs-{shard:05d}.parquet"
+    write_index(index, fs, posixpath.join(ctx.staging, shard_file))
+    schemas = []
+    for name in names:
+        with fs.open(posixpath.join(base, f"{name}.parquet"), "rb") as fh:
+            schemas.append(pq.read_schema(fh))
+    schema = unify_schemas(schemas)
+    with (
+        fs.open(posixpath.join(ctx.staging, docs_file), "wb") as out,
+        pq.ParquetWriter(out, schema) as writer,
+    ):
+        for name in names:
+            with fs.open(posixpath.join(base, f"{name}.parquet"), "rb") as fh:
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=DOCS_ROW_GROUP):
+                    fitted = conform_table(
+                        pa.Table.from_batches([batch]), schema, text_fallback=True
+                    )
+                    assert fitted is not None
+                    writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
+    return {
+        "shard": shard,
+        "file": shard_file,
+        "count": int(index.ntotal),
+        "sha256": file_sha256(fs, posixpath.join(ctx.staging, shard_file)),
+        "docs": docs_file,
+        "docs_sha256": file_sha256(fs, posixpath.join(ctx.staging, docs_file)),
+    }
+
+
+def _merge_topk(
+    d0: np.ndarray, i0: np.ndarray, d1: np.ndarray, i1: np.ndarray, k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    d = np.concatenate([d0, d1], axis=1)
+    i = np.concatenate([i0, i1], axis=1)
+    key = d if metric == "l2" else -d
+    order = np.argsort(np.where(np.isnan(key), np.inf, key), axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
+def _hash_ids(ids: list[str]) -> np.ndarray:
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
+            for i in ids
+        ),
+        dtype=np.uint64,
+        count=len(ids),
+    )
+
+
+def _units(src: VectorSource, shards: int) -> list[Unit]:
+    n = src.count
+    bounds = [round(s * n / shards) for s in range(shards + 1)]
+    units: list[Unit] = []
+    for part in src.parts:
+        a = part.offset
+        b = part.offset + part.rows
+        for s in range(shards):
+            lo, hi = max(a, bounds[s]), min(b, bounds[s + 1])
+            if lo < hi:
+                units.append(Unit(len(units), s, part, lo - a, hi - a))
+    return units
+
+
+def build_index(
+    sources: str | list[str],
+    out: str,
+    *,
+    options: IndexOptions | None = None,
+    run: RunOptions | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> IndexReport:
+    """Build a sharded index from embedding sets or user vectors and publish it as a new
+    version under the index root `out`. `echo` receives the plan as soon as it is made."""
+    options = options or IndexOptions()
+    run = run or RunOptions()
+    say = echo or (lambda line: None)
+    urls = [sources] if isinstance(sources, str) else list(sources)
+    times: dict[str, float] = {}
+    clock = time.perf_counter()
+    src = open_sources(
+        urls,
+        id_column=options.id_column,
+        vector_column=options.vector_column,
+        ids=options.ids,
+        storage_options=run.storage_options,
+    )
+    n, d = src.count, src.dim
+    metric: Metric = options.metric or src.metric or "cosine"  # type: ignore[assignment]
+    plan = plan_index(
+        n, d, metric=metric, memory_budget=options.memory_budget, factory=options.factory
+    )
+    say(
+        f"index plan: {plan.factory} for {n} vectors of dimension {d}, metric {metric} (~{human(plan.bytes_estimate)}): {plan.reason}"
+    )
+    fs, root = url_to_fs(out, **run.storage_options)
+    staging = staging_path(root)
+    fs.makedirs(posixpath.join(staging, PARTIALS), exist_ok=True)
+    try:
+        rng = np.random.default_rng(options.seed)
+        q = min(options.tuning_queries, n)
+        picks = rng.choice(n, size=min(n, plan.train_size + q), replace=False)
+        train_ids = np.sort(picks[: plan.train_size])
+        held_out = picks[plan.train_size :]
+        query_ids = held_out if len(held_out) >= q else rng.choice(n, size=q, replace=False)
+        query_ids = np.sort(query_ids)
+        samples = _read_rows(src, train_ids, run)
+        query_vectors = np.concatenate(
+            [v for v, _ in _read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
+        )
+        queries = prepare_vectors(query_vectors, metric, [str(i) for i in query_ids])
+        ctx = BuildContext(fs, staging, d, metric, plan, queries)
+        times["sample"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        map_tasks(
+            _train,
+            [(ctx, options.seed, *samples)],
+            run,
+            desc="training",
+            num_cpus=largest_node_cpus(run),
+        )
+        times["train"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        units = _units(src, options.shards)
+        if plan.mergeable:
+            calls = [([u], ctx, f"unit-{u.index:05d}") for u in units]
+        else:
+            calls = [
+                ([u for u in units if u.shard == s], ctx, f"shard-{s:05d}")
+                for s in range(options.shards)
+            ]
+            calls = [c for c in calls if c[0]]
+        partials: list[PartialResult] = map_tasks(_add_units, calls, run, desc="adding")
+        _check_unique_ids(partials, fs, staging)
+        times["add"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        by_shard = [[p.name for p in partials if p.shard == s] for s in range(options.shards)]
+        if not all(by_shard):
+            raise VectorError(
+                f"{n} vectors cannot fill {options.shards} shards; use --shards {n} or fewer"
+            )
+        shard_infos = map_tasks(
+            _merge_shard, [(s, names, ctx) for s, names in enumerate(by_shard)], run, desc="merging"
+        )
+        fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
+        times["merge"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        gt = _ground_truth(partials, query_ids, metric)
+        manifest = _manifest(src, plan, metric, shard_infos, options)
+        write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), manifest)
+        tuning = _tune(fs, staging, plan, queries, query_ids, gt, options.target_recall, run)
+        manifest.update(tuning)
+        write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), manifest)
+        times["tune"] = time.perf_counter() - clock
+        if tuning["recall_at_10"] < options.target_recall and options.strict_recall:
+            raise RecallError(
+                f"recall@10 reached {tuning['recall_at_10']:.3f} at best, below the target "
+                f"{options.target_recall} (--strict-recall); nothing was published. Try a factory "
+                "with more lists or less compression, or a larger --memory-budget."
+            )
+        version = publish(fs, root, staging)
+    except BaseException:
+        if fs.exists(staging):
+            fs.rm(staging, recursive=True)
+        raise
+    return IndexReport(
+        root=out,
+        version=version,
+        factory=plan.factory,
+        reason=plan.reason,
+        metric=metric,
+        ntotal=n,
+        shards=options.shards,
+        search_params=tuning["search_params"],
+        recall_at_10=tuning["recall_at_10"],
+        target_recall=options.target_recall,
+        latency_ms_p50=tuning["latency_ms_p50"],
+        seconds=times,
+    )
+
+
+def _read_rows(
+    src: VectorSource, global_ids: np.ndarray, run: RunOptions
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Read the rows with these global ids, one task per part that holds some."""
+    calls = []
+    for part in src.parts:
+        lo = np.searchsorted(global_ids, part.offset)
+        hi = np.searchsorted(global_ids, part.offset + part.rows)
+        if hi > lo:
+            calls.append((part, global_ids[lo:hi] - part.offset, src.dim))
+    return map_tasks(_sample_rows, calls, run, desc="sampling") if calls else []
+
+
+def _check_unique_ids(
+    partials: list[PartialResult], fs: fsspec.AbstractFileSystem, staging: str
+) -> None:
+    hashes = np.concatenate([p.id_hashes for p in partials]) if partials else np.zeros(0, np.uint64)
+    uniq, counts = np.unique(hashes, return_counts=True)
+    dup = set(uniq[counts > 1].tolist())
+    if not dup:
+        return
+    names: list[str] = []
+    for p in partials:
+        with fs.open(posixpath.join(staging, PARTIALS, f"{p.name}.parquet"), "rb") as fh:
+            ids = pq.read_table(fh, columns=[ID]).column(ID).to_pylist()
+        names += [i for i, h in zip(ids, p.id_hashes.tolist(), strict=True) if h in dup]
+    shown = sorted(set(names))[:5]
+    raise VectorError(
+        f"{len(names) - len(set(names))} duplicate ids in the input, e.g. {', '.join(map(repr, shown))}; ids must be unique"
+    )
+
+
+def _ground_truth(partials: list[PartialResult], query_ids: np.ndarray, metric: str) -> np.ndarray:
+    """Exact top-10 global ids per query, the query itself left out."""
+    d = np.full((len(query_ids), 0), np.nan, np.float32)
+    i = np.zeros((len(query_ids), 0), np.int64)
+    for p in partials:
+        d, i = _merge_topk(d, i, p.gt_scores, p.gt_ids, K_TUNE + 1, metric)
+    return np.stack([_without(row, q)[:K_TUNE] for row, q in zip(i, query_ids, strict=True)])
+
+
+def _without(row: np.ndarray, query_id: int) -> np.ndarray:
+    return row[row != query_id]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> float:
+    hits = [
+        len(set(_without(f, q)[:K_TUNE].tolist()) & set(t.tolist())) / K_TUNE
+        for f, t, q in zip(found, truth, query_ids, strict=True)
+    ]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def _tune(
+    fs: fsspec.AbstractFileSystem,
+    staging: str,
+    plan: IndexPlan,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+    run: RunOptions,
+) -> dict[str, Any]:
+    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries."""
+    from embedlib.index.reader import ShardedIndex
+
+    index = ShardedIndex(f"{fs.unstrip_protocol(staging)}", storage_options=run.storage_options)
+    if plan.nlist:
+        name, candidates = (
+            "nprobe",
+            [
+                c
+                for c in (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+                if c < plan.nlist
+            ]
+            + [plan.nlist],
+        )
+    elif "HNSW" in plan.factory:
+        name, candidates = "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
+    else:
+        name, candidates = "", [0]
+    curve = []
+    chosen, recall = candidates[-1], 0.0
+    for c in candidates:
+        params = {name: c} if name else {}
+        _, found = index.search_ids(queries, K_TUNE + 1, **_kw(params))
+        recall = _recall(found, truth, query_ids)
+        curve.append({"params": params, "recall_at_10": round(recall, 4)})
+        chosen = c
+        if recall >= target:
+            break
+    params = {name: chosen} if name else {}
+    latencies = []
+    for row in queries[: min(100, len(queries))]:
+        t = time.perf_counter()
+        index.search_ids(row[None, :], K_TUNE, **_kw(params))
+        latencies.append((time.perf_counter() - t) * 1000)
+    return {
+        "search_params": params,
+        "recall_at_10": round(recall, 4),
+        "target_recall": target,
+        "latency_ms_p50": round(float(np.median(latencies)), 3) if latencies else 0.0,
+        "tuning": {"queries": len(queries), "k": K_TUNE, "curve": curve},
+    }
+
+
+def _kw(params: dict[str, int]) -> dict[str, int]:
+    return {"nprobe" if k == "nprobe" else "ef_search": v for k, v in params.items()}
+
+
+def _manifest(
+    src: VectorSource,
+    plan: IndexPlan,
+    metric: str,
+    shards: list[dict[str, Any]],
+    options: IndexOptions,
+) -> dict[str, Any]:
+    return {
+        "format": "embedlib.index",
+        "format_version": 1,
+        "embedlib_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "factory": plan.factory,
+        "plan": plan.to_dict(),
+        "metric": metric,
+        "normalized": metric == "cosine",
+        "dim": src.dim,
+        "ntotal": src.count,
+        "trained": "trained.faiss",
+        "shards": shards,
+        "model": src.fingerprint.to_dict() if src.fingerprint else None,
+        "text_model": src.fingerprint is not None,
+        "text_column": src.text_column,
+        "sources": src.sources,
+        "seed": options.seed,
+        "memory_budget": options.memory_budget,
+    }

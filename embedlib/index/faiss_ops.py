@@ -1,0 +1,94 @@
+"""Small FAISS operations used by the builder and the reader."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import faiss
+import fsspec
+import numpy as np
+
+from embedlib.index.sources import VectorError
+
+
+def prepare_vectors(vectors: np.ndarray, metric: str, ids: list[str]) -> np.ndarray:
+    """Vectors as the index stores them: float32, unit length for cosine."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    if metric != "cosine":
+        return x
+    norms = np.linalg.norm(x, axis=1)
+    zero = norms == 0
+    if zero.any():
+        names = [ids[i] for i in np.flatnonzero(zero)[:5]]
+        raise VectorError(
+            f"{int(zero.sum())} zero vectors cannot be normalized for cosine (ids "
+            f"{', '.join(map(repr, names))}); drop them or use --metric dot or l2"
+        )
+    return x / norms[:, None]
+
+
+def write_index(index: faiss.Index, fs: fsspec.AbstractFileSystem, path: str) -> None:
+    data = faiss.serialize_index(index)
+    with fs.open(path, "wb") as fh:
+        fh.write(data.tobytes())
+
+
+def read_index_bytes(fs: fsspec.AbstractFileSystem, path: str) -> faiss.Index:
+    with fs.open(path, "rb") as fh:
+        data = np.frombuffer(fh.read(), dtype=np.uint8)
+    return faiss.deserialize_index(data)
+
+
+def read_index_mmap(local_path: str) -> faiss.Index:
+    """Open a local index file; IVF inverted lists are memory-mapped, not copied."""
+    index = faiss.read_index(local_path, faiss.IO_FLAG_READ_ONLY)
+    if faiss.try_extract_index_ivf(index) is not None:
+        index = faiss.read_index(local_path, faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    return index
+
+
+def merge_into(target: faiss.Index, other: faiss.Index) -> None:
+    """Append `other`'s vectors (with their ids) to `target`; both share one quantizer."""
+    ivf = faiss.try_extract_index_ivf(target)
+    if ivf is not None:
+        ivf.merge_from(faiss.extract_index_ivf(other), 0)
+        target.ntotal = ivf.ntotal  # a pre-transform wrapper keeps its own count
+        return
+    target.merge_from(other)
+
+
+def search_params(index: faiss.Index, *, nprobe: int | None, ef_search: int | None) -> Any:
+    """Per-call search parameters (thread-safe; the index is not modified)."""
+    inner: Any = None
+    if nprobe is not None and faiss.try_extract_index_ivf(index) is not None:
+        inner = faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
+    elif ef_search is not None:
+        inner = faiss.SearchParametersHNSW(efSearch=int(ef_search))  # type: ignore[attr-defined]
+    if inner is None:
+        return None
+    if isinstance(index, faiss.IndexPreTransform):
+        outer = faiss.SearchParametersPreTransform()
+        outer.index_params = inner
+        outer._inner = inner  # type: ignore[attr-defined]  # keep the inner object alive as long as the outer
+        return outer
+    return inner
+
+
+def unwrap(index: faiss.Index) -> faiss.Index:
+    return faiss.downcast_index(index)
+
+
+def local_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str:
+    """A local path for `path`: itself on a local filesystem, else a cached copy."""
+    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        return path
+    os.makedirs(cache_dir, exist_ok=True)
+    target = os.path.join(cache_dir, path.strip("/").replace("/", "__"))
+    if not os.path.exists(target):
+        fd, tmp = tempfile.mkstemp(dir=cache_dir)
+        os.close(fd)
+        fs.get(path, tmp)
+        os.replace(tmp, target)
+    return target

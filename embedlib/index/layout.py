@@ -1,0 +1,79 @@
+"""An index root on storage: versions side by side and a `CURRENT` pointer.
+
+    INDEX/CURRENT                       the name of the published version, e.g. v-00002
+    INDEX/versions/v-00002/manifest.json
+    INDEX/versions/v-00002/trained.faiss      the trained, empty index
+    INDEX/versions/v-00002/shard-NNNNN.faiss  serving shards
+    INDEX/versions/v-00002/docs-NNNNN.parquet int64 id -> string id, vector, text, metadata
+    INDEX/versions/.staging-<uuid>/     a version being built (never read)
+
+A version is written in a staging folder, moved to its name, and only then published
+by rewriting CURRENT (write beside, then rename): a reader never sees half an index.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import uuid
+
+import fsspec
+
+from embedlib.exceptions import SourceError
+
+CURRENT = "CURRENT"
+VERSIONS = "versions"
+INDEX_MANIFEST = "manifest.json"
+_VERSION = re.compile(r"^v-(\d{5,})$")
+
+
+def versions_dir(root: str) -> str:
+    return posixpath.join(root, VERSIONS)
+
+
+def list_versions(fs: fsspec.AbstractFileSystem, root: str) -> list[str]:
+    folder = versions_dir(root)
+    if not fs.exists(folder):
+        return []
+    names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(folder, detail=False)]
+    return sorted((n for n in names if _VERSION.match(n)), key=lambda n: int(n[2:]))
+
+
+def next_version(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    existing = list_versions(fs, root)
+    last = int(existing[-1][2:]) if existing else 0
+    return f"v-{last + 1:05d}"
+
+
+def staging_path(root: str) -> str:
+    return posixpath.join(versions_dir(root), f".staging-{uuid.uuid4().hex}")
+
+
+def current_version(fs: fsspec.AbstractFileSystem, root: str) -> str:
+    """The published version's name; SourceError when the root has none."""
+    pointer = posixpath.join(root, CURRENT)
+    if not fs.exists(pointer):
+        raise SourceError(
+            f"{root!r} holds no published index (no {CURRENT} file); build one with `embedlib index`"
+        )
+    name = fs.cat(pointer).decode().strip()
+    if not _VERSION.match(name):
+        raise SourceError(f"{pointer!r} names {name!r}, which is not an index version")
+    return name
+
+
+def resolve(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The version folder for an index root (via CURRENT) or a version folder itself."""
+    if fs.exists(posixpath.join(path, INDEX_MANIFEST)):
+        return path
+    return posixpath.join(versions_dir(path), current_version(fs, path))
+
+
+def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:
+    """Move a finished staging folder to the next version name and point CURRENT at it."""
+    name = next_version(fs, root)
+    fs.mv(staging, posixpath.join(versions_dir(root), name), recursive=True)
+    tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
+    fs.pipe(tmp, f"{name}\n".encode())
+    fs.mv(tmp, posixpath.join(root, CURRENT))
+    return name

@@ -1,0 +1,267 @@
+"""`ShardedIndex`: open a published index version, search every shard, merge top-k.
+
+IVF shards are memory-mapped (a remote index is first copied to a local cache). Results
+carry the string id, the score (similarity for cosine/dot, higher first; squared L2
+distance for l2, lower first), and on request the text and metadata from the docs tables.
+Vector arithmetic (`positive` / `negative`, as gensim's `most_similar`) is part of search.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from embedlib.documents import ID, VECTOR
+from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.index.faiss_ops import local_copy, read_index_mmap, search_params
+from embedlib.index.layout import INDEX_MANIFEST, resolve
+from embedlib.models import ModelFingerprint
+from embedlib.store import read_json, vectors_of
+
+IID = "_iid"
+Query = str | Sequence[float] | np.ndarray
+
+
+class QueryError(EmbedlibError, ValueError):
+    """A query the index cannot answer (unknown id, wrong dimension, no text model)."""
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _Docs:
+    """One shard's docs table, read by row group on demand."""
+
+    def __init__(self, fs: Any, path: str) -> None:
+        self.fs, self.path = fs, path
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            self.iids = pf.read(columns=[IID]).column(IID).to_numpy()
+            self.group_starts = np.cumsum(
+                [0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+            )
+            self.columns = pf.schema_arrow.names
+        self._cache: dict[int, dict[str, list[Any]]] = {}
+
+    def rows(self, iids: np.ndarray) -> list[dict[str, Any] | None]:
+        pos = np.searchsorted(self.iids, iids)
+        out: list[dict[str, Any] | None] = []
+        for iid, p in zip(iids, pos, strict=True):
+            if p >= len(self.iids) or self.iids[p] != iid:
+                out.append(None)
+                continue
+            g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
+            group = self._group(g)
+            r = int(p - self.group_starts[g])
+            out.append({c: v[r] for c, v in group.items()})
+        return out
+
+    def _group(self, g: int) -> dict[str, list[Any]]:
+        if g not in self._cache:
+            if len(self._cache) > 64:
+                self._cache.pop(next(iter(self._cache)))
+            with self.fs.open(self.path, "rb") as fh:
+                table = pq.ParquetFile(fh).read_row_group(g)
+            cols = {c: table.column(c).to_pylist() for c in table.column_names if c != VECTOR}
+            cols[VECTOR] = list(vectors_of(table.column(VECTOR)))
+            self._cache[g] = cols
+        return self._cache[g]
+
+    def string_ids(self) -> list[str]:
+        with self.fs.open(self.path, "rb") as fh:
+            return pq.read_table(fh, columns=[ID]).column(ID).to_pylist()
+
+
+class ShardedIndex:
+    """A published index version: open with the index root (follows CURRENT) or a
+    version folder."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.fs, root = url_to_fs(path, **(storage_options or {}))
+        self.path = resolve(self.fs, root.rstrip("/"))
+        self.manifest: dict[str, Any] = read_json(
+            self.fs, posixpath.join(self.path, INDEX_MANIFEST)
+        )
+        cache = cache_dir or os.path.join(tempfile.gettempdir(), "embedlib-index-cache")
+        self.shards = [
+            read_index_mmap(local_copy(self.fs, posixpath.join(self.path, s["file"]), cache))
+            for s in self.manifest["shards"]
+        ]
+        self.docs = [
+            _Docs(self.fs, posixpath.join(self.path, s["docs"])) for s in self.manifest["shards"]
+        ]
+        self._id_map: dict[str, int] | None = None
+
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def ntotal(self) -> int:
+        return int(sum(s.ntotal for s in self.shards))
+
+    @property
+    def fingerprint(self) -> ModelFingerprint | None:
+        model = self.manifest.get("model")
+        return ModelFingerprint.from_dict(model) if model else None
+
+    @property
+    def default_params(self) -> dict[str, int]:
+        return dict(self.manifest.get("search_params", {}))
+
+    def search_ids(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Raw search: (scores, int64 ids), best first, over all shards. Queries are used as
+        given (normalize them for cosine, see `prepare_queries`)."""
+        defaults = self.default_params
+        nprobe = nprobe if nprobe is not None else defaults.get("nprobe")
+        ef_search = ef_search if ef_search is not None else defaults.get("efSearch")
+        x = np.ascontiguousarray(queries, dtype=np.float32)
+        parts = [
+            s.search(x, k, params=search_params(s, nprobe=nprobe, ef_search=ef_search))
+            for s in self.shards
+        ]
+        d = np.concatenate([p[0] for p in parts], axis=1)
+        i = np.concatenate([p[1] for p in parts], axis=1)
+        worst = np.inf if self.metric == "l2" else -np.inf
+        d = np.where(i < 0, worst, d)
+        key = d if self.metric == "l2" else -d
+        order = np.argsort(key, axis=1, kind="stable")[:, :k]
+        return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+    def prepare_queries(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+        if x.shape[1] != self.dim:
+            raise QueryError(f"query vectors have dimension {x.shape[1]}; the index has {self.dim}")
+        if self.metric == "cosine":
+            norms = np.linalg.norm(x, axis=1, keepdims=True)
+            if (norms == 0).any():
+                raise QueryError("a zero query vector has no direction to compare by cosine")
+            x = x / norms
+        return x
+
+    def search(
+        self,
+        vectors: np.ndarray,
+        k: int = 10,
+        *,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        include: Sequence[str] = ("text", "metadata"),
+        exclude: Sequence[set[int]] | None = None,
+    ) -> list[list[Hit]]:
+        """Top-k hits for each query vector."""
+        x = self.prepare_queries(vectors)
+        extra = max((len(e) for e in exclude), default=0) if exclude else 0
+        scores, ids = self.search_ids(x, k + extra, nprobe=nprobe, ef_search=ef_search)
+        results = []
+        for n, (row_s, row_i) in enumerate(zip(scores, ids, strict=True)):
+            skip = exclude[n] if exclude else set()
+            keep = [
+                (s, i) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) not in skip
+            ][:k]
+            results.append(self._hits(keep, include))
+        return results
+
+    def most_similar(
+        self,
+        positive: Sequence[Query] = (),
+        negative: Sequence[Query] = (),
+        k: int = 10,
+        **kw: Any,
+    ) -> list[Hit]:
+        """Vector arithmetic as gensim's `most_similar`: the mean of the unit-length positive
+        inputs minus the negative ones; inputs given by id are left out of the results."""
+        if not positive and not negative:
+            raise QueryError("give at least one positive or negative item")
+        weighted = [(q, 1.0) for q in positive] + [(q, -1.0) for q in negative]
+        vectors, excluded = [], set()
+        for item, weight in weighted:
+            if isinstance(item, str):
+                iid = self.iid_of(item)
+                excluded.add(iid)
+                v = self.vector_of_iid(iid)
+            else:
+                v = np.asarray(item, dtype=np.float32)
+                if v.shape != (self.dim,):
+                    raise QueryError(
+                        f"a vector of dimension {v.shape} was given; the index has {self.dim}"
+                    )
+            norm = np.linalg.norm(v)
+            vectors.append(weight * (v / norm if norm > 0 else v))
+        mean = np.mean(vectors, axis=0)
+        return self.search(mean[None, :], k, exclude=[excluded], **kw)[0]
+
+    def iid_of(self, doc_id: str) -> int:
+        if self._id_map is None:
+            self._id_map = {}
+            for docs in self.docs:
+                self._id_map.update(zip(docs.string_ids(), docs.iids.tolist(), strict=True))
+        if doc_id not in self._id_map:
+            raise QueryError(f"id {doc_id!r} is not in the index")
+        return self._id_map[doc_id]
+
+    def vector_of_iid(self, iid: int) -> np.ndarray:
+        for docs in self.docs:
+            row = docs.rows(np.array([iid]))[0]
+            if row is not None:
+                return np.asarray(row[VECTOR], dtype=np.float32)
+        raise QueryError(f"internal id {iid} is not in the index")
+
+    def vector(self, doc_id: str) -> np.ndarray:
+        return self.vector_of_iid(self.iid_of(doc_id))
+
+    def _hits(self, pairs: list[tuple[float, int]], include: Sequence[str]) -> list[Hit]:
+        iids = np.array([i for _, i in pairs], dtype=np.int64)
+        rows: list[dict[str, Any] | None] = [None] * len(pairs)
+        for docs in self.docs:
+            for n, row in enumerate(docs.rows(iids)):
+                if row is not None:
+                    rows[n] = row
+        text_column = self.manifest.get("text_column")
+        hits = []
+        for (score, _), row in zip(pairs, rows, strict=True):
+            if row is None:
+                raise SourceError(
+                    "the docs tables do not hold an id the index returned; the index is damaged"
+                )
+            hit = Hit(id=row[ID], score=float(score))
+            if "text" in include and text_column:
+                hit.text = row.get(text_column)
+            if "metadata" in include:
+                hit.metadata = {
+                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, text_column)
+                }
+            if "vector" in include:
+                hit.metadata["vector"] = [float(x) for x in row[VECTOR]]
+            hits.append(hit)
+        return hits
