@@ -139,11 +139,12 @@ def write_corpus(path: Path, table: pa.Table) -> None:
 def run_demo(
     out: str, *, run: RunOptions | None = None, queries: tuple[str, ...] = QUERIES
 ) -> dict[str, list[tuple[str, float]]]:
-    """Embed the standard-library corpus on Ray, print the nearest neighbours of a few
-    queries, and return them as {query: [(id, score), ...]}."""
+    """Embed the standard-library corpus on Ray, build its index, print the nearest
+    neighbours of a few queries from the index, and return them as {query: [(id, score)]}."""
     from embedlib.embed_job import embed_corpus
     from embedlib.encode import TextEncoder
-    from embedlib.exact import exact_search
+    from embedlib.index import ShardedIndex, build_index
+    from embedlib.index.layout import CURRENT
     from embedlib.store import EmbeddingSet
 
     run = run or RunOptions()
@@ -155,17 +156,21 @@ def run_demo(
         f"demo corpus: {table.num_rows} documents from the Python {sys.version.split()[0]} standard library -> {corpus}"
     )
     embeddings = str(root / "embeddings")
-    report = embed_corpus(str(corpus), embeddings, options=EmbedOptions(shard_rows=500), run=run)
-    print(report)
+    print(embed_corpus(str(corpus), embeddings, options=EmbedOptions(shard_rows=500), run=run))
     eset = EmbeddingSet(embeddings)
-    texts = dict(zip(table.column("id").to_pylist(), table.column("text").to_pylist(), strict=True))
+    index_root = root / "index"
+    built_from = eset.manifest["created_at"]
+    stamp = index_root / "built-from.txt"
+    if not (index_root / CURRENT).exists() or not stamp.exists() or stamp.read_text() != built_from:
+        print(build_index(embeddings, str(index_root), run=run, echo=print))
+        stamp.write_text(built_from)
+    index = ShardedIndex(str(index_root))
     encoder = TextEncoder(eset.fingerprint.name)
     vectors, _ = encoder.encode(list(queries))
-    ids, scores = exact_search(eset, vectors, k=5)
     results = {}
-    for query, hit_ids, hit_scores in zip(queries, ids, scores, strict=True):
-        results[query] = [(str(i), float(s)) for i, s in zip(hit_ids, hit_scores, strict=True)]
+    for query, hits in zip(queries, index.search(vectors, 5), strict=True):
+        results[query] = [(h.id, h.score) for h in hits]
         print(f"\nquery: {query!r}")
-        for doc_id, score in results[query]:
-            print(f"  {score:.3f}  {doc_id:<40} {texts[doc_id][:80]}")
+        for h in hits:
+            print(f"  {h.score:.3f}  {h.id:<40} {(h.text or '')[:80]}")
     return results

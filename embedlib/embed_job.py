@@ -147,9 +147,13 @@ def embed_corpus(
     finally:
         if runner is not None:
             runner.close()
-    manifest = _write_manifest(
-        fs_out, out_path, source, files, shards, committed, job, options, fingerprint
-    )
+    manifest_path = join(out_path, MANIFEST)
+    if not todo and fs_out.exists(manifest_path):
+        manifest = read_json(fs_out, manifest_path)  # a finished set: leave it as it is
+    else:
+        manifest = _write_manifest(
+            fs_out, out_path, source, files, shards, committed, job, options, fingerprint
+        )
     if fs_out.exists(join(out_path, ATTEMPTS)):
         fs_out.rm(join(out_path, ATTEMPTS), recursive=True)
     now = [committed[s.index] for s in todo]

@@ -26,8 +26,11 @@ def test_demo_answers_the_classic_queries(tmp_path, capsys):
     assert {"gzip", "zlib", "bz2"} & set(compress) and len(
         set(compress) & {"gzip", "zlib", "bz2", "lzma", "zipfile"}
     ) >= 3
-    assert "machine learning tutorial" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "machine learning tutorial" in out and "published v-00001" in out
+    assert (tmp_path / "demo" / "index" / "CURRENT").read_text().strip() == "v-00001"
     # a second run finds every shard committed and embeds nothing
     again = run_demo(str(tmp_path / "demo"), run=RunOptions(progress=False))
     assert again == results
-    assert "(0 embedded now," in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(0 embedded now," in out and "published" not in out  # nothing rebuilt

