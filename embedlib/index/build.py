@@ -15,7 +15,6 @@ tune the search parameters for a target recall, publish a new version.
 
 from __future__ import annotations
 
-import hashlib
 import posixpath
 import time
 from collections.abc import Callable
@@ -30,7 +29,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib import __version__
-from embedlib.documents import ID, VECTOR
+from embedlib.documents import ID, VECTOR, id_hashes
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.faiss_ops import merge_into, prepare_vectors, read_index_bytes, write_index
 from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
@@ -200,7 +199,7 @@ def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult
             index.add_with_ids(x, gids)
             d, i = faiss.knn(ctx.queries, x, min(k, len(x)), metric=faiss_metric(ctx.metric))
             best_d, best_i = _merge_topk(best_d, best_i, d, i + unit.first_id, k, ctx.metric)
-            hashes.append(_hash_ids(data.ids))
+            hashes.append(id_hashes(data.ids))
             table = pa.Table.from_arrays(
                 [
                     pa.array(gids),
@@ -268,17 +267,6 @@ def _merge_topk(
     key = d if metric == "l2" else -d
     order = np.argsort(np.where(np.isnan(key), np.inf, key), axis=1, kind="stable")[:, :k]
     return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
-
-
-def _hash_ids(ids: list[str]) -> np.ndarray:
-    return np.fromiter(
-        (
-            int.from_bytes(hashlib.blake2b(i.encode(), digest_size=8).digest(), "little")
-            for i in ids
-        ),
-        dtype=np.uint64,
-        count=len(ids),
-    )
 
 
 def _units(src: VectorSource, shards: int) -> list[Unit]:
