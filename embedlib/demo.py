@@ -142,7 +142,6 @@ def run_demo(
     """Embed the standard-library corpus on Ray, build its index, print the nearest
     neighbours of a few queries from the index, and return them as {query: [(id, score)]}."""
     from embedlib.embed_job import embed_corpus
-    from embedlib.encode import TextEncoder
     from embedlib.index import ShardedIndex, build_index
     from embedlib.index.layout import CURRENT
     from embedlib.store import EmbeddingSet
@@ -165,10 +164,8 @@ def run_demo(
         print(build_index(embeddings, str(index_root), run=run, echo=print))
         stamp.write_text(built_from)
     index = ShardedIndex(str(index_root))
-    encoder = TextEncoder(eset.fingerprint.name)
-    vectors, _ = encoder.encode(list(queries))
     results = {}
-    for query, hits in zip(queries, index.search(vectors, 5), strict=True):
+    for query, hits in zip(queries, index.search_text(queries, 5), strict=True):
         results[query] = [(h.id, h.score) for h in hits]
         print(f"\nquery: {query!r}")
         for h in hits:

@@ -239,14 +239,19 @@ def map_tasks(
         )
         from ray.exceptions import RayTaskError
 
-        refs = {task.remote(*args): i for i, args in enumerate(calls)}
-        pending = list(refs)
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
+        window = run.workers or len(calls)  # at most this many tasks in flight
+        queue = list(enumerate(calls))[::-1]
+        refs: dict[Any, int] = {}
+        while queue or refs:
+            while queue and len(refs) < window:
+                i, args = queue.pop()
+                refs[task.remote(*args)] = i
+            done, _ = ray.wait(list(refs), num_returns=1)
+            i = refs.pop(done[0])
             try:
-                results[refs[done[0]]] = ray.get(done[0])
+                results[i] = ray.get(done[0])
             except RayTaskError as e:
-                for ref in pending:
+                for ref in refs:
                     ray.cancel(ref)
                 raise (e.cause if e.cause is not None else e) from None
             bar.update(1)

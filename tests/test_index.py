@@ -258,3 +258,39 @@ def test_a_killed_add_task_is_retried_and_the_index_is_unchanged(tmp_path, glove
     assert [s["count"] for s in a["shards"]] == [s["count"] for s in b["shards"]]
     assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
     assert a["recall_at_10"] == b["recall_at_10"] and a["search_params"] == b["search_params"]
+
+
+def test_missed_recall_warns_or_fails_with_strict_recall(tmp_path, glove):
+    _, words, vectors = glove
+    src = _write_vectors(tmp_path / "v.parquet", vectors[:12000], words[:12000])
+    lossy = IndexOptions(factory="IVF64,PQ5", target_recall=0.999)
+    report = build_index(src, str(tmp_path / "idx"), options=lossy, run=LOCAL)
+    assert not report.recall_met and "WARNING: recall@10" in str(report)
+    assert report.search_params == {"nprobe": 64}  # it tried up to every list
+    strict = IndexOptions(factory="IVF64,PQ5", target_recall=0.999, strict_recall=True)
+    from embedlib.index.build import RecallError
+
+    with pytest.raises(RecallError, match=r"below the target 0\.999"):
+        build_index(src, str(tmp_path / "idx"), options=strict, run=LOCAL)
+    assert (tmp_path / "idx" / "CURRENT").read_text().strip() == report.version  # untouched
+
+
+def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
+    from embedlib import EmbedOptions, embed_corpus
+    from embedlib.index.reader import QueryError
+
+    fs, url = memfs
+    fs.pipe(
+        f"{url}/c.jsonl",
+        b'{"text": "cat video"}\n{"text": "machine learning tutorial"}\n{"text": "buy cheap shoes"}\n',
+    )
+    embed_corpus(f"{url}/c.jsonl", f"{url}/emb", options=EmbedOptions(), run=LOCAL)
+    build_index(f"{url}/emb", f"{url}/idx", run=LOCAL)
+    index = ShardedIndex(f"{url}/idx", cache_dir=str(tmp_path / "cache"))
+    assert index.manifest["text_model"] is True
+    hits = index.search_text(["how to train a neural net"], 1)[0]
+    assert hits[0].text == "machine learning tutorial" and hits[0].id == "c.jsonl:1"
+    np.save(tmp_path / "v.npy", np.eye(4, dtype=np.float32))
+    build_index(str(tmp_path / "v.npy"), str(tmp_path / "vidx"), run=LOCAL)
+    with pytest.raises(QueryError, match="without a text model"):
+        ShardedIndex(str(tmp_path / "vidx")).search_text(["anything"])

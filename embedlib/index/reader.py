@@ -110,6 +110,7 @@ class ShardedIndex:
             _Docs(self.fs, posixpath.join(self.path, s["docs"])) for s in self.manifest["shards"]
         ]
         self._id_map: dict[str, int] | None = None
+        self._encoder: Any = None
 
     @property
     def metric(self) -> str:
@@ -220,6 +221,32 @@ class ShardedIndex:
             vectors.append(weight * (v / norm if norm > 0 else v))
         mean = np.mean(vectors, axis=0)
         return self.search(mean[None, :], k, exclude=[excluded], **kw)[0]
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors for `texts`, made with the index's own model (loaded once)."""
+        fingerprint = self.fingerprint
+        if fingerprint is None:
+            raise QueryError(
+                "this index was built from vectors without a text model; query it with "
+                "vectors or ids, not text"
+            )
+        if self._encoder is None:
+            from embedlib.encode import TextEncoder
+
+            encoder = TextEncoder(
+                fingerprint.name,
+                normalize=fingerprint.normalize,
+                max_seq_length=fingerprint.max_seq_length,
+            )
+            encoder.fingerprint.require_compatible(
+                fingerprint, what="the query model", other_what="the index"
+            )
+            self._encoder = encoder
+        return self._encoder.encode(list(texts))[0]
+
+    def search_text(self, texts: Sequence[str], k: int = 10, **kw: Any) -> list[list[Hit]]:
+        """Top-k hits for each text, embedded with the index's own model."""
+        return self.search(self.encode_text(texts), k, **kw)
 
     def iid_of(self, doc_id: str) -> int:
         if self._id_map is None:
