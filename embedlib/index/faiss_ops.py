@@ -59,15 +59,29 @@ def merge_into(target: faiss.Index, other: faiss.Index) -> None:
     target.merge_from(other)
 
 
-def search_params(index: faiss.Index, *, nprobe: int | None, ef_search: int | None) -> Any:
-    """Per-call search parameters (thread-safe; the index is not modified)."""
+def search_params(
+    index: faiss.Index, *, nprobe: int | None, ef_search: int | None, selector: Any = None
+) -> Any:
+    """Per-call search parameters (thread-safe; the index is not modified). `selector`
+    (a faiss.IDSelector over external ids) restricts the search inside FAISS."""
     inner: Any = None
-    if nprobe is not None and faiss.try_extract_index_ivf(index) is not None:
-        inner = faiss.SearchParametersIVF(nprobe=int(nprobe))  # type: ignore[call-arg]
-    elif ef_search is not None:
-        inner = faiss.SearchParametersHNSW(efSearch=int(ef_search))  # type: ignore[attr-defined]
+    is_ivf = faiss.try_extract_index_ivf(index) is not None
+    if is_ivf and (nprobe is not None or selector is not None):
+        inner = faiss.SearchParametersIVF()
+        if nprobe is not None:
+            inner.nprobe = int(nprobe)
+    elif "HNSW" in type(faiss.downcast_index(_inner_index(index))).__name__ and (
+        ef_search is not None or selector is not None
+    ):
+        inner = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+        if ef_search is not None:
+            inner.efSearch = int(ef_search)
+    elif selector is not None:
+        inner = faiss.SearchParameters()
     if inner is None:
         return None
+    if selector is not None:
+        inner.sel = selector
     if isinstance(index, faiss.IndexPreTransform):
         outer = faiss.SearchParametersPreTransform()
         outer.index_params = inner
@@ -76,8 +90,12 @@ def search_params(index: faiss.Index, *, nprobe: int | None, ef_search: int | No
     return inner
 
 
-def unwrap(index: faiss.Index) -> faiss.Index:
-    return faiss.downcast_index(index)
+def _inner_index(index: faiss.Index) -> faiss.Index:
+    """The index under IDMap / pre-transform wrappers."""
+    index = faiss.downcast_index(index)
+    while hasattr(index, "index") and index.index is not None:
+        index = faiss.downcast_index(index.index)
+    return index
 
 
 def local_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str:

@@ -40,6 +40,7 @@ class Hit:
     score: float
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    vector: list[float] | None = None
 
 
 class _Docs:
@@ -85,6 +86,98 @@ class _Docs:
             return pq.read_table(fh, columns=[ID]).column(ID).to_pylist()
 
 
+class DocsLookup:
+    """The docs tables of an index version: int64 id -> row, string id -> int64 id."""
+
+    def __init__(self, fs: Any, version_path: str, manifest: dict[str, Any]) -> None:
+        self.manifest = manifest
+        self.docs = [_Docs(fs, posixpath.join(version_path, s["docs"])) for s in manifest["shards"]]
+        self._id_map: dict[str, int] | None = None
+
+    def iid_of(self, doc_id: str) -> int:
+        if self._id_map is None:
+            id_map: dict[str, int] = {}
+            for docs in self.docs:
+                id_map.update(zip(docs.string_ids(), docs.iids.tolist(), strict=True))
+            self._id_map = id_map
+        if doc_id not in self._id_map:
+            raise QueryError(f"id {doc_id!r} is not in the index")
+        return self._id_map[doc_id]
+
+    def vector_of_iid(self, iid: int) -> np.ndarray:
+        for docs in self.docs:
+            row = docs.rows(np.array([iid]))[0]
+            if row is not None:
+                return np.asarray(row[VECTOR], dtype=np.float32)
+        raise QueryError(f"internal id {iid} is not in the index")
+
+    def hits(self, pairs: Sequence[tuple[float, int]], include: Sequence[str]) -> list[Hit]:
+        """Hits for (score, int64 id) pairs, with text / metadata / vector as asked."""
+        iids = np.array([i for _, i in pairs], dtype=np.int64)
+        rows: list[dict[str, Any] | None] = [None] * len(pairs)
+        for docs in self.docs:
+            for n, row in enumerate(docs.rows(iids)):
+                if row is not None:
+                    rows[n] = row
+        text_column = self.manifest.get("text_column")
+        hits = []
+        for (score, _), row in zip(pairs, rows, strict=True):
+            if row is None:
+                raise SourceError(
+                    "the docs tables do not hold an id the index returned; the index is damaged"
+                )
+            hit = Hit(id=row[ID], score=float(score))
+            if "text" in include and text_column:
+                hit.text = row.get(text_column)
+            if "metadata" in include:
+                hit.metadata = {
+                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, text_column)
+                }
+            if "vector" in include:
+                hit.vector = [float(x) for x in row[VECTOR]]
+            hits.append(hit)
+        return hits
+
+
+def prepare_queries(vectors: np.ndarray, *, dim: int, metric: str) -> np.ndarray:
+    """Query vectors as the index compares them: float32, unit length for cosine."""
+    x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
+    if x.shape[1] != dim:
+        raise QueryError(f"query vectors have dimension {x.shape[1]}; the index has {dim}")
+    if not np.isfinite(x).all():
+        raise QueryError("query vectors hold NaN or infinite values")
+    if metric == "cosine":
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise QueryError("a zero query vector has no direction to compare by cosine")
+        x = x / norms
+    return x
+
+
+def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """gensim's most_similar arithmetic: the mean of the weighted unit-length inputs."""
+    if not vectors:
+        raise QueryError("give at least one positive or negative item")
+    units = []
+    for v, w in zip(vectors, weights, strict=True):
+        norm = np.linalg.norm(v)
+        units.append(w * (v / norm if norm > 0 else v))
+    return np.mean(units, axis=0).astype(np.float32)
+
+
+def merge_topk(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, ids) into the overall top-k, best first."""
+    d = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    worst = np.inf if metric == "l2" else -np.inf
+    d = np.where(i < 0, worst, d)
+    key = d if metric == "l2" else -d
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+
+
 class ShardedIndex:
     """A published index version: open with the index root (follows CURRENT) or a
     version folder."""
@@ -106,10 +199,7 @@ class ShardedIndex:
             read_index_mmap(local_copy(self.fs, posixpath.join(self.path, s["file"]), cache))
             for s in self.manifest["shards"]
         ]
-        self.docs = [
-            _Docs(self.fs, posixpath.join(self.path, s["docs"])) for s in self.manifest["shards"]
-        ]
-        self._id_map: dict[str, int] | None = None
+        self.lookup = DocsLookup(self.fs, self.path, self.manifest)
         self._encoder: Any = None
 
     @property
@@ -151,24 +241,10 @@ class ShardedIndex:
             s.search(x, k, params=search_params(s, nprobe=nprobe, ef_search=ef_search))
             for s in self.shards
         ]
-        d = np.concatenate([p[0] for p in parts], axis=1)
-        i = np.concatenate([p[1] for p in parts], axis=1)
-        worst = np.inf if self.metric == "l2" else -np.inf
-        d = np.where(i < 0, worst, d)
-        key = d if self.metric == "l2" else -d
-        order = np.argsort(key, axis=1, kind="stable")[:, :k]
-        return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
+        return merge_topk(parts, k, self.metric)
 
     def prepare_queries(self, vectors: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
-        if x.shape[1] != self.dim:
-            raise QueryError(f"query vectors have dimension {x.shape[1]}; the index has {self.dim}")
-        if self.metric == "cosine":
-            norms = np.linalg.norm(x, axis=1, keepdims=True)
-            if (norms == 0).any():
-                raise QueryError("a zero query vector has no direction to compare by cosine")
-            x = x / norms
-        return x
+        return prepare_queries(vectors, dim=self.dim, metric=self.metric)
 
     def search(
         self,
@@ -190,7 +266,7 @@ class ShardedIndex:
             keep = [
                 (s, i) for s, i in zip(row_s, row_i, strict=True) if i >= 0 and int(i) not in skip
             ][:k]
-            results.append(self._hits(keep, include))
+            results.append(self.lookup.hits(keep, include))
         return results
 
     def most_similar(
@@ -202,24 +278,19 @@ class ShardedIndex:
     ) -> list[Hit]:
         """Vector arithmetic as gensim's `most_similar`: the mean of the unit-length positive
         inputs minus the negative ones; inputs given by id are left out of the results."""
-        if not positive and not negative:
-            raise QueryError("give at least one positive or negative item")
-        weighted = [(q, 1.0) for q in positive] + [(q, -1.0) for q in negative]
-        vectors, excluded = [], set()
-        for item, weight in weighted:
+        vectors, weights, excluded = [], [], set()
+        for item, weight in [(q, 1.0) for q in positive] + [(q, -1.0) for q in negative]:
             if isinstance(item, str):
-                iid = self.iid_of(item)
+                iid = self.lookup.iid_of(item)
                 excluded.add(iid)
-                v = self.vector_of_iid(iid)
+                v = self.lookup.vector_of_iid(iid)
             else:
-                v = np.asarray(item, dtype=np.float32)
-                if v.shape != (self.dim,):
-                    raise QueryError(
-                        f"a vector of dimension {v.shape} was given; the index has {self.dim}"
-                    )
-            norm = np.linalg.norm(v)
-            vectors.append(weight * (v / norm if norm > 0 else v))
-        mean = np.mean(vectors, axis=0)
+                v = prepare_queries(np.asarray(item, dtype=np.float32), dim=self.dim, metric="dot")[
+                    0
+                ]
+            vectors.append(v)
+            weights.append(weight)
+        mean = combine(vectors, weights)
         return self.search(mean[None, :], k, exclude=[excluded], **kw)[0]
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
@@ -248,47 +319,6 @@ class ShardedIndex:
         """Top-k hits for each text, embedded with the index's own model."""
         return self.search(self.encode_text(texts), k, **kw)
 
-    def iid_of(self, doc_id: str) -> int:
-        if self._id_map is None:
-            self._id_map = {}
-            for docs in self.docs:
-                self._id_map.update(zip(docs.string_ids(), docs.iids.tolist(), strict=True))
-        if doc_id not in self._id_map:
-            raise QueryError(f"id {doc_id!r} is not in the index")
-        return self._id_map[doc_id]
-
-    def vector_of_iid(self, iid: int) -> np.ndarray:
-        for docs in self.docs:
-            row = docs.rows(np.array([iid]))[0]
-            if row is not None:
-                return np.asarray(row[VECTOR], dtype=np.float32)
-        raise QueryError(f"internal id {iid} is not in the index")
-
     def vector(self, doc_id: str) -> np.ndarray:
-        return self.vector_of_iid(self.iid_of(doc_id))
-
-    def _hits(self, pairs: list[tuple[float, int]], include: Sequence[str]) -> list[Hit]:
-        iids = np.array([i for _, i in pairs], dtype=np.int64)
-        rows: list[dict[str, Any] | None] = [None] * len(pairs)
-        for docs in self.docs:
-            for n, row in enumerate(docs.rows(iids)):
-                if row is not None:
-                    rows[n] = row
-        text_column = self.manifest.get("text_column")
-        hits = []
-        for (score, _), row in zip(pairs, rows, strict=True):
-            if row is None:
-                raise SourceError(
-                    "the docs tables do not hold an id the index returned; the index is damaged"
-                )
-            hit = Hit(id=row[ID], score=float(score))
-            if "text" in include and text_column:
-                hit.text = row.get(text_column)
-            if "metadata" in include:
-                hit.metadata = {
-                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, text_column)
-                }
-            if "vector" in include:
-                hit.metadata["vector"] = [float(x) for x in row[VECTOR]]
-            hits.append(hit)
-        return hits
+        """The indexed vector of a document (unit length for cosine)."""
+        return self.lookup.vector_of_iid(self.lookup.iid_of(doc_id))
