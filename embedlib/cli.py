@@ -207,6 +207,53 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `embedlib serve` and `jobs/serve_index.py`."""
+    p.add_argument("index", help="index root (serves the version CURRENT names)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    p.add_argument(
+        "--replicas", type=int, default=1, help="replicas of each shard searcher (default 1)"
+    )
+    p.add_argument(
+        "--placement", choices=("grouped", "per-shard"), default="grouped",
+        help="all shards in one searcher deployment (default), or one deployment per shard",
+    )  # fmt: skip
+    p.add_argument(
+        "--address", help="Ray cluster address (default: a running cluster, else a local one)"
+    )
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="return once the app is ready; it keeps running on the cluster",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        help="seconds before a request gets a 504 (default 30)",
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from embedlib.serve.app import serve_index
+
+    serve_index(
+        args.index,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        detach=args.detach,
+        replicas=args.replicas,
+        placement=args.placement,
+        api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
+        request_timeout_s=args.timeout,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedlib", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -217,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build a sharded FAISS index from embeddings (a Ray job)")
     add_index_arguments(p)
     p.set_defaults(func=cmd_index)
+    p = sub.add_parser(
+        "serve", help="serve an index over HTTP with Ray Serve (API key: EMBEDLIB_API_KEY)"
+    )
+    add_serve_arguments(p)
+    p.set_defaults(func=cmd_serve)
     p = sub.add_parser("demo", help="embed the Python standard library docs and run a few queries")
     p.add_argument(
         "--out", default="embedlib-demo", help="where the demo writes (default ./embedlib-demo)"

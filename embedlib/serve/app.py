@@ -1,0 +1,133 @@
+"""Assembling and running the Serve application for an index.
+
+`build_app` binds the deployments: a `Gateway` ingress, the `ShardSearcher`s (all shards
+in one deployment, or one deployment per shard: `placement`), and an `Encoder` when the
+index has a text model. `serve_index` runs it until Ctrl-C or SIGTERM and then stops
+everything it started. `app_builder` lets `serve run` / `serve deploy` start the same
+application from a config file.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import signal
+import threading
+from typing import Any, Literal
+
+from fsspec.core import url_to_fs
+from ray import serve
+from ray.serve import Application
+
+from embedlib.index.layout import resolve
+from embedlib.serve.deployments import Encoder, ShardSearcher
+from embedlib.serve.gateway import GatewayIngress
+from embedlib.store import read_json
+
+Placement = Literal["grouped", "per-shard"]
+APP_NAME = "embedlib"
+
+
+def build_app(
+    index: str,
+    *,
+    replicas: int = 1,
+    placement: Placement = "grouped",
+    api_key: str | None = None,
+    request_timeout_s: float = 30.0,
+    searcher_cpus: float = 0.25,
+    encoder_cpus: float = 0.5,
+    storage_options: dict[str, Any] | None = None,
+) -> Application:
+    """The Serve application for the version `index`'s CURRENT names (or a version folder)."""
+    fs, root = url_to_fs(index, **(storage_options or {}))
+    version = resolve(fs, root.rstrip("/"))
+    version_url = fs.unstrip_protocol(version)
+    manifest = read_json(fs, posixpath.join(version, "manifest.json"))
+    n_shards = len(manifest["shards"])
+    searcher = serve.deployment()(ShardSearcher)
+    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": searcher_cpus}}
+    if placement == "per-shard":
+        searchers = [
+            searcher.options(name=f"ShardSearcher{s}", **options).bind(
+                version_url, [s], storage_options
+            )
+            for s in range(n_shards)
+        ]
+    else:
+        searchers = [
+            searcher.options(name="ShardSearcher", **options).bind(
+                version_url, list(range(n_shards)), storage_options
+            )
+        ]
+    encoder = None
+    if manifest.get("model"):
+        encoder = (
+            serve.deployment()(Encoder)
+            .options(num_replicas=1, ray_actor_options={"num_cpus": encoder_cpus})
+            .bind(manifest["model"])
+        )
+    config = {
+        "api_key": api_key,
+        "request_timeout_s": request_timeout_s,
+        "storage_options": storage_options or {},
+    }
+    gateway = serve.deployment()(GatewayIngress).options(
+        name="Gateway", ray_actor_options={"num_cpus": 0.1}
+    )
+    return gateway.bind(version_url, searchers, encoder, config)
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """For Serve config files: `import_path: embedlib.serve.app:app_builder` with
+    `args: {index: PATH, replicas: 1, placement: grouped}`; the API key comes from
+    EMBEDLIB_API_KEY."""
+    import os
+
+    return build_app(
+        str(args["index"]),
+        replicas=int(args.get("replicas", 1)),
+        placement=args.get("placement", "grouped"),
+        api_key=args.get("api_key") or os.environ.get("EMBEDLIB_API_KEY"),
+    )
+
+
+def serve_index(
+    index: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    address: str | None = None,
+    detach: bool = False,
+    on_ready: Any = print,
+    **app_options: Any,
+) -> None:
+    """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
+    `detach`, return once it is ready and leave it running on the cluster)."""
+    import ray
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(
+            address=address,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+        )
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(index, **app_options), name=APP_NAME, route_prefix="/")
+        on_ready(f"serving {index} at http://{host}:{port} (Ctrl-C to stop)")
+        if detach:
+            return
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if not detach:
+            serve.shutdown()
+            if started_ray:
+                ray.shutdown()

@@ -1,0 +1,102 @@
+"""Request bodies of the HTTP API, validated by pydantic (422 on failure)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MAX_K = 1000
+Include = Literal["text", "metadata", "vector"]
+DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
+
+
+class VectorItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    vector: list[float]
+
+
+class TextItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(min_length=1)
+
+
+ArithmeticItem = str | TextItem | VectorItem
+
+
+def _finite(values: list[float]) -> list[float]:
+    if not values:
+        raise ValueError("the vector is empty")
+    if not all(math.isfinite(v) for v in values):
+        raise ValueError("the vector holds NaN or infinite values")
+    return values
+
+
+class SearchRequest(BaseModel):
+    """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str | None = None
+    vector: list[float] | None = None
+    positive: list[ArithmeticItem] = Field(default_factory=list)
+    negative: list[ArithmeticItem] = Field(default_factory=list)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    nprobe: int | None = Field(default=None, ge=1)
+    ef_search: int | None = Field(default=None, ge=1)
+    filter: dict[str, Any] | None = None
+    include: list[Include] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("the query is empty")
+        return v
+
+    @field_validator("vector")
+    @classmethod
+    def _vector_finite(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else _finite(v)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRequest:
+        kinds = [
+            self.query is not None,
+            self.vector is not None,
+            bool(self.positive or self.negative),
+        ]
+        if sum(kinds) != 1:
+            raise ValueError("give exactly one of: query (text), vector, or positive/negative")
+        for item in (*self.positive, *self.negative):
+            if isinstance(item, VectorItem):
+                _finite(item.vector)
+        return self
+
+
+class BatchSearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    queries: list[SearchRequest] = Field(min_length=1, max_length=1000)
+
+
+class EmbeddingsRequest(BaseModel):
+    """The OpenAI embeddings request; fields its clients send and we do not use are accepted."""
+
+    model_config = ConfigDict(extra="allow")
+
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: str | list[str]) -> str | list[str]:
+        texts = [v] if isinstance(v, str) else v
+        if not texts or any(not t for t in texts):
+            raise ValueError("input must be a non-empty string or a list of non-empty strings")
+        if len(texts) > 2048:
+            raise ValueError("at most 2048 inputs per request")
+        return v
