@@ -45,7 +45,10 @@ def build_app(
     manifest = read_json(fs, posixpath.join(version, "manifest.json"))
     n_shards = len(manifest["shards"])
     searcher = serve.deployment()(ShardSearcher)
-    options = {"num_replicas": replicas, "ray_actor_options": {"num_cpus": searcher_cpus}}
+    options: dict[str, Any] = {
+        "num_replicas": replicas,
+        "ray_actor_options": {"num_cpus": searcher_cpus},
+    }
     if placement == "per-shard":
         searchers = [
             searcher.options(name=f"ShardSearcher{s}", **options).bind(

@@ -9,6 +9,7 @@ import asyncio
 import base64
 import hmac
 import json
+import logging
 import posixpath
 import time
 from collections import defaultdict
@@ -35,6 +36,7 @@ from embedlib.serve.schemas import (
 )
 from embedlib.store import read_json
 
+log = logging.getLogger(__name__)
 api = FastAPI(title="embedlib", version=__version__, docs_url="/docs", openapi_url="/openapi.json")
 OPEN_ROUTES = {"/healthz", "/readyz"}
 
@@ -146,6 +148,9 @@ class Gateway:
         except (QueryError, FilterError) as e:
             cause = getattr(e, "cause", None) or e  # raised in a searcher: Ray wraps it
             response = error_response(422, "invalid_query", str(cause))
+        except Exception as e:
+            log.exception("request to %s failed", route)
+            response = error_response(500, "internal_error", f"{type(e).__name__}: {e}")
         self.stats.observe(route, response.status_code, time.perf_counter() - start)
         return response
 
@@ -166,12 +171,18 @@ class Gateway:
             )
 
     async def _body(self, request: Request, model: Any) -> Any:
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"the body is over {self.max_body_bytes} bytes")
-        raw = await request.body()
-        if len(raw) > self.max_body_bytes:
-            raise ApiError(413, "body_too_large", f"the body is over {self.max_body_bytes} bytes")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # read it all, keep at most the limit
+            size += len(chunk)
+            if size <= self.max_body_bytes:
+                chunks.append(chunk)
+        if size > self.max_body_bytes:
+            raise ApiError(
+                413,
+                "body_too_large",
+                f"the body is {size} bytes, over the limit of {self.max_body_bytes}",
+            )
+        raw = b"".join(chunks)
         try:
             data = json.loads(raw)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -236,7 +247,7 @@ class Gateway:
             ef_search=req.ef_search or defaults.get("efSearch"),
             filter=req.filter,
         )
-        parts = await asyncio.gather(*(s.search.remote(task) for s in self.searchers))
+        parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
         d, i = merge_topk(parts, k, self.metric)
         searched = time.perf_counter()
         pairs = [
@@ -366,6 +377,20 @@ class Gateway:
         return await self._answer(
             request, "/metrics", lambda _: _const(PlainTextResponse(self.stats.render()))
         )
+
+
+async def _with_retry(method: Any, *args: Any, attempts: int = 3) -> Any:
+    """Call a deployment; when the replica died mid-call, Serve routes the retry to a live one."""
+    from ray.exceptions import RayActorError
+
+    for attempt in range(attempts):
+        try:
+            return await method.remote(*args)
+        except RayActorError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 async def _const(value: Any) -> Any:

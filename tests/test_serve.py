@@ -1,0 +1,246 @@
+"""Serving end to end over real HTTP against a running Serve app."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from embedlib import EmbedOptions, RunOptions, embed_corpus
+from embedlib.index import ShardedIndex, build_index
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+PORT = 18731
+KEY = "test-key"
+LOCAL = RunOptions(runner="local", progress=False)
+DOCS = [
+    ("0", "cat video", "en", 2020),
+    ("1", "machine learning tutorial", "en", 2021),
+    ("2", "buy cheap shoes", "en", 2020),
+    ("3", "deep learning course notes", "de", 2021),
+    ("4", "training neural networks from scratch", "fr", 2022),
+    ("5", "a recipe for sourdough bread", "en", 2022),
+    ("6", "kitten plays with a ball of yarn", "de", 2020),
+]
+
+
+def _request(path: str, body=None, *, key: str | None = KEY, raw: bytes | None = None, method=None):
+    headers = {"Content-Type": "application/json"}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}{path}", data=data, headers=headers, method=method
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            text = r.read()
+            return r.status, (
+                json.loads(text)
+                if r.headers.get_content_type() == "application/json"
+                else text.decode()
+            )
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """The small corpus embedded, indexed (2 shards) and served with an API key, 2 replicas."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    root = tmp_path_factory.mktemp("serve")
+    (root / "docs.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "text": t, "lang": lang, "year": y}) + "\n"
+            for i, t, lang, y in DOCS
+        )
+    )
+    embed_corpus(str(root / "docs.jsonl"), str(root / "emb"), options=EmbedOptions(), run=LOCAL)
+    build_index(
+        str(root / "emb"),
+        str(root / "idx"),
+        run=LOCAL,
+        options=__import__("embedlib").index.IndexOptions(shards=2),
+    )
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
+    serve.run(
+        build_app(str(root / "idx"), api_key=KEY, replicas=2, searcher_cpus=0.1, encoder_cpus=0.2),
+        name="embedlib",
+        route_prefix="/",
+    )
+    yield root / "idx"
+    serve.shutdown()
+
+
+def test_classic_example_and_equality_with_the_library(served):
+    status, body = _request(
+        "/v1/search",
+        {"query": "how to train a neural net", "k": 3, "include": ["text", "metadata"]},
+    )
+    assert status == 200, body
+    assert body["results"][0]["text"] in (
+        "machine learning tutorial",
+        "training neural networks from scratch",
+    )
+    assert body["metric"] == "cosine" and body["timing_ms"]["total"] > 0
+    index = ShardedIndex(str(served))
+    local = index.search_text(["how to train a neural net"], 3)[0]
+    assert [r["id"] for r in body["results"]] == [h.id for h in local]
+    assert np.allclose([r["score"] for r in body["results"]], [h.score for h in local], atol=1e-5)
+    assert body["results"][0]["metadata"]["lang"] in ("en", "fr")
+    status, body = _request(
+        "/v1/search", {"vector": index.vector("2").tolist(), "k": 1, "include": ["vector"]}
+    )
+    assert (
+        status == 200
+        and body["results"][0]["id"] == "2"
+        and len(body["results"][0]["vector"]) == 384
+    )
+    status, body = _request(
+        "/v1/search/batch", {"queries": [{"query": "cats"}, {"query": "shoes", "k": 1}]}
+    )
+    assert status == 200 and len(body["results"]) == 2 and body["results"][1][0]["id"] == "2"
+
+
+def test_filtered_search_equals_exact_search_over_the_matching_rows(served):
+    index = ShardedIndex(str(served))
+    query = index.encode_text(["learning about neural networks"])[0]
+    for flt, rows in (
+        ({"lang": "de"}, {"3", "6"}),
+        ({"year": {"in": [2020, 2022]}, "lang": "en"}, {"0", "2", "5"}),
+    ):
+        status, body = _request("/v1/search", {"vector": query.tolist(), "k": 10, "filter": flt})
+        assert status == 200, body
+        vectors = {i: index.vector(i) for i in rows}
+        want = sorted(rows, key=lambda i: -float(vectors[i] @ query))
+        assert [r["id"] for r in body["results"]] == want
+
+
+def test_vector_arithmetic_excludes_its_inputs(served):
+    status, body = _request(
+        "/v1/search",
+        {"positive": ["1", {"text": "kittens"}], "negative": [{"text": "study"}], "k": 3},
+    )
+    assert status == 200 and "1" not in [r["id"] for r in body["results"]]
+
+
+@pytest.mark.parametrize(
+    ("body", "raw", "status"),
+    [
+        (None, b"{not json", 400),
+        ({"query": "x", "k": 0}, None, 422),
+        ({"query": "x", "k": 1001}, None, 422),
+        ({"vector": [0.1, 0.2]}, None, 422),
+        (None, b'{"vector": [NaN, 1.0]}', 422),
+        ({"query": ""}, None, 422),
+        ({"k": 3}, None, 422),
+        ({"query": "x", "vector": [1.0]}, None, 422),
+        ({"positive": ["no-such-id"]}, None, 422),
+        ({"query": "x", "bogus": 1}, None, 422),
+        ({"query": "x", "filter": {"colour": "red"}}, None, 422),
+        ({"query": "x", "filter": {"lang": {"like": "e%"}}}, None, 422),
+    ],
+)
+def test_bad_requests_get_json_errors(served, body, raw, status):
+    got, answer = _request("/v1/search", body, raw=raw)
+    assert got == status, answer
+    assert set(answer) == {"error"} and {"code", "message"} <= set(answer["error"])
+
+
+def test_api_key_health_readiness_info_and_metrics(served):
+    assert _request("/v1/search", {"query": "cats"}, key=None)[0] == 401
+    assert _request("/v1/search", {"query": "cats"}, key="wrong")[0] == 401
+    assert _request("/healthz", key=None)[0] == 200
+    assert _request("/readyz", key=None) == (200, {"ready": True})
+    status, info = _request("/v1/indexes")
+    assert (
+        status == 200
+        and info["indexes"][0]["ntotal"] == len(DOCS)
+        and info["indexes"][0]["shards"] == 2
+    )
+    assert info["indexes"][0]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert _request("/v1/search", raw=b"x" * (17 * 1024 * 1024))[0] == 413
+    status, text = _request("/metrics")
+    assert status == 200 and 'embedlib_requests_total{route="/v1/search",status="401"}' in text
+
+
+def test_openai_client_gets_the_models_embeddings(served):
+    from openai import NotFoundError, OpenAI
+
+    client = OpenAI(base_url=f"http://127.0.0.1:{PORT}/v1", api_key=KEY)
+    result = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input=["cat video", "buy cheap shoes"]
+    )
+    assert [d.index for d in result.data] == [0, 1] and result.usage.total_tokens > 0
+    vectors = np.array([d.embedding for d in result.data])
+    index = ShardedIndex(str(served))
+    assert np.allclose(vectors, index.encode_text(["cat video", "buy cheap shoes"]), atol=1e-5)
+    # the client asks for base64 by itself and decodes it; asked for explicitly, it does not
+    b64 = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input="cat video", encoding_format="base64"
+    )
+    decoded = np.frombuffer(base64.b64decode(b64.data[0].embedding), dtype="<f4")
+    assert np.allclose(decoded, vectors[0], atol=1e-6)
+    floats = client.embeddings.create(
+        model="all-MiniLM-L6-v2", input="cat video", encoding_format="float"
+    )
+    assert np.allclose(floats.data[0].embedding, vectors[0], atol=1e-6)
+    with pytest.raises(NotFoundError, match="all-MiniLM-L6-v2"):
+        client.embeddings.create(model="text-embedding-3-small", input="x")
+
+
+def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
+    import ray
+
+    names = [
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if "ShardSearcher" in a["name"]
+    ]
+    assert len(names) == 2, names
+    failures: list[int] = []
+    done = threading.Event()
+
+    def query_loop() -> None:
+        while not done.is_set():
+            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
+            if status != 200:
+                failures.append(status)
+
+    threads = [threading.Thread(target=query_loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    time.sleep(4.0)
+    done.set()
+    for t in threads:
+        t.join()
+    assert failures == []
+    assert _request("/v1/search", {"query": "cheap shoes", "k": 1})[1]["results"][0]["id"] == "2"
+
+
+def test_an_index_without_a_text_model_refuses_text_queries(tmp_path):
+    from embedlib.serve.gateway import Gateway
+
+    np.save(tmp_path / "v.npy", np.eye(4, dtype=np.float32))
+    build_index(str(tmp_path / "v.npy"), str(tmp_path / "idx"), run=LOCAL)
+    version = str(tmp_path / "idx" / "versions" / "v-00001")
+    gateway = Gateway(version, searchers=[], encoder=None, config={})
+    import asyncio
+
+    from embedlib.serve.gateway import ApiError
+
+    with pytest.raises(ApiError, match="without a text model") as e:
+        asyncio.run(gateway._encode(["x"]))
+    assert e.value.status == 400 and Path(version).exists()
