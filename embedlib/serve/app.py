@@ -94,6 +94,12 @@ def app_builder(args: dict[str, Any]) -> Application:
     )
 
 
+def _is_local_instance(ray: Any) -> bool:
+    """Whether this process started the Ray instance it is connected to."""
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    return bool(node is not None and node.is_head())
+
+
 def serve_index(
     index: str,
     *,
@@ -108,13 +114,13 @@ def serve_index(
     `detach`, return once it is ready and leave it running on the cluster)."""
     import ray
 
-    started_ray = not ray.is_initialized()
-    if started_ray:
+    if not ray.is_initialized():
         ray.init(
             address=address,
             log_to_driver=False,
             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
         )
+    started_ray = _is_local_instance(ray)
     stop = threading.Event()
     previous = {
         sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
@@ -131,6 +137,8 @@ def serve_index(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not detach:
-            serve.shutdown()
-            if started_ray:
+            if started_ray:  # our own local Ray: stop Serve and every Ray process
+                serve.shutdown()
                 ray.shutdown()
+            else:  # someone else's cluster: remove only our application
+                serve.delete(APP_NAME)
