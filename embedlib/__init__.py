@@ -5,6 +5,7 @@ The public surface is what this module names; everything else is internal.
 
 __version__ = "0.1.0"
 
+from embedlib.client import Client, ClientError
 from embedlib.embed_job import EmbedReport, embed_corpus
 from embedlib.exact import exact_search
 from embedlib.exceptions import (
@@ -23,6 +24,8 @@ from embedlib.store import EmbeddingSet
 
 __all__ = [
     "DEFAULT_MODEL",
+    "Client",
+    "ClientError",
     "DuplicateIdError",
     "EmbedOptions",
     "EmbedReport",

@@ -246,11 +246,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         address=args.address,
         detach=args.detach,
+        watch=args.watch,
         replicas=args.replicas,
         placement=args.placement,
         api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
         request_timeout_s=args.timeout,
     )
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    import os
+
+    from embedlib.client import Client
+
+    client = Client(args.url, api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY"))
+    results = client.search(args.text, k=args.k)
+    print(f"{'#':>3}  {'score':>7}  {'id':<30}  text")
+    for n, r in enumerate(results, 1):
+        text = " ".join(str(r.get("text", "")).split())
+        print(f"{n:>3}  {r['score']:>7.4f}  {r['id']:<30.30}  {text[:90]}")
     return 0
 
 
@@ -269,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser("query", help="search a served index and print a table")
+    p.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("text", help="the query text")
+    p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
+    p.add_argument("--api-key", help="API key (default: EMBEDLIB_API_KEY)")
+    p.set_defaults(func=cmd_query)
     p = sub.add_parser("demo", help="embed the Python standard library docs and run a few queries")
     p.add_argument(
         "--out", default="embedlib-demo", help="where the demo writes (default ./embedlib-demo)"

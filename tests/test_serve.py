@@ -310,3 +310,75 @@ def test_ctrl_c_stops_everything_the_server_started(tmp_path, served):
     out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
     left = [line for line in out.splitlines() if line.split()[1] == str(proc.pid)]
     assert left == [], f"{len(left)} processes of the server's session outlived Ctrl-C"
+
+
+def test_reload_switches_to_a_new_version_without_dropping_requests(served):
+    root = served.parent
+    (root / "more.jsonl").write_text(
+        "".join(
+            json.dumps({"id": i, "text": t, "lang": lang, "year": y}) + "\n"
+            for i, t, lang, y in DOCS
+        )
+        + json.dumps({"id": "7", "text": "quantum computing lecture", "lang": "en", "year": 2023})
+        + "\n"
+    )
+    embed_corpus(str(root / "more.jsonl"), str(root / "emb2"), options=EmbedOptions(), run=LOCAL)
+    assert _request("/v1/admin/reload", {}, key=None)[0] == 401
+    assert _request("/v1/admin/reload", {}) == (200, {"reloading": False, "version": "v-00001"})
+    build_index(str(root / "emb2"), str(served), run=LOCAL)
+    failures: list[int] = []
+    done = threading.Event()
+
+    def query_loop() -> None:
+        while not done.is_set():
+            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
+            if status != 200:
+                failures.append(status)
+
+    loop = threading.Thread(target=query_loop)
+    loop.start()
+    try:
+        status, body = _request("/v1/admin/reload", {})
+        assert status == 202 and body["to"] == "v-00002", body
+        deadline = time.time() + 180
+        while (
+            time.time() < deadline
+            and _request("/v1/indexes")[1]["indexes"][0].get("version") != "v-00002"
+        ):
+            time.sleep(1)
+        assert _request("/v1/indexes")[1]["indexes"][0]["ntotal"] == len(DOCS) + 1
+    finally:
+        done.set()
+        loop.join()
+    assert failures == []
+    assert (
+        _request("/v1/search", {"query": "quantum physics class", "k": 1})[1]["results"][0]["id"]
+        == "7"
+    )
+
+
+def test_python_client_and_query_command(served):
+    import subprocess
+    import sys
+
+    from embedlib import Client, ClientError
+
+    client = Client(f"http://127.0.0.1:{PORT}", api_key=KEY)
+    assert client.search("buy cheap shoes", k=1)[0]["id"] == "2"
+    assert [
+        r[0]["id"]
+        for r in client.search_batch(
+            [{"query": "cat video", "k": 1}, {"query": "cheap shoes", "k": 1}]
+        )
+    ] == ["0", "2"]
+    assert (
+        client.embed(["cat video"]).shape == (1, 384) and client.info()["indexes"][0]["dim"] == 384
+    )
+    with pytest.raises(ClientError) as e:
+        Client(f"http://127.0.0.1:{PORT}").search("x")
+    assert e.value.status == 401
+    out = subprocess.run(
+        [sys.executable, "-m", "embedlib.cli", "query", f"http://127.0.0.1:{PORT}", "buy cheap shoes", "-k", "2", "--api-key", KEY],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and "buy cheap shoes" in out.stdout.splitlines()[1]

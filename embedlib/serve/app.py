@@ -73,11 +73,35 @@ def build_app(
         "api_key": api_key,
         "request_timeout_s": request_timeout_s,
         "storage_options": storage_options or {},
+        "version": posixpath.basename(version.rstrip("/")),
+        # how to build this app again, for /v1/admin/reload
+        "app": {
+            "index": index,
+            "replicas": replicas,
+            "placement": placement,
+            "api_key": api_key,
+            "request_timeout_s": request_timeout_s,
+            "searcher_cpus": searcher_cpus,
+            "encoder_cpus": encoder_cpus,
+            "storage_options": storage_options,
+        },
     }
     gateway = serve.deployment()(GatewayIngress).options(
         name="Gateway", ray_actor_options={"num_cpus": 0.1}
     )
     return gateway.bind(version_url, searchers, encoder, config)
+
+
+def current_version(index: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The version name an index path resolves to now."""
+    fs, root = url_to_fs(index, **(storage_options or {}))
+    return posixpath.basename(resolve(fs, root.rstrip("/")).rstrip("/"))
+
+
+def redeploy(app_options: dict[str, Any], route_prefix: str = "/") -> None:
+    """Deploy the application again for the version CURRENT names now. Serve replaces the
+    replicas one by one (new ones ready before old ones go), so no request is dropped."""
+    serve.run(build_app(**app_options), name=APP_NAME, route_prefix=route_prefix)
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -107,11 +131,14 @@ def serve_index(
     port: int = 8000,
     address: str | None = None,
     detach: bool = False,
+    watch: bool = False,
+    watch_interval_s: float = 5.0,
     on_ready: Any = print,
     **app_options: Any,
 ) -> None:
     """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
-    `detach`, return once it is ready and leave it running on the cluster)."""
+    `detach`, return once it is ready and leave it running on the cluster). With `watch`,
+    follow the index's CURRENT pointer: a new version is deployed without downtime."""
     import ray
 
     if not ray.is_initialized():
@@ -128,11 +155,16 @@ def serve_index(
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_app(index, **app_options), name=APP_NAME, route_prefix="/")
-        on_ready(f"serving {index} at http://{host}:{port} (Ctrl-C to stop)")
+        served = current_version(index)
+        on_ready(f"serving {index} ({served}) at http://{host}:{port} (Ctrl-C to stop)")
         if detach:
             return
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(watch_interval_s if watch else 0.5):
+            if watch and (now := current_version(index)) != served:
+                on_ready(f"CURRENT moved from {served} to {now}: switching without downtime")
+                redeploy({"index": index, **app_options})
+                served = now
+                on_ready(f"serving {index} ({served})")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import posixpath
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -111,6 +112,8 @@ class Gateway:
         self.metric = str(self.manifest["metric"])
         self.dim = int(self.manifest["dim"])
         self.stats = Metrics()
+        self.version = str(config.get("version", ""))
+        self.app_options: dict[str, Any] | None = config.get("app")
         model = self.manifest.get("model") or {}
         self.model_name = model.get("name")
         self.model_names = {
@@ -304,6 +307,7 @@ class Gateway:
                     "search_params": m.get("search_params", {}),
                     "recall_at_10": m.get("recall_at_10"),
                     "created_at": m.get("created_at"),
+                    "version": self.version,
                     "metadata_columns": sorted(self.metadata_columns),
                 }
             ]
@@ -371,6 +375,28 @@ class Gateway:
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Any:
         return await self._answer(request, "/v1/embeddings", self._embeddings, EmbeddingsRequest)
+
+    @api.post("/v1/admin/reload")
+    async def reload(self, request: Request) -> Any:
+        async def work(_: Any) -> Any:
+            from embedlib.serve.app import current_version, redeploy
+
+            if self.app_options is None:
+                raise ApiError(
+                    409, "not_reloadable", "this application was not started by embedlib serve"
+                )
+            now = await asyncio.to_thread(
+                current_version, self.app_options["index"], self.app_options.get("storage_options")
+            )
+            if now == self.version:
+                return {"reloading": False, "version": now}
+            # deploy in the background: this replica is among those being replaced
+            threading.Thread(target=redeploy, args=(self.app_options,), daemon=True).start()
+            return JSONResponse(
+                {"reloading": True, "from": self.version, "to": now}, status_code=202
+            )
+
+        return await self._answer(request, "/v1/admin/reload", work)
 
     @api.get("/metrics")
     async def metrics(self, request: Request) -> Any:

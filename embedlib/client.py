@@ -1,0 +1,110 @@
+"""`Client`: a small Python client of an embedlib server's HTTP API (standard library only)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from embedlib.exceptions import EmbedlibError
+
+
+class ClientError(EmbedlibError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class Client:
+    """Talk to `embedlib serve` at `url` (e.g. http://127.0.0.1:8000)."""
+
+    def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+
+    def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.url + path, data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            try:
+                error = json.loads(raw)["error"]
+            except (ValueError, KeyError, TypeError):
+                error = {"code": "http_error", "message": raw.decode(errors="replace")[:500]}
+            raise ClientError(e.code, error.get("code", ""), error.get("message", "")) from None
+
+    def search(
+        self,
+        query: str | None = None,
+        *,
+        vector: Sequence[float] | None = None,
+        positive: Sequence[Any] = (),
+        negative: Sequence[Any] = (),
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        include: Sequence[str] = ("text", "metadata"),
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Top-k results, best first: dicts with id, score and the included fields."""
+        body = _search_body(
+            query, vector, positive, negative, k, filter, include, nprobe, ef_search
+        )
+        return list(self._call("/v1/search", body)["results"])
+
+    def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+        """Several searches in one request; each query is a /v1/search body."""
+        return list(self._call("/v1/search/batch", {"queries": list(queries)})["results"])
+
+    def embed(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
+        """Vectors of `texts` from the served model, shape (n, d)."""
+        body: dict[str, Any] = {"input": [texts] if isinstance(texts, str) else list(texts)}
+        if model:
+            body["model"] = model
+        data = self._call("/v1/embeddings", body)["data"]
+        return np.array(
+            [d["embedding"] for d in sorted(data, key=lambda d: d["index"])], dtype=np.float32
+        )
+
+    def info(self) -> dict[str, Any]:
+        """What the server serves: model, dim, metric, ntotal, shards, recall at build."""
+        return dict(self._call("/v1/indexes"))
+
+
+def _search_body(
+    query: str | None,
+    vector: Sequence[float] | None,
+    positive: Sequence[Any],
+    negative: Sequence[Any],
+    k: int,
+    filter: dict[str, Any] | None,
+    include: Sequence[str],
+    nprobe: int | None,
+    ef_search: int | None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {"k": k, "include": list(include)}
+    if query is not None:
+        body["query"] = query
+    if vector is not None:
+        body["vector"] = [float(x) for x in vector]
+    if positive:
+        body["positive"] = list(positive)
+    if negative:
+        body["negative"] = list(negative)
+    for key, value in (("filter", filter), ("nprobe", nprobe), ("ef_search", ef_search)):
+        if value is not None:
+            body[key] = value
+    return body
