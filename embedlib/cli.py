@@ -140,9 +140,18 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from embedlib.demo import run_demo
+    from pathlib import Path
+
+    from embedlib.demo import run_demo, show_served
 
     run_demo(args.out, run=run_options(args))
+    if args.no_serve:
+        return 0
+    from embedlib.serve.app import serve_index
+
+    serve_index(
+        str(Path(args.out) / "index"), host="127.0.0.1", port=args.port, after_ready=show_served
+    )
     return 0
 
 
@@ -290,9 +299,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--api-key", help="API key (default: EMBEDLIB_API_KEY)")
     p.set_defaults(func=cmd_query)
-    p = sub.add_parser("demo", help="embed the Python standard library docs and run a few queries")
+    p = sub.add_parser(
+        "demo", help="embed the Python stdlib docs, index them, answer queries, serve the index"
+    )
     p.add_argument(
         "--out", default="embedlib-demo", help="where the demo writes (default ./embedlib-demo)"
+    )
+    p.add_argument(
+        "--no-serve", action="store_true", help="print the answers and exit instead of serving"
+    )
+    p.add_argument(
+        "--port", type=int, default=8000, help="port to serve the demo index on (default 8000)"
     )
     add_run_arguments(p)
     p.set_defaults(func=cmd_demo)

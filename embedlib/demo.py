@@ -12,6 +12,7 @@ import ast
 import importlib
 import inspect
 import io
+import json
 import sys
 import sysconfig
 import warnings
@@ -171,3 +172,18 @@ def run_demo(
         for h in hits:
             print(f"  {h.score:.3f}  {h.id:<40} {(h.text or '')[:80]}")
     return results
+
+
+def show_served(url: str) -> None:
+    """Ask the served demo index a few questions over HTTP and print how to ask more."""
+    from embedlib.client import Client
+
+    client = Client(url)
+    print(f"\nthe demo index is served at {url}; asked over HTTP:")
+    for query in QUERIES[:2]:
+        top = client.search(query, k=3)
+        print(f"  {query!r}: " + ", ".join(f"{r['id']} ({r['score']:.3f})" for r in top))
+    body = json.dumps({"query": "how to train a neural net", "k": 3})
+    print(f"\ntry:  curl -s {url}/v1/search -H 'Content-Type: application/json' -d '{body}'")
+    print(f"      embedlib query {url} 'read a zip archive' -k 5")
+    print("Ctrl-C stops the server.")

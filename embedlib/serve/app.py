@@ -134,11 +134,13 @@ def serve_index(
     watch: bool = False,
     watch_interval_s: float = 5.0,
     on_ready: Any = print,
+    after_ready: Any = None,
     **app_options: Any,
 ) -> None:
     """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
     `detach`, return once it is ready and leave it running on the cluster). With `watch`,
-    follow the index's CURRENT pointer: a new version is deployed without downtime."""
+    follow the index's CURRENT pointer: a new version is deployed without downtime.
+    `after_ready` is called with the base URL once the application answers."""
     import ray
 
     if not ray.is_initialized():
@@ -157,6 +159,8 @@ def serve_index(
         serve.run(build_app(index, **app_options), name=APP_NAME, route_prefix="/")
         served = current_version(index)
         on_ready(f"serving {index} ({served}) at http://{host}:{port} (Ctrl-C to stop)")
+        if after_ready is not None:
+            after_ready(f"http://{host}:{port}")
         if detach:
             return
         while not stop.wait(watch_interval_s if watch else 0.5):
