@@ -242,6 +242,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds before a request gets a 504 (default 30)",
     )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow CURRENT: serve each new index version without downtime",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -277,30 +277,43 @@ def test_glove_arithmetic_over_http(served, glove, tmp_path):
         serve.delete("glove")
 
 
-def test_ctrl_c_stops_everything_the_server_started(tmp_path, served):
+def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, served):
     import os
+    import shutil
     import signal
     import subprocess
     import sys
 
+    index = tmp_path / "idx"
+    shutil.copytree(served, index)
+    log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - the server writes to it until it stops
     port = PORT + 1
     # a Ray instance of its own, not the test session's
     env = dict(os.environ, HF_HUB_OFFLINE="1", EMBEDLIB_API_KEY=KEY, RAY_ADDRESS="local")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "embedlib.cli", "serve", str(served), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        [sys.executable, "-m", "embedlib.cli", "serve", str(index), "--port", str(port), "--watch"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
     try:
         deadline = time.time() + 180
         ready = False
         while time.time() < deadline and not ready:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()[-2000:]
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
                     ready = r.status == 200
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(1)
         assert ready
+        build_index(str(served.parent / "emb"), str(index), run=LOCAL)  # v-00002 beside v-00001
+        headers = {"Authorization": f"Bearer {KEY}"}
+        version = None
+        while time.time() < deadline and version != "v-00002":
+            time.sleep(1)
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/indexes", headers=headers)
+            with urllib.request.urlopen(req, timeout=10) as r:
+                version = json.loads(r.read())["indexes"][0]["version"]
+        assert version == "v-00002"
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(timeout=90) == 0
     finally:

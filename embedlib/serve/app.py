@@ -18,7 +18,7 @@ from fsspec.core import url_to_fs
 from ray import serve
 from ray.serve import Application
 
-from embedlib.index.layout import resolve
+from embedlib.index.layout import resolve, versions_dir
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
 from embedlib.store import read_json
@@ -37,10 +37,16 @@ def build_app(
     searcher_cpus: float = 0.25,
     encoder_cpus: float = 0.5,
     storage_options: dict[str, Any] | None = None,
+    version: str | None = None,
 ) -> Application:
-    """The Serve application for the version `index`'s CURRENT names (or a version folder)."""
+    """The Serve application for an index: the version named (under the index root), else
+    the version CURRENT names, or a version folder given as `index`."""
     fs, root = url_to_fs(index, **(storage_options or {}))
-    version = resolve(fs, root.rstrip("/"))
+    version = (
+        posixpath.join(versions_dir(root.rstrip("/")), version)
+        if version
+        else resolve(fs, root.rstrip("/"))
+    )
     version_url = fs.unstrip_protocol(version)
     manifest = read_json(fs, posixpath.join(version, "manifest.json"))
     n_shards = len(manifest["shards"])
@@ -98,10 +104,12 @@ def current_version(index: str, storage_options: dict[str, Any] | None = None) -
     return posixpath.basename(resolve(fs, root.rstrip("/")).rstrip("/"))
 
 
-def redeploy(app_options: dict[str, Any], route_prefix: str = "/") -> None:
-    """Deploy the application again for the version CURRENT names now. Serve replaces the
-    replicas one by one (new ones ready before old ones go), so no request is dropped."""
-    serve.run(build_app(**app_options), name=APP_NAME, route_prefix=route_prefix)
+def redeploy(app_options: dict[str, Any], version: str, route_prefix: str = "/") -> None:
+    """Deploy the application again for `version`. Serve replaces the replicas one by one
+    (new ones ready before old ones go), so no request is dropped."""
+    serve.run(
+        build_app(**{**app_options, "version": version}), name=APP_NAME, route_prefix=route_prefix
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -156,8 +164,8 @@ def serve_index(
     }
     try:
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(index, **app_options), name=APP_NAME, route_prefix="/")
         served = current_version(index)
+        serve.run(build_app(index, version=served, **app_options), name=APP_NAME, route_prefix="/")
         on_ready(f"serving {index} ({served}) at http://{host}:{port} (Ctrl-C to stop)")
         if after_ready is not None:
             after_ready(f"http://{host}:{port}")
@@ -166,7 +174,7 @@ def serve_index(
         while not stop.wait(watch_interval_s if watch else 0.5):
             if watch and (now := current_version(index)) != served:
                 on_ready(f"CURRENT moved from {served} to {now}: switching without downtime")
-                redeploy({"index": index, **app_options})
+                redeploy({"index": index, **app_options}, now)
                 served = now
                 on_ready(f"serving {index} ({served})")
     finally:

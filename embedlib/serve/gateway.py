@@ -391,7 +391,7 @@ class Gateway:
             if now == self.version:
                 return {"reloading": False, "version": now}
             # deploy in the background: this replica is among those being replaced
-            threading.Thread(target=redeploy, args=(self.app_options,), daemon=True).start()
+            threading.Thread(target=redeploy, args=(self.app_options, now), daemon=True).start()
             return JSONResponse(
                 {"reloading": True, "from": self.version, "to": now}, status_code=202
             )
