@@ -395,3 +395,22 @@ def test_python_client_and_query_command(served):
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0 and "buy cheap shoes" in out.stdout.splitlines()[1]
+
+
+def test_slow_requests_get_504_and_the_config_file_builder(served):
+    from ray import serve
+
+    from embedlib.serve.app import app_builder, build_app
+
+    serve.run(
+        build_app(str(served), request_timeout_s=1e-6, searcher_cpus=0.1, encoder_cpus=0.1),
+        name="slow",
+        route_prefix="/slow",
+    )
+    try:
+        status, body = _request("/slow/v1/search", {"query": "cat video"}, key=None)
+        assert status == 504 and body["error"]["code"] == "timeout"
+    finally:
+        serve.delete("slow")
+    app = app_builder({"index": str(served), "replicas": 1, "placement": "per-shard"})
+    assert type(app).__name__ == "Application"
