@@ -414,3 +414,44 @@ def test_slow_requests_get_504_and_the_config_file_builder(served):
         serve.delete("slow")
     app = app_builder({"index": str(served), "replicas": 1, "placement": "per-shard"})
     assert type(app).__name__ == "Application"
+
+
+def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
+    """Above the exact-search limit a filter becomes an ID selector inside the IVF search,
+    with nprobe scaled to the share of matching rows: recall against exact search over the
+    matching rows stays high."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import embedlib.serve.deployments as deployments
+    from embedlib.serve.deployments import SearchTask, ShardSearcher
+
+    _, words, vectors = glove
+    n = 60_000
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors[:n].reshape(-1)), 50)
+    bucket = np.arange(n) % 10
+    pq.write_table(
+        pa.table({"id": words[:n], "vector": vec, "bucket": bucket}), tmp_path / "g.parquet"
+    )
+    report = build_index(
+        str(tmp_path / "g.parquet"),
+        str(tmp_path / "idx"),
+        options=__import__("embedlib").index.IndexOptions(shards=2),
+        run=LOCAL,
+    )
+    monkeypatch.setattr(deployments, "EXACT_FILTER_LIMIT", 0)
+    searcher = ShardSearcher(str(tmp_path / "idx" / "versions" / report.version), [0, 1])
+    xn = vectors[:n] / np.linalg.norm(vectors[:n], axis=1, keepdims=True)
+    rng = np.random.default_rng(1)
+    queries = xn[rng.choice(n, 100, replace=False)]
+    task = SearchTask(
+        vectors=queries, k=10, nprobe=report.search_params["nprobe"], filter={"bucket": {"in": [3]}}
+    )
+    from embedlib.index.reader import merge_topk
+
+    _, found = merge_topk([s.search(queries, task) for s in searcher.shards], 10, "cosine")
+    allowed = np.flatnonzero(bucket == 3)
+    truth = allowed[np.argsort(-(queries @ xn[allowed].T), axis=1)[:, :10]]
+    assert all(bucket[i] == 3 for i in found.reshape(-1) if i >= 0)
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
+    assert recall >= 0.95, recall

@@ -23,6 +23,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fsspec.core import url_to_fs
 from pydantic import ValidationError
 from ray import serve
+from ray.exceptions import RayActorError
 
 from embedlib import __version__
 from embedlib.index.reader import DocsLookup, QueryError, combine, merge_topk, prepare_queries
@@ -407,8 +408,6 @@ class Gateway:
 
 async def _with_retry(method: Any, *args: Any, attempts: int = 3) -> Any:
     """Call a deployment; when the replica died mid-call, Serve routes the retry to a live one."""
-    from ray.exceptions import RayActorError
-
     for attempt in range(attempts):
         try:
             return await method.remote(*args)
