@@ -106,7 +106,16 @@ class _EmbedActor:
     def fingerprint(self) -> tuple[ModelFingerprint, str]:
         return self.encoder.fingerprint, self.node
 
-    def embed(self, shard: Shard, ctx: ShardContext, drop_rows: Collection[int]) -> ShardResult:
+    def embed(
+        self,
+        shard: Shard,
+        ctx: ShardContext,
+        drop_rows: Collection[int],
+        expected: ModelFingerprint,
+    ) -> ShardResult:
+        expected.require_compatible(
+            self.encoder.fingerprint, what="the job", other_what=f"the worker on node {self.node}"
+        )
         return embed_shard(shard, ctx, self.encoder, drop_rows=drop_rows, node=self.node)
 
 
@@ -121,6 +130,7 @@ class RayRunner:
         self.run = run
         self.actors: list[Any] = []
         self._make_actor: Callable[[], Any] | None = None
+        self.fingerprint: ModelFingerprint | None = None
 
     def _cluster_workers(self) -> int:
         cpus = float(self.ray.cluster_resources().get("CPU", 1.0))
@@ -138,8 +148,7 @@ class RayRunner:
             yield self.ray.get(done[0])
 
     def start_encoders(self, options: EmbedOptions, n_shards: int) -> ModelFingerprint:
-        workers = self.run.workers or self._cluster_workers()
-        workers = max(1, min(workers, n_shards))
+        workers = max(1, min(self.run.workers or self._cluster_workers(), n_shards))
         actor_cls = self.ray.remote(_EmbedActor).options(
             num_cpus=self.run.cpus_per_worker,
             num_gpus=self.run.gpus_per_worker,
@@ -153,46 +162,65 @@ class RayRunner:
         first = answers[0][0]
         for fp, node in answers[1:]:
             first.require_compatible(fp, what="the model on one worker", other_what=f"node {node}")
+        self.fingerprint = first
         return first
+
+    def _room_for_another(self, busy: int, remaining: int) -> bool:
+        """Whether the pool may grow: a node joined or one came back, and work is left."""
+        target = self.run.workers or self._cluster_workers()
+        free = float(self.ray.available_resources().get("CPU", 0.0))
+        return busy < min(target, remaining) and free >= self.run.cpus_per_worker
 
     def embed(
         self, shards: list[Shard], ctx: ShardContext, drop_rows: Mapping[int, Collection[int]]
     ) -> Iterator[ShardResult]:
+        """Each idle actor takes the next shard. An actor that dies (its node lost) is dropped
+        and its shard re-queued; the pool grows again when the cluster has room (a node
+        joining mid-job takes work), and never shrinks to nothing."""
         from ray.exceptions import RayActorError, RayTaskError
 
         assert self._make_actor is not None, "start_encoders first"
         ctx_ref = self.ray.put(ctx)
         pending = deque(shards)
-        idle = deque(range(len(self.actors)))
-        inflight: dict[Any, tuple[Shard, int]] = {}
+        idle = deque(self.actors)
+        inflight: dict[Any, tuple[Shard, Any]] = {}
         failures: dict[int, int] = {}
         error: BaseException | None = None
         while pending or inflight:
-            while error is None and pending and idle:
-                slot, shard = idle.popleft(), pending.popleft()
-                rows = list(drop_rows.get(shard.index, ()))
-                inflight[self.actors[slot].embed.remote(shard, ctx_ref, rows)] = (shard, slot)
+            if error is None and pending:
+                if not self.actors or self._room_for_another(
+                    len(self.actors), len(pending) + len(inflight)
+                ):
+                    actor = self._make_actor()
+                    self.actors.append(actor)
+                    idle.append(actor)
+                while pending and idle:
+                    actor, shard = idle.popleft(), pending.popleft()
+                    rows = list(drop_rows.get(shard.index, ()))
+                    ref = actor.embed.remote(shard, ctx_ref, rows, self.fingerprint)
+                    inflight[ref] = (shard, actor)
             if not inflight:
                 break
-            done, _ = self.ray.wait(list(inflight), num_returns=1)
-            shard, slot = inflight.pop(done[0])
+            done, _ = self.ray.wait(list(inflight), num_returns=1, timeout=5.0)
+            if not done:
+                continue  # nothing finished yet: look again for room to grow
+            shard, actor = inflight.pop(done[0])
             try:
                 result = self.ray.get(done[0])
             except RayTaskError as e:  # the work raised: stop, finish what runs, re-raise
                 error = error or (e.cause if e.cause is not None else e)
-                idle.append(slot)
+                idle.append(actor)
                 continue
             except RayActorError as e:  # the worker or its node died: retry elsewhere
                 failures[shard.index] = failures.get(shard.index, 0) + 1
-                log.warning("worker for %s died (%s); retrying", shard.describe(), e)
+                log.warning("worker for %s died (%s); retrying on the others", shard.describe(), e)
                 if failures[shard.index] > self.run.max_task_retries:
                     error = error or e
                 else:
                     pending.appendleft(shard)
-                self.actors[slot] = self._make_actor()
-                idle.append(slot)
+                self.actors.remove(actor)
                 continue
-            idle.append(slot)
+            idle.append(actor)
             yield result
         if error is not None:
             raise error
