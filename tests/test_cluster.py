@@ -1,0 +1,78 @@
+"""Multi-node behaviour on one machine: a real Ray head and two worker nodes, started in a
+process of their own; a worker node is killed in the middle of embedding and of index
+building, and the outputs must equal runs without the failure."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
+from embedlib.index import IndexOptions, build_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _scenario(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    r = subprocess.run(
+        [sys.executable, "tests/cluster_scenarios.py", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=1200,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_worker_node_killed_mid_embedding(tmp_path):
+    result = _scenario("embed-kill", str(tmp_path))
+    assert result["killed"], "the job ended before a node could be killed"
+    assert result["rc"] == 0, result["log"]
+    got = EmbeddingSet(str(tmp_path / "out"))
+    ids, vectors = got.read_vectors()
+    assert sorted(ids) == sorted(f"d{i}" for i in range(1200))  # none missing, none twice
+    options = EmbedOptions(text_column="body", id_column="doc_id", shard_rows=60)
+    embed_corpus(
+        str(tmp_path / "corpus.jsonl"),
+        str(tmp_path / "ref"),
+        options=options,
+        run=RunOptions(runner="local", progress=False),
+    )
+    ref_ids, ref_vectors = EmbeddingSet(str(tmp_path / "ref")).read_vectors()
+    order = {i: n for n, i in enumerate(ref_ids)}
+    aligned = ref_vectors[[order[i] for i in ids]]
+    assert (vectors * aligned).sum(1).min() >= 0.9999
+
+
+def test_worker_node_killed_mid_index_build(tmp_path, glove):
+    _, words, vectors = glove
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 200_000
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors[:n].reshape(-1)), 50)
+    pq.write_table(
+        pa.table({"id": words[:n], "vector": vec}), tmp_path / "g.parquet", row_group_size=50_000
+    )
+    result = _scenario("index-kill", str(tmp_path), str(tmp_path / "g.parquet"))
+    assert result["killed"], "no add task was seen running"
+    ref = build_index(
+        str(tmp_path / "g.parquet"),
+        str(tmp_path / "ref"),
+        options=IndexOptions(shards=2, seed=3),
+        run=RunOptions(runner="local", progress=False),
+    )
+    manifest = json.loads(
+        (tmp_path / "ref" / "versions" / ref.version / "manifest.json").read_text()
+    )
+    assert result["shards"] == [[s["count"], s["sha256"]] for s in manifest["shards"]]
+    assert np.isclose(result["recall"], manifest["recall_at_10"])
