@@ -283,6 +283,81 @@ def cmd_query(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
+    """`embedlib pipeline`: the options of embed, plus those of index and serve."""
+    add_embed_arguments(p)
+    g = p.add_argument_group("index")
+    g.add_argument("--factory", default="auto", help="a FAISS factory string, or auto (default)")
+    g.add_argument("--shards", type=int, default=1, help="serving shards (default 1)")
+    g.add_argument(
+        "--memory-budget", default="4GB", help="RAM the served index may take (default 4GB)"
+    )
+    g.add_argument(
+        "--target-recall", type=float, default=0.95, help="recall@10 to tune for (default 0.95)"
+    )
+    g.add_argument(
+        "--strict-recall",
+        action="store_true",
+        help="fail instead of warning when the target is missed",
+    )
+    g.add_argument("--seed", type=int, default=0, help="seed of the training sample (default 0)")
+    g = p.add_argument_group("serve")
+    g.add_argument("--no-serve", action="store_true", help="stop after the index is published")
+    g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
+    g.add_argument(
+        "--replicas", type=int, default=1, help="replicas of each shard searcher (default 1)"
+    )
+    g.add_argument(
+        "--placement",
+        choices=("grouped", "per-shard"),
+        default="grouped",
+        help="searcher placement",
+    )
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """embed -> index -> serve: OUT/embeddings, OUT/index, and the Serve app (left running)."""
+    import os
+    import posixpath
+
+    from embedlib.embed_job import embed_corpus
+    from embedlib.index.build import build_index
+
+    embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
+    run = run_options(args)
+    print(embed_corpus(args.source, embeddings, options=embed_options(args), run=run), flush=True)
+    options = IndexOptions(
+        factory=args.factory,
+        shards=args.shards,
+        memory_budget=parse_bytes(args.memory_budget),
+        target_recall=args.target_recall,
+        strict_recall=args.strict_recall,
+        seed=args.seed,
+    )
+    print(
+        build_index(
+            embeddings, index, options=options, run=run, echo=lambda line: print(line, flush=True)
+        ),
+        flush=True,
+    )
+    if args.no_serve:
+        return 0
+    from embedlib.serve.app import serve_index
+
+    serve_index(
+        index,
+        host=args.host,
+        port=args.port,
+        address=args.address,
+        detach=True,
+        replicas=args.replicas,
+        placement=args.placement,
+        api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedlib", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -298,6 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_serve_arguments(p)
     p.set_defaults(func=cmd_serve)
+    p = sub.add_parser(
+        "pipeline", help="embed -> index -> serve in one job (the app keeps running)"
+    )
+    add_pipeline_arguments(p)
+    p.set_defaults(func=cmd_pipeline)
     p = sub.add_parser("query", help="search a served index and print a table")
     p.add_argument("url", help="the server, e.g. http://127.0.0.1:8000")
     p.add_argument("text", help="the query text")

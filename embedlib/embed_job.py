@@ -25,7 +25,7 @@ from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
 from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
 from embedlib.models import ModelFingerprint
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.runner import Runner, check_reachable_by_workers, make_runner
+from embedlib.runner import Runner, check_reachable_by_workers, check_workers_reach, make_runner
 from embedlib.shard_work import ShardContext, ShardResult, ShardScan, iter_documents
 from embedlib.store import (
     ATTEMPTS,
@@ -107,6 +107,7 @@ def embed_corpus(
     fs_out, out_path = url_to_fs(out, **run.storage_options)
     if run.runner == "ray":
         check_reachable_by_workers(source, out)
+        check_workers_reach(out, run)
     job = _prepare_output(fs_out, out_path, out, options, digest, overwrite=run.overwrite)
     runner: Runner | None = None
     try:

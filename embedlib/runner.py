@@ -296,3 +296,49 @@ def largest_node_cpus(run: RunOptions) -> float:
     return max(
         (float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")), default=1.0
     )
+
+
+def check_workers_reach(url: str, run: RunOptions) -> None:
+    """Fail early when some node of the cluster cannot see `url` (e.g. a local path that
+    exists only on the driver's machine): each node reads a marker the driver wrote."""
+    if run.runner == "local":
+        return
+    check_reachable_by_workers(url)
+    import uuid
+
+    import ray
+    from fsspec.core import url_to_fs
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    ensure_ray(run.address)
+    fs, path = url_to_fs(url, **run.storage_options)
+    marker = f"{path.rstrip('/')}/_reach/{uuid.uuid4().hex}"
+    fs.makedirs(f"{path.rstrip('/')}/_reach", exist_ok=True)
+    fs.pipe(marker, b"embedlib")
+
+    def sees(p: str) -> bool:
+        return bool(fs.exists(p))
+
+    task = ray.remote(sees)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    refs = [
+        task.options(
+            num_cpus=0,
+            runtime_env={"env_vars": WORKER_ENV},
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+        ).remote(marker)
+        for n in nodes
+    ]
+    try:
+        blind = [
+            n["NodeManagerAddress"]
+            for n, ok in zip(nodes, ray.get(refs, timeout=120), strict=True)
+            if not ok
+        ]
+    finally:
+        fs.rm(f"{path.rstrip('/')}/_reach", recursive=True)
+    if blind:
+        raise StorageError(
+            f"nodes {', '.join(blind)} cannot see {url!r}: on a cluster the output must be storage "
+            "every node reaches (s3://, gs://, or a path shared by NFS on every machine)"
+        )

@@ -21,8 +21,12 @@ def ray_cluster() -> Iterator[None]:
     """A local Ray instance sized for a 2-core machine, shared by every Ray test."""
     import ray
 
-    ray.init(
-        num_cpus=2, include_dashboard=False, object_store_memory=200 * 1024**2, log_to_driver=False
+    ray.init(  # address="local": never join a cluster someone started on this machine
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=200 * 1024**2,
+        log_to_driver=False,
     )
     yield
     ray.shutdown()

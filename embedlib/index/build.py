@@ -36,7 +36,7 @@ from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
 from embedlib.options import METRICS, Metric, RunOptions
-from embedlib.runner import largest_node_cpus, map_tasks
+from embedlib.runner import check_workers_reach, largest_node_cpus, map_tasks
 from embedlib.store import (
     conform_table,
     file_sha256,
@@ -314,6 +314,7 @@ def build_index(
     say(
         f"index plan: {plan.factory} for {n} vectors of dimension {d}, metric {metric} (~{human(plan.bytes_estimate)}): {plan.reason}"
     )
+    check_workers_reach(out, run)
     fs, root = url_to_fs(out, **run.storage_options)
     staging = staging_path(root)
     fs.makedirs(posixpath.join(staging, PARTIALS), exist_ok=True)
