@@ -45,6 +45,12 @@ def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 
 
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether `fs` is this machine's own filesystem (renames are atomic, paths are real)."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocols
+
+
 def write_json_atomic(fs: fsspec.AbstractFileSystem, path: str, data: Any) -> None:
     """Write JSON next to `path`, then move it into place, so readers see all or nothing."""
     tmp = join(posixpath.dirname(path), f".{posixpath.basename(path)}.{uuid.uuid4().hex}.tmp")

@@ -11,6 +11,7 @@ import fsspec
 import numpy as np
 
 from embedlib.index.sources import VectorError
+from embedlib.store import is_local
 
 
 def prepare_vectors(vectors: np.ndarray, metric: str, ids: list[str]) -> np.ndarray:
@@ -100,7 +101,7 @@ def _inner_index(index: faiss.Index) -> faiss.Index:
 
 def local_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str:
     """A local path for `path`: itself on a local filesystem, else a cached copy."""
-    if "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+    if is_local(fs):
         return path
     os.makedirs(cache_dir, exist_ok=True)
     target = os.path.join(cache_dir, path.strip("/").replace("/", "__"))

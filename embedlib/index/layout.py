@@ -20,6 +20,7 @@ import uuid
 import fsspec
 
 from embedlib.exceptions import SourceError
+from embedlib.store import is_local
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
@@ -72,7 +73,13 @@ def resolve(fs: fsspec.AbstractFileSystem, path: str) -> str:
 def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:
     """Move a finished staging folder to the next version name and point CURRENT at it."""
     name = next_version(fs, root)
-    fs.mv(staging, posixpath.join(versions_dir(root), name), recursive=True)
+    target = posixpath.join(versions_dir(root), name)
+    if is_local(fs):
+        fs.mv(staging, target, recursive=True)  # one atomic rename
+    else:  # object stores have no folders to rename: copy each file, then drop the staging
+        for path in fs.find(staging):
+            fs.copy(path, posixpath.join(target, posixpath.relpath(path, staging)))
+        fs.rm(staging, recursive=True)
     tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
     fs.pipe(tmp, f"{name}\n".encode())
     fs.mv(tmp, posixpath.join(root, CURRENT))
