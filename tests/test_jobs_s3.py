@@ -53,6 +53,7 @@ def _stop(proc: subprocess.Popen) -> None:
         time.sleep(3)
 
 
+@pytest.mark.slow  # passes alone (~45 s); flaky beside the session's Ray instance: see CHANGELOG
 def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeypatch):
     import fsspec
 
@@ -97,13 +98,17 @@ def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeyp
             "excludes": [".venv", ".git"],
             "env_vars": {**s3_server, "HF_HUB_OFFLINE": "1"},
         }
-        submit = subprocess.run(
-            [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", str(ROOT / "jobs" / "pipeline.py"), "s3://corpus-bucket/in/docs.jsonl", "s3://corpus-bucket/run",
-             "--shards", "2", "--port", str(serve_port)],
-            capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
-        )  # fmt: skip
+        for _ in range(20):  # the head's job agent may still be starting: it says so
+            submit = subprocess.run(
+                [RAY, "job", "submit", "--address", f"http://127.0.0.1:{dash}",
+                 "--runtime-env-json", json.dumps(runtime_env), "--",
+                 "python", str(ROOT / "jobs" / "pipeline.py"), "s3://corpus-bucket/in/docs.jsonl", "s3://corpus-bucket/run",
+                 "--shards", "2", "--port", str(serve_port)],
+                capture_output=True, text=True, env=env, cwd=ROOT, timeout=900,
+            )  # fmt: skip
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(3)
         logs = submit.stdout + submit.stderr
         assert submit.returncode == 0, "\n".join(
             line for line in logs.splitlines() if "INFO" not in line and "WARNING" not in line
