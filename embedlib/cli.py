@@ -155,15 +155,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_index_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `embedlib index` and `jobs/build_index.py`."""
-    p.add_argument(
-        "embeddings", nargs="+", help="embedding sets, Parquet files of id + vector, or a .npy"
-    )
-    p.add_argument("out", help="index root (holds the versions and the CURRENT pointer)")
-    g = p.add_argument_group("index")
+def _add_plan_options(g: argparse._ArgumentGroup) -> None:
+    """Index options shared by `index` and `pipeline`."""
     g.add_argument("--factory", default="auto", help="a FAISS factory string, or auto (default)")
-    g.add_argument("--metric", choices=METRICS, help="default: the embedding set's, else cosine")
     g.add_argument("--shards", type=int, default=1, help="serving shards (default 1)")
     g.add_argument(
         "--memory-budget", default="4GB", help="RAM the served index may take (default 4GB)"
@@ -177,8 +171,29 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
         help="fail instead of warning when the target is missed",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the training sample (default 0)")
+
+
+def add_index_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `embedlib index` and `jobs/build_index.py`."""
+    p.add_argument(
+        "embeddings", nargs="+", help="embedding sets, Parquet files of id + vector, or a .npy"
+    )
+    p.add_argument("out", help="index root (holds the versions and the CURRENT pointer)")
+    g = p.add_argument_group("index")
+    g.add_argument(
+        "--metric",
+        dest="index_metric",
+        choices=METRICS,
+        help="default: the embedding set's, else cosine",
+    )
+    _add_plan_options(g)
     g = p.add_argument_group("user vectors")
-    g.add_argument("--id-column", default="id", help="id column of Parquet inputs (default id)")
+    g.add_argument(
+        "--id-column",
+        dest="vector_id_column",
+        default="id",
+        help="id column of Parquet inputs (default id)",
+    )
     g.add_argument(
         "--vector-column", default="vector", help="vector column of Parquet inputs (default vector)"
     )
@@ -191,15 +206,15 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
 def index_options(args: argparse.Namespace) -> IndexOptions:
     return IndexOptions(
         factory=args.factory,
-        metric=args.metric,
+        metric=getattr(args, "index_metric", None),
         shards=args.shards,
         memory_budget=parse_bytes(args.memory_budget),
         target_recall=args.target_recall,
         strict_recall=args.strict_recall,
         seed=args.seed,
-        id_column=args.id_column,
-        vector_column=args.vector_column,
-        ids=args.ids,
+        id_column=getattr(args, "vector_id_column", "id"),
+        vector_column=getattr(args, "vector_column", "vector"),
+        ids=getattr(args, "ids", None),
     )
 
 
@@ -286,21 +301,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     """`embedlib pipeline`: the options of embed, plus those of index and serve."""
     add_embed_arguments(p)
-    g = p.add_argument_group("index")
-    g.add_argument("--factory", default="auto", help="a FAISS factory string, or auto (default)")
-    g.add_argument("--shards", type=int, default=1, help="serving shards (default 1)")
-    g.add_argument(
-        "--memory-budget", default="4GB", help="RAM the served index may take (default 4GB)"
-    )
-    g.add_argument(
-        "--target-recall", type=float, default=0.95, help="recall@10 to tune for (default 0.95)"
-    )
-    g.add_argument(
-        "--strict-recall",
-        action="store_true",
-        help="fail instead of warning when the target is missed",
-    )
-    g.add_argument("--seed", type=int, default=0, help="seed of the training sample (default 0)")
+    _add_plan_options(p.add_argument_group("index"))
     g = p.add_argument_group("serve")
     g.add_argument("--no-serve", action="store_true", help="stop after the index is published")
     g.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
@@ -327,14 +328,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
     run = run_options(args)
     print(embed_corpus(args.source, embeddings, options=embed_options(args), run=run), flush=True)
-    options = IndexOptions(
-        factory=args.factory,
-        shards=args.shards,
-        memory_budget=parse_bytes(args.memory_budget),
-        target_recall=args.target_recall,
-        strict_recall=args.strict_recall,
-        seed=args.seed,
-    )
+    options = index_options(args)
     print(
         build_index(
             embeddings, index, options=options, run=run, echo=lambda line: print(line, flush=True)

@@ -78,3 +78,20 @@ def test_killed_run_resumes_from_committed_shards(tmp_path):
     assert sorted(ids) == sorted(f"d{i}" for i in range(600))  # every row exactly once
     assert len(list(out.glob("*.parquet"))) == 12
     assert sum(pq.read_metadata(p).num_rows for p in out.glob("*.parquet")) == 600
+
+
+def test_index_and_pipeline_options_map_to_the_library():
+    from embedlib.cli import build_parser, index_options
+
+    args = build_parser().parse_args(
+        ["index", "a", "b", "out", "--metric", "l2", "--id-column", "w", "--shards", "3"]
+    )
+    assert args.embeddings == ["a", "b"] and args.out == "out"
+    opts = index_options(args)
+    assert (opts.metric, opts.id_column, opts.shards) == ("l2", "w", 3)
+    args = build_parser().parse_args(
+        ["pipeline", "src", "out", "--metric", "dot", "--id-column", "doc", "--shards", "2"]
+    )
+    opts = index_options(args)  # the embed options do not leak into the index's
+    assert (opts.metric, opts.id_column, opts.shards) == (None, "id", 2)
+    assert (args.metric, args.id_column) == ("dot", "doc")
