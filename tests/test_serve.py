@@ -51,6 +51,18 @@ def _request(path: str, body=None, *, key: str | None = KEY, raw: bytes | None =
         return e.code, json.loads(e.read())
 
 
+def _query_until(done: threading.Event, failures: list[int]):
+    """A loop for a thread: search until `done` is set, noting every non-200 status."""
+
+    def loop() -> None:
+        while not done.is_set():
+            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
+            if status != 200:
+                failures.append(status)
+
+    return loop
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """The small corpus embedded, indexed (2 shards) and served with an API key, 2 replicas."""
@@ -210,13 +222,7 @@ def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
     assert len(names) == 2, names
     failures: list[int] = []
     done = threading.Event()
-
-    def query_loop() -> None:
-        while not done.is_set():
-            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
-            if status != 200:
-                failures.append(status)
-
+    query_loop = _query_until(done, failures)
     threads = [threading.Thread(target=query_loop) for _ in range(2)]
     for t in threads:
         t.start()
@@ -341,13 +347,7 @@ def test_reload_switches_to_a_new_version_without_dropping_requests(served):
     build_index(str(root / "emb2"), str(served), run=LOCAL)
     failures: list[int] = []
     done = threading.Event()
-
-    def query_loop() -> None:
-        while not done.is_set():
-            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
-            if status != 200:
-                failures.append(status)
-
+    query_loop = _query_until(done, failures)
     loop = threading.Thread(target=query_loop)
     loop.start()
     try:
