@@ -53,7 +53,6 @@ def _stop(proc: subprocess.Popen) -> None:
         time.sleep(3)
 
 
-@pytest.mark.slow  # passes alone (~45 s); flaky beside the session's Ray instance: see CHANGELOG
 def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeypatch):
     import fsspec
 
@@ -75,7 +74,8 @@ def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeyp
     log = open(tmp_path / "ray.log", "w")  # noqa: SIM115 - the Ray processes write to it until stopped
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", "--num-cpus", "1", "--port", str(gcs), "--dashboard-host", "127.0.0.1",
-         "--dashboard-port", str(dash), "--include-dashboard", "true"],
+         "--dashboard-port", str(dash), "--include-dashboard", "true",
+         "--dashboard-agent-listen-port", str(_free_port())],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
     )  # fmt: skip
     worker = None
@@ -91,7 +91,8 @@ def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeyp
                 assert head.poll() is None, (tmp_path / "ray.log").read_text()[-2000:]
                 time.sleep(2)
         worker = subprocess.Popen(
-            [RAY, "start", "--block", "--num-cpus", "1", "--address", f"127.0.0.1:{gcs}"],
+            [RAY, "start", "--block", "--num-cpus", "1", "--address", f"127.0.0.1:{gcs}",
+             "--dashboard-agent-listen-port", str(_free_port())],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )  # fmt: skip
         runtime_env = {
