@@ -197,3 +197,19 @@ def test_verify_checks_shards_against_the_manifest(memfs):
     with pytest.raises(SourceError, match=r"part-00001\.parquet.*checksum"):
         eset.verify()
     assert len(other) == 30
+
+
+def test_exact_search_equals_a_flat_index(memfs):
+    from embedlib import exact_search
+    from embedlib.index import ShardedIndex, build_index
+
+    fs, url = memfs
+    corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(60, seed=8), "jsonl"))
+    eset = _embed(f"{url}/c.jsonl", f"{url}/out", text_column="body", id_column="doc_id")
+    build_index(f"{url}/out", f"{url}/idx", run=LOCAL)
+    index = ShardedIndex(f"{url}/idx")
+    queries = index.encode_text(["cheap shoes", "neural network tutorial"])
+    ids, scores = exact_search(eset, queries, k=5)
+    hits = index.search(queries, 5)
+    assert ids == [[h.id for h in row] for row in hits]
+    assert np.allclose(scores, [[h.score for h in row] for row in hits], atol=1e-5)
