@@ -83,6 +83,17 @@ def ensure_ray(address: str | None) -> None:
     ray.init(address=address, log_to_driver=True)
 
 
+def current_node() -> str:
+    """The Ray node this code runs on (its node id), or the host name outside Ray."""
+    import socket
+
+    import ray
+
+    if ray.is_initialized():
+        return str(ray.get_runtime_context().get_node_id())
+    return socket.gethostname()
+
+
 def check_reachable_by_workers(*urls: str) -> None:
     """memory:// lives inside one process: Ray workers cannot see it."""
     for url in urls:
@@ -98,10 +109,9 @@ class _EmbedActor:
     """One model per worker process; `embed` runs one shard."""
 
     def __init__(self, encoder_args: dict[str, Any], num_threads: int) -> None:
-        import ray
 
         self.encoder = TextEncoder(**encoder_args, num_threads=num_threads)
-        self.node = ray.get_runtime_context().get_node_id()
+        self.node = current_node()
 
     def fingerprint(self) -> tuple[ModelFingerprint, str]:
         return self.encoder.fingerprint, self.node
@@ -331,7 +341,7 @@ def check_workers_reach(url: str, run: RunOptions) -> None:
     ]
     try:
         blind = [
-            n["NodeManagerAddress"]
+            f"{n['NodeManagerAddress']} (node {n['NodeID'][:12]})"
             for n, ok in zip(nodes, ray.get(refs, timeout=120), strict=True)
             if not ok
         ]

@@ -36,7 +36,7 @@ from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
 from embedlib.options import METRICS, Metric, RunOptions
-from embedlib.runner import check_workers_reach, largest_node_cpus, map_tasks
+from embedlib.runner import check_workers_reach, current_node, largest_node_cpus, map_tasks
 from embedlib.store import (
     conform_table,
     file_sha256,
@@ -117,6 +117,7 @@ class PartialResult:
     gt_scores: np.ndarray
     gt_ids: np.ndarray
     id_hashes: np.ndarray
+    node: str
 
 
 @dataclass
@@ -133,6 +134,7 @@ class IndexReport:
     target_recall: float
     latency_ms_p50: float
     seconds: dict[str, float] = field(default_factory=dict)
+    per_node: dict[str, dict[str, int]] = field(default_factory=dict)  # add tasks, vectors
 
     @property
     def recall_met(self) -> bool:
@@ -149,6 +151,10 @@ class IndexReport:
             f"(target {self.target_recall}); {self.latency_ms_p50:.2f} ms/query (p50, one query at a time)",
             f"  time: {phases}",
         ]
+        for node, stats in sorted(self.per_node.items()):
+            lines.append(
+                f"  node {node[:12]}: {stats['tasks']} add tasks, {stats['vectors']} vectors"
+            )
         if not self.recall_met:
             lines.append(
                 f"  WARNING: recall@10 {self.recall_at_10:.3f} is below the target {self.target_recall}"
@@ -221,7 +227,9 @@ def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult
         if writer is not None:
             writer.close()
     write_index(index, ctx.fs, posixpath.join(ctx.staging, PARTIALS, f"{name}.faiss"))
-    return PartialResult(units[0].shard, name, rows, best_d, best_i, np.concatenate(hashes))
+    return PartialResult(
+        units[0].shard, name, rows, best_d, best_i, np.concatenate(hashes), current_node()
+    )
 
 
 def _merge_shard(shard: int, names: list[str], ctx: BuildContext) -> dict[str, Any]:
@@ -398,7 +406,18 @@ def build_index(
         target_recall=options.target_recall,
         latency_ms_p50=tuning["latency_ms_p50"],
         seconds=times,
+        per_node=_per_node(partials),
     )
+
+
+def _per_node(partials: list[PartialResult]) -> dict[str, dict[str, int]]:
+    """How many add tasks and vectors each node processed (the last, successful try)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in partials:
+        stats = out.setdefault(p.node, {"tasks": 0, "vectors": 0})
+        stats["tasks"] += 1
+        stats["vectors"] += p.rows
+    return out
 
 
 def _read_rows(

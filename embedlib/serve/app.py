@@ -92,9 +92,9 @@ def build_app(
             "storage_options": storage_options,
         },
     }
-    gateway = serve.deployment()(GatewayIngress).options(
-        name="Gateway", ray_actor_options={"num_cpus": 0.1}
-    )
+    gateway = serve.deployment()(GatewayIngress).options(  # as many as the searchers: a lost
+        name="Gateway", num_replicas=replicas, ray_actor_options={"num_cpus": 0.1}
+    )  # node must not take the only gateway with it
     return gateway.bind(version_url, searchers, encoder, config)
 
 
