@@ -9,6 +9,8 @@ running finish (so they can be committed), and is then raised.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol
@@ -75,18 +77,48 @@ class LocalRunner:
 
 
 def ensure_ray(address: str | None) -> None:
-    """Connect to the Ray cluster at `address`, or to a running one, or start a local one."""
+    """Connect to the Ray cluster at `address`, or to a running one, or start a local one.
+
+    Without an address Ray joins the cluster recorded in its temp folder; when that cluster
+    is gone (stopped without `ray stop`) Ray would wait for it forever, so a local instance
+    is started instead, with a warning naming the dead address."""
     import ray
 
     if ray.is_initialized():
         return
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        from ray._common.utils import get_ray_address_file  # where `ray start` records it
+
+        dead = dead_recorded_cluster(get_ray_address_file(None))
+        if dead is not None:
+            log.warning(
+                "the Ray cluster recorded at %s does not answer (stopped without `ray stop`?); "
+                "starting a local Ray instance. Pass --address to join a cluster.",
+                dead,
+            )
+            address = "local"
     ray.init(address=address, log_to_driver=True)
+
+
+def dead_recorded_cluster(address_file: str) -> str | None:
+    """The address in Ray's `ray_current_cluster` file when nothing listens there."""
+    try:
+        with open(address_file) as f:
+            recorded = f.read().strip()
+    except FileNotFoundError:
+        return None
+    host, _, port = recorded.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return recorded
+    return None
 
 
 def current_node() -> str:
     """The Ray node this code runs on (its node id), or the host name outside Ray."""
-    import socket
-
     import ray
 
     if ray.is_initialized():

@@ -124,3 +124,20 @@ def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monk
     assert {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in committed} == committed
     rows = _rows(out)
     assert len(rows) == 160 and {i.split(":")[0] for i in rows} == {"a.jsonl", "b.jsonl.gz"}
+
+
+def test_a_dead_recorded_cluster_is_detected(tmp_path):
+    """`ray start` records its address; once that cluster is gone, jobs start a local Ray
+    instead of waiting for it forever."""
+    import socket
+
+    from embedlib.runner import dead_recorded_cluster
+
+    assert dead_recorded_cluster(str(tmp_path / "missing")) is None
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        (tmp_path / "ray_current_cluster").write_text(f"127.0.0.1:{port}\n")
+        assert dead_recorded_cluster(str(tmp_path / "ray_current_cluster")) is None
+    assert dead_recorded_cluster(str(tmp_path / "ray_current_cluster")) == f"127.0.0.1:{port}"
