@@ -6,7 +6,7 @@ STAMP := $(VENV)/.embedlib-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow lint typecheck clean
+.PHONY: setup demo test test-slow bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test: lint typecheck
 
 test-slow: setup
 	$(PY) -m pytest -m slow
+
+bench: setup  # one Markdown table, side-by-side ratios; see docs/benchmarks.md
+	$(PY) -m benchmarks
 
 clean:
 	rm -rf embedlib-demo .pytest_cache .ruff_cache .mypy_cache

@@ -216,7 +216,11 @@ def _prepare_output(
     job: dict[str, Any] = read_json(fs, join(path, JOB))
     before = job.get("options", {})
     now = options.to_dict()
-    changed = {k: (before.get(k), v) for k, v in now.items() if before.get(k) != v}
+    changed = {
+        k: (before.get(k), v)
+        for k, v in now.items()
+        if before.get(k) != v and k != "backend"  # the model fingerprint decides that one
+    }
     if changed:
         detail = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, (a, b) in changed.items())
         raise IncompatibleOutputError(

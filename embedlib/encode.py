@@ -1,10 +1,36 @@
-"""Encoding texts with a sentence-transformers model: loaded once, batches length-sorted."""
+"""Encoding texts with a sentence-transformers model: loaded once, batches length-sorted,
+on torch or on OpenVINO (fp32: the same vectors, faster; int8: quantized, fastest)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any, Literal
 
 import numpy as np
 
 from embedlib.models import ModelFingerprint, fingerprint_of, load_model
+
+Backend = Literal["auto", "torch", "openvino-fp32", "openvino"]
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino-fp32", "openvino")
+
+
+def resolve_backend(backend: str, device: str) -> str:
+    """`auto` is OpenVINO fp32 on CPU (same vectors as torch, about 2.5x faster), torch
+    on a GPU. `openvino` is the int8 model; `openvino-fp32` the full-precision one."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        return "torch" if device != "cpu" else "openvino-fp32"
+    if backend != "torch" and device != "cpu":
+        raise ValueError(f"the {backend} backend runs on the CPU; use --backend torch on a GPU")
+    return backend
+
+
+def backend_for(fingerprint: ModelFingerprint) -> str:
+    """The backend that reproduces vectors of `fingerprint` (query encoders use it)."""
+    from embedlib.openvino_backend import INT8_PRECISION
+
+    return "openvino" if fingerprint.precision == INT8_PRECISION else "auto"
 
 
 class TextEncoder:
@@ -25,17 +51,38 @@ class TextEncoder:
         max_seq_length: int | None = None,
         batch_size: int = 64,
         num_threads: int | None = None,
+        backend: str = "auto",
     ) -> None:
-        if num_threads is not None:
-            import torch
-
-            torch.set_num_threads(num_threads)
         self.model_name = model
-        self.model = load_model(model, device=device, max_seq_length=max_seq_length)
+        self.backend = resolve_backend(backend, device)
         self.normalize = normalize
         self.batch_size = batch_size
-        self.fingerprint: ModelFingerprint = fingerprint_of(
-            self.model, name=model, normalize=normalize
+        self.model: Any = None  # the SentenceTransformer (torch backend)
+        self.ov: Any = None  # the OpenVINOModel (openvino backends)
+        if self.backend == "torch":
+            if num_threads is not None:
+                import torch
+
+                torch.set_num_threads(num_threads)
+            self.model = load_model(model, device=device, max_seq_length=max_seq_length)
+            self.tokenizer = self.model.tokenizer
+            self.max_seq_length = int(self.model.max_seq_length)
+            self.fingerprint: ModelFingerprint = fingerprint_of(
+                self.model, name=model, normalize=normalize
+            )
+            return
+        from embedlib.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
+
+        int8 = self.backend == "openvino"
+        converted = converted_model(model, "int8" if int8 else "fp32")
+        self.ov = OpenVINOModel(converted, max_seq_length=max_seq_length, num_threads=num_threads)
+        self.tokenizer = self.ov.tokenizer
+        self.max_seq_length = self.ov.max_seq_length
+        self.fingerprint = replace(
+            converted.fingerprint,
+            normalize=bool(normalize or converted.normalize_layer),
+            max_seq_length=self.max_seq_length,
+            precision=INT8_PRECISION if int8 else "fp32",
         )
 
     @property
@@ -46,7 +93,7 @@ class TextEncoder:
         """Token counts, special tokens included, before truncation."""
         if not texts:
             return np.zeros(0, dtype=np.int64)
-        encoded = self.model.tokenizer(
+        encoded = self.tokenizer(
             texts,
             add_special_tokens=True,
             truncation=False,
@@ -62,14 +109,23 @@ class TextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32), 0
         lengths = self.token_lengths(texts)
         order = np.argsort(-lengths, kind="stable")
-        vectors = self.model.encode(
-            [texts[i] for i in order],
-            batch_size=self.batch_size,
-            normalize_embeddings=self.normalize,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        ordered = [texts[i] for i in order]
+        if self.ov is not None:
+            vectors = np.concatenate(
+                [
+                    self.ov.embed(ordered[i : i + self.batch_size], self.normalize)
+                    for i in range(0, len(ordered), self.batch_size)
+                ]
+            )
+        else:
+            vectors = self.model.encode(
+                ordered,
+                batch_size=self.batch_size,
+                normalize_embeddings=self.normalize,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         out[order] = vectors
-        truncated = int((lengths > self.model.max_seq_length).sum())
+        truncated = int((lengths > self.max_seq_length).sum())
         return out, truncated

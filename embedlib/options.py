@@ -28,11 +28,18 @@ class EmbedOptions:
     max_seq_length: int | None = None  # None: the model's own limit
     dtype: Dtype = "float32"
     metric: Metric = "cosine"
-    shard_rows: int = 10_000
+    shard_rows: int = 1_000  # small enough that one machine's workers share a modest corpus
     format: Format | None = None  # None: from each file's extension
     on_duplicate: OnDuplicate = "error"
+    # auto: OpenVINO fp32 on CPU (torch's vectors, faster); torch; openvino-fp32; openvino
+    # (int8, its own fingerprint). Not compared on resume: the fingerprint decides.
+    backend: str = "auto"
 
     def __post_init__(self) -> None:
+        from embedlib.encode import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
         if self.metric not in METRICS:

@@ -16,9 +16,10 @@ from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol
 
 from embedlib.corpus.plan import Shard
-from embedlib.encode import TextEncoder
+from embedlib.encode import TextEncoder, resolve_backend
 from embedlib.exceptions import StorageError
 from embedlib.models import ModelFingerprint
+from embedlib.openvino_backend import converted_model
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.shard_work import ShardContext, ShardResult, ShardScan, embed_shard, scan_shard
 
@@ -47,6 +48,7 @@ def _encoder_args(options: EmbedOptions, run: RunOptions) -> dict[str, Any]:
         "max_seq_length": options.max_seq_length,
         "batch_size": run.batch_size,
         "device": "cuda" if run.gpus_per_worker > 0 else "cpu",
+        "backend": options.backend,
     }
 
 
@@ -197,6 +199,9 @@ class RayRunner:
             runtime_env={"env_vars": WORKER_ENV},
         )
         args = _encoder_args(options, self.run)
+        backend = resolve_backend(options.backend, args["device"])
+        if backend != "torch":  # convert once here, not in every actor at the same time
+            converted_model(options.model, "int8" if backend == "openvino" else "fp32")
         threads = max(1, round(self.run.cpus_per_worker))
         self._make_actor = lambda: actor_cls.remote(args, threads)
         self.actors = [self._make_actor() for _ in range(workers)]

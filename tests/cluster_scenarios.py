@@ -42,7 +42,7 @@ def embed_kill(work: Path) -> dict:
     try:
         args = [sys.executable, "-m", "embedlib.cli", "embed", str(work / "corpus.jsonl"), str(work / "out"),
                 "--text-column", "body", "--id-column", "doc_id", "--shard-rows", "60", "--address", cluster.address,
-                "--no-progress"]  # fmt: skip
+                "--no-progress", "--backend", "torch"]  # fmt: skip
         log = open(work / "job.log", "w")  # noqa: SIM115 - the job writes to it until it ends
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
         killed, joined = False, None
@@ -57,7 +57,8 @@ def embed_kill(work: Path) -> dict:
     finally:
         cluster.shutdown()
     log_text = (work / "job.log").read_text()
-    return {"rc": rc, "killed": killed, "joined": joined, "log": log_text[-3000:]}
+    report = [line for line in log_text.splitlines() if line.startswith("  node ")]
+    return {"rc": rc, "killed": killed, "joined": joined, "report": report, "log": log_text[-3000:]}
 
 
 def index_kill(work: Path, glove: str) -> dict:
@@ -186,6 +187,7 @@ def serve_node_lost(work: Path) -> dict:
     build_index(str(work / "v.parquet"), str(work / "idx"), options=IndexOptions(shards=2),
                 run=RunOptions(runner="local", progress=False))  # fmt: skip
     cluster, workers = _cluster()
+    head_id = cluster.head_node.node_id
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -226,6 +228,8 @@ def serve_node_lost(work: Path) -> dict:
                 break
             time.sleep(1)
         replaced = [a.node_id for a in searchers()]
+        gateways = {a.node_id for a in list_actors(filters=[("state", "=", "ALIVE")])
+                    if a.class_name.endswith("Gateway")}  # fmt: skip
         time.sleep(2)
         stop.set()
         loader.join()
@@ -237,6 +241,7 @@ def serve_node_lost(work: Path) -> dict:
         "spread": len(nodes),
         "victim": victim.node_id,
         "replicas_after": replaced,
+        "gateways_on_head": gateways == {head_id},
         "answers_before_kill": before,
         "answers": len(answers),
         "wrong": sum(a != "v7" for a in answers),

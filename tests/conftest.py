@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 
@@ -14,6 +15,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted OpenVINO models: made afresh once per test session (workers inherit this)
+os.environ.setdefault("EMBEDLIB_CACHE", tempfile.mkdtemp(prefix="embedlib-test-cache-"))
 
 
 @pytest.fixture(scope="session")
@@ -34,10 +37,10 @@ def ray_cluster() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def encoder():
-    """The default model, loaded once."""
+    """The default model on torch (the reference every backend is compared with)."""
     from embedlib.encode import TextEncoder
 
-    return TextEncoder("default")
+    return TextEncoder("default", backend="torch")
 
 
 @pytest.fixture(scope="session")

@@ -41,9 +41,8 @@ def test_worker_node_killed_mid_embedding(tmp_path):
     assert result["killed"], "the job ended before a node could be killed"
     assert result["rc"] == 0, result["log"]
     # the report names each node's work; the node that joined mid-job took some of it
-    assert re.search(rf"node {result['joined'][:12]}: [1-9]\d* shards", result["log"]), result[
-        "log"
-    ]
+    joined = [line for line in result["report"] if result["joined"][:12] in line]
+    assert joined and re.search(r": [1-9]\d* shards", joined[0]), result["report"]
     got = EmbeddingSet(str(tmp_path / "out"))
     ids, vectors = got.read_vectors()
     assert sorted(ids) == sorted(f"d{i}" for i in range(3000))  # none missing, none twice
@@ -105,5 +104,6 @@ def test_serve_replica_on_a_lost_node_is_replaced_while_queries_succeed(tmp_path
     assert result["n_failures"] == 0, result["failures"]
     assert result["answers"] > result["answers_before_kill"] > 0
     assert result["wrong"] == 0
+    assert result["gateways_on_head"], result
     after = result["replicas_after"]
     assert len(after) == 2 and result["victim"] not in after, result  # replaced elsewhere

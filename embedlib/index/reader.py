@@ -302,12 +302,13 @@ class ShardedIndex:
                 "vectors or ids, not text"
             )
         if self._encoder is None:
-            from embedlib.encode import TextEncoder
+            from embedlib.encode import TextEncoder, backend_for
 
             encoder = TextEncoder(
                 fingerprint.name,
                 normalize=fingerprint.normalize,
                 max_seq_length=fingerprint.max_seq_length,
+                backend=backend_for(fingerprint),
             )
             encoder.fingerprint.require_compatible(
                 fingerprint, what="the query model", other_what="the index"

@@ -25,6 +25,7 @@ from embedlib.store import read_json
 
 Placement = Literal["grouped", "per-shard"]
 APP_NAME = "embedlib"
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives this resource to the head only
 
 
 def build_app(
@@ -92,9 +93,13 @@ def build_app(
             "storage_options": storage_options,
         },
     }
-    gateway = serve.deployment()(GatewayIngress).options(  # as many as the searchers: a lost
-        name="Gateway", num_replicas=replicas, ray_actor_options={"num_cpus": 0.1}
-    )  # node must not take the only gateway with it
+    # One gateway, on the head node next to Serve's HTTP proxy: a lost worker node takes
+    # searcher replicas (which the gateway retries elsewhere), never a request in flight in
+    # the gateway, and /metrics counts every request. Zero CPUs: the head may offer none.
+    gateway = serve.deployment()(GatewayIngress).options(
+        name="Gateway",
+        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+    )
     return gateway.bind(version_url, searchers, encoder, config)
 
 

@@ -149,11 +149,14 @@ class Encoder:
     """Embeds query text with the index's own model."""
 
     def __init__(self, fingerprint: dict[str, Any]) -> None:
-        from embedlib.encode import TextEncoder
+        from embedlib.encode import TextEncoder, backend_for
 
         want = ModelFingerprint.from_dict(fingerprint)
         self.encoder = TextEncoder(
-            want.name, normalize=want.normalize, max_seq_length=want.max_seq_length
+            want.name,
+            normalize=want.normalize,
+            max_seq_length=want.max_seq_length,
+            backend=backend_for(want),
         )
         want.require_compatible(
             self.encoder.fingerprint, what="the index", other_what="the query encoder"

