@@ -183,11 +183,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stages", nargs="*", choices=["encode", "index"], default=[])
+    parser.add_argument("stages", nargs="*", help="encode, index (default: both)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
     stages = args.stages or ["encode", "index"]
+    if set(stages) - {"encode", "index"}:
+        parser.error(f"stages are encode and index, got {' '.join(stages)}")
     docs, synth = SIZES[args.size]
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedlib-bench-") as tmp:
