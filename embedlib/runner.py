@@ -232,6 +232,9 @@ class RayRunner:
         idle = deque(self.actors)
         inflight: dict[Any, tuple[Shard, Any]] = {}
         failures: dict[int, int] = {}
+        # actors added mid-job get work only once they are up: one that Ray cannot place
+        # (resources that vanished with a lost node) must not hold a shard forever
+        starting: dict[Any, Any] = {}
         error: BaseException | None = None
         while pending or inflight:
             if error is None and pending:
@@ -240,17 +243,25 @@ class RayRunner:
                 ):
                     actor = self._make_actor()
                     self.actors.append(actor)
-                    idle.append(actor)
+                    starting[actor.fingerprint.remote()] = actor
                 while pending and idle:
                     actor, shard = idle.popleft(), pending.popleft()
                     rows = list(drop_rows.get(shard.index, ()))
                     ref = actor.embed.remote(shard, ctx_ref, rows, self.fingerprint)
                     inflight[ref] = (shard, actor)
-            if not inflight:
+            if not inflight and not (starting and pending and error is None):
                 break
-            done, _ = self.ray.wait(list(inflight), num_returns=1, timeout=5.0)
+            done, _ = self.ray.wait([*inflight, *starting], num_returns=1, timeout=5.0)
             if not done:
                 continue  # nothing finished yet: look again for room to grow
+            if done[0] in starting:
+                actor = starting.pop(done[0])
+                try:
+                    self.ray.get(done[0])
+                    idle.append(actor)
+                except RayActorError:
+                    self.actors.remove(actor)
+                continue
             shard, actor = inflight.pop(done[0])
             try:
                 result = self.ray.get(done[0])
