@@ -70,7 +70,7 @@ def _overlap(a: np.ndarray, b: np.ndarray, queries: int = 300) -> float:
     picks = np.random.default_rng(0).choice(len(a), min(queries, len(a)), replace=False)
     top_a = np.argsort(-(a[picks] @ a.T), axis=1)[:, :10]
     top_b = np.argsort(-(b[picks] @ b.T), axis=1)[:, :10]
-    return float(np.mean([len(set(x) & set(y)) / 10 for x, y in zip(top_a, top_b, strict=True)]))
+    return _recall(top_b, top_a)
 
 
 def encode_rows(n: int, reps: int, work: Path) -> list[list[str]]:

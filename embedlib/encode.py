@@ -4,13 +4,12 @@ on torch or on OpenVINO (fp32: the same vectors, faster; int8: quantized, fastes
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from embedlib.models import ModelFingerprint, fingerprint_of, load_model
 
-Backend = Literal["auto", "torch", "openvino-fp32", "openvino"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino-fp32", "openvino")
 
 

@@ -36,3 +36,7 @@ class StorageError(EmbedlibError):
 
 class IncompleteEmbeddingSetError(EmbedlibError):
     """An embedding set has no manifest yet: its job has not finished."""
+
+
+class ModelConversionError(EmbedlibError):
+    """The model cannot be run by the OpenVINO backend (and the reason why)."""

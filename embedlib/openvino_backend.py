@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedlib.exceptions import EmbedlibError
+from embedlib.exceptions import ModelConversionError
 from embedlib.models import ModelFingerprint, resolve_model_path
 
 Precision = Literal["fp32", "int8"]
@@ -28,10 +28,6 @@ INT8_PRECISION = "int8-openvino"  # the fingerprint's precision for the quantize
 POOLING_MODES = ("mean", "cls", "max")
 CALIBRATION_SENTENCES = 300
 _FORMAT = 1  # bump when the cached layout or the conversion recipe changes
-
-
-class ModelConversionError(EmbedlibError):
-    """The model cannot be run by the OpenVINO backend (and the reason why)."""
 
 
 def cache_root() -> Path:

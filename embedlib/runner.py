@@ -143,7 +143,6 @@ class _EmbedActor:
     """One model per worker process; `embed` runs one shard."""
 
     def __init__(self, encoder_args: dict[str, Any], num_threads: int) -> None:
-
         self.encoder = TextEncoder(**encoder_args, num_threads=num_threads)
         self.node = current_node()
 
