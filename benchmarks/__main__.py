@@ -1,6 +1,6 @@
 """embedlib against what a user would otherwise do, side by side in one run.
 
-    python -m benchmarks [encode] [index] [--size small|default|large] [--reps N]
+    python -m benchmarks [encode] [index] [serve] [memory] [--size small|default|large] [--reps N]
 
 Prints one Markdown table. Rows:
 - encode: whole-process time and encoding throughput of plain single-process
@@ -12,6 +12,11 @@ Prints one Markdown table. Rows:
   process with FAISS on the same vectors (400k x 50 GloVe; synthetic 384-d rows), time
   ratio and recall@10 of each against exact search at the same nprobe.
 - size: bytes per document of the embedding set and of the index.
+- serve: p50/p99 latency and queries/s over HTTP (Ray Serve, HAProxy ingress) against
+  in-process FAISS on the same index, single and batched, concurrency 1 and 16; text
+  queries against in-process encoding + search (see benchmarks/serving.py).
+- memory: peak memory summed over the job's process tree (driver and every Ray process)
+  of the embed job and the index build at 1x and 10x size (see benchmarks/memory.py).
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SIZES = {"small": (2_000, 100_000), "default": (6_000, 200_000), "large": (20_000, 1_000_000)}
+STAGES = ("encode", "index", "serve", "memory")
+MEMORY_SIZES = {"small": (500, 20_000), "default": (1_000, 40_000), "large": (2_000, 40_000)}
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -183,13 +190,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("stages", nargs="*", help="encode, index (default: both)")
+    parser.add_argument("stages", nargs="*", help=f"{', '.join(STAGES)} (default: all)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--reps", type=int, default=2)
     args = parser.parse_args()
-    stages = args.stages or ["encode", "index"]
-    if set(stages) - {"encode", "index"}:
-        parser.error(f"stages are encode and index, got {' '.join(stages)}")
+    stages = args.stages or list(STAGES)
+    if set(stages) - set(STAGES):
+        parser.error(f"stages are {', '.join(STAGES)}, got {' '.join(stages)}")
     docs, synth = SIZES[args.size]
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedlib-bench-") as tmp:
@@ -197,6 +204,14 @@ def main() -> None:
             rows += encode_rows(docs, args.reps, Path(tmp))
         if "index" in stages:
             rows += index_rows(synth, Path(tmp))
+        if "serve" in stages:
+            from benchmarks.serving import serve_rows
+
+            rows += serve_rows(Path(tmp))
+        if "memory" in stages:
+            from benchmarks.memory import memory_rows
+
+            rows += memory_rows(Path(tmp), PY, ENV, *MEMORY_SIZES[args.size])
     print(f"`python -m benchmarks {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPUs\n")  # fmt: skip
     print("| what | wall | ratio | throughput | ratio | quality |")

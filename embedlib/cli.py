@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from embedlib.corpus.discover import FORMATS
 from embedlib.encode import BACKENDS
@@ -249,10 +250,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--replicas", type=int, default=1, help="replicas of each shard searcher (default 1)"
     )
-    p.add_argument(
-        "--placement", choices=("grouped", "per-shard"), default="grouped",
-        help="all shards in one searcher deployment (default), or one deployment per shard",
-    )  # fmt: skip
+    add_placement_arguments(p)
     p.add_argument(
         "--address", help="Ray cluster address (default: a running cluster, else a local one)"
     )
@@ -288,6 +286,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         watch=args.watch,
         replicas=args.replicas,
         placement=args.placement,
+        ingress=args.ingress,
         api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
         request_timeout_s=args.timeout,
     )
@@ -319,12 +318,22 @@ def add_pipeline_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--replicas", type=int, default=1, help="replicas of each shard searcher (default 1)"
     )
-    g.add_argument(
-        "--placement",
-        choices=("grouped", "per-shard"),
-        default="grouped",
-        help="searcher placement",
-    )
+    add_placement_arguments(g)
+
+
+def add_placement_arguments(p: Any) -> None:
+    """--placement and --ingress, shared by serve and pipeline."""
+    p.add_argument(
+        "--placement", choices=("gateway", "grouped", "per-shard"), default="gateway",
+        help="gateway (default): the gateway replicas search every shard, one hop per query; "
+        "grouped: one searcher deployment behind one gateway on the head node (a lost worker "
+        "node drops no request); per-shard: a deployment per shard (shards on different nodes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--ingress", choices=("haproxy", "proxy"), default="haproxy",
+        help="haproxy (default): Ray Serve's HAProxy, throughput-optimized mode; proxy: "
+        "Serve's Python HTTP proxy. Applies when this command starts Ray",
+    )  # fmt: skip
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -357,6 +366,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         detach=True,
         replicas=args.replicas,
         placement=args.placement,
+        ingress=args.ingress,
         api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
     )
     return 0

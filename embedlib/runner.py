@@ -78,8 +78,9 @@ class LocalRunner:
         self.encoder = None
 
 
-def ensure_ray(address: str | None) -> None:
-    """Connect to the Ray cluster at `address`, or to a running one, or start a local one.
+def ensure_ray(address: str | None, **init_options: Any) -> None:
+    """Connect to the Ray cluster at `address`, or to a running one, or start a local one
+    (`init_options` go to `ray.init`).
 
     Without an address Ray joins the cluster recorded in its temp folder; when that cluster
     is gone (stopped without `ray stop`) Ray would wait for it forever, so a local instance
@@ -99,7 +100,7 @@ def ensure_ray(address: str | None) -> None:
                 dead,
             )
             address = "local"
-    ray.init(address=address, log_to_driver=True)
+    ray.init(address=address, **{"log_to_driver": True, **init_options})
 
 
 def dead_recorded_cluster(address_file: str) -> str | None:

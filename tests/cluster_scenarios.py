@@ -213,7 +213,9 @@ def serve_node_lost(work: Path) -> dict:
     try:
         ray.init(address=cluster.address, log_to_driver=False)
         serve.start(http_options={"host": "127.0.0.1", "port": port, "location": "HeadOnly"})
-        serve.run(build_app(str(work / "idx"), replicas=2), name=APP_NAME)
+        # grouped: searchers on worker nodes behind one gateway on the head (the placement
+        # for which a lost worker node drops no request)
+        serve.run(build_app(str(work / "idx"), replicas=2, placement="grouped"), name=APP_NAME)
         nodes = {a.node_id for a in searchers()}
         victim = next(w for w in workers if w.node_id in nodes)
         loader = threading.Thread(target=query_without_pause)

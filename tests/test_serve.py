@@ -51,12 +51,12 @@ def _request(path: str, body=None, *, key: str | None = KEY, raw: bytes | None =
         return e.code, json.loads(e.read())
 
 
-def _query_until(done: threading.Event, failures: list[int]):
+def _query_until(done: threading.Event, failures: list[int], prefix: str = ""):
     """A loop for a thread: search until `done` is set, noting every non-200 status."""
 
     def loop() -> None:
         while not done.is_set():
-            status, _ = _request("/v1/search", {"query": "cheap shoes", "k": 2})
+            status, _ = _request(f"{prefix}/v1/search", {"query": "cheap shoes", "k": 2})
             if status != 200:
                 failures.append(status)
 
@@ -65,7 +65,8 @@ def _query_until(done: threading.Event, failures: list[int]):
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    """The small corpus embedded, indexed (2 shards) and served with an API key, 2 replicas."""
+    """The small corpus embedded, indexed (2 shards) and served with an API key in the
+    default placement (the gateway searches the shards and encodes the queries)."""
     from ray import serve
 
     from embedlib.serve.app import build_app
@@ -86,7 +87,7 @@ def served(tmp_path_factory):
     )
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     serve.run(
-        build_app(str(root / "idx"), api_key=KEY, replicas=2, searcher_cpus=0.1, encoder_cpus=0.2),
+        build_app(str(root / "idx"), api_key=KEY, searcher_cpus=0.1, encoder_cpus=0.2),
         name="embedlib",
         route_prefix="/",
     )
@@ -153,7 +154,8 @@ def test_vector_arithmetic_excludes_its_inputs(served):
         ({"query": "x", "k": 0}, None, 422),
         ({"query": "x", "k": 1001}, None, 422),
         ({"vector": [0.1, 0.2]}, None, 422),
-        (None, b'{"vector": [NaN, 1.0]}', 422),
+        (None, b'{"vector": [NaN, 1.0]}', 400),  # NaN and 1e999 are not JSON numbers
+        (None, b'{"vector": [1e999, 1.0]}', 400),
         ({"query": ""}, None, 422),
         ({"k": 3}, None, 422),
         ({"query": "x", "vector": [1.0]}, None, 422),
@@ -212,28 +214,41 @@ def test_openai_client_gets_the_models_embeddings(served):
 
 
 def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
+    """Placement "grouped": the gateway retries a searcher replica that died mid-call."""
     import ray
+    from ray import serve
 
-    names = [
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if "ShardSearcher" in a["name"]
-    ]
-    assert len(names) == 2, names
-    failures: list[int] = []
-    done = threading.Event()
-    query_loop = _query_until(done, failures)
-    threads = [threading.Thread(target=query_loop) for _ in range(2)]
-    for t in threads:
-        t.start()
-    time.sleep(1.0)
-    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
-    time.sleep(4.0)
-    done.set()
-    for t in threads:
-        t.join()
-    assert failures == []
-    assert _request("/v1/search", {"query": "cheap shoes", "k": 1})[1]["results"][0]["id"] == "2"
+    from embedlib.serve.app import build_app
+
+    serve.run(
+        build_app(str(served), api_key=KEY, replicas=2, placement="grouped",
+                  searcher_cpus=0.1, encoder_cpus=0.1),
+        name="grouped", route_prefix="/grouped",
+    )  # fmt: skip
+    try:
+        names = [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if "ShardSearcher" in a["name"]
+        ]
+        assert len(names) == 2, names
+        failures: list[int] = []
+        done = threading.Event()
+        query_loop = _query_until(done, failures, prefix="/grouped")
+        threads = [threading.Thread(target=query_loop) for _ in range(2)]
+        for t in threads:
+            t.start()
+        time.sleep(1.0)
+        ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+        time.sleep(4.0)
+        done.set()
+        for t in threads:
+            t.join()
+        assert failures == []
+        answer = _request("/grouped/v1/search", {"query": "cheap shoes", "k": 1})[1]
+        assert answer["results"][0]["id"] == "2"
+    finally:
+        serve.delete("grouped")
 
 
 def test_an_index_without_a_text_model_refuses_text_queries(tmp_path):
@@ -424,7 +439,7 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     import pyarrow.parquet as pq
 
     import embedlib.serve.deployments as deployments
-    from embedlib.serve.deployments import SearchTask, ShardSearcher
+    from embedlib.serve.deployments import SearchTask, ShardSet
 
     _, words, vectors = glove
     n = 60_000
@@ -440,7 +455,7 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
         run=LOCAL,
     )
     monkeypatch.setattr(deployments, "EXACT_FILTER_LIMIT", 0)
-    searcher = ShardSearcher(str(tmp_path / "idx" / "versions" / report.version), [0, 1])
+    searcher = ShardSet(str(tmp_path / "idx" / "versions" / report.version), [0, 1])
     xn = vectors[:n] / np.linalg.norm(vectors[:n], axis=1, keepdims=True)
     rng = np.random.default_rng(1)
     queries = xn[rng.choice(n, 100, replace=False)]

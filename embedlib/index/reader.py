@@ -44,24 +44,33 @@ class Hit:
 
 
 class _Docs:
-    """One shard's docs table, read by row group on demand."""
+    """One shard's docs table: the int64 and string ids in memory (Arrow), the other
+    columns read by row group on demand."""
 
     def __init__(self, fs: Any, path: str) -> None:
         self.fs, self.path = fs, path
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            self.iids = pf.read(columns=[IID]).column(IID).to_numpy()
+            both = pf.read(columns=[IID, ID])
+            self.iids = both.column(IID).to_numpy()
+            self.ids = both.column(ID).combine_chunks()
             self.group_starts = np.cumsum(
                 [0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             )
             self.columns = pf.schema_arrow.names
         self._cache: dict[int, dict[str, list[Any]]] = {}
 
+    def positions(self, iids: np.ndarray) -> np.ndarray:
+        """Row of each int64 id in this table, -1 where it is not here."""
+        pos = np.minimum(np.searchsorted(self.iids, iids), max(len(self.iids) - 1, 0))
+        if len(self.iids) == 0:
+            return np.full(len(iids), -1, np.int64)
+        return np.where(self.iids[pos] == iids, pos, -1)
+
     def rows(self, iids: np.ndarray) -> list[dict[str, Any] | None]:
-        pos = np.searchsorted(self.iids, iids)
         out: list[dict[str, Any] | None] = []
-        for iid, p in zip(iids, pos, strict=True):
-            if p >= len(self.iids) or self.iids[p] != iid:
+        for p in self.positions(iids):
+            if p < 0:
                 out.append(None)
                 continue
             g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
@@ -82,8 +91,7 @@ class _Docs:
         return self._cache[g]
 
     def string_ids(self) -> list[str]:
-        with self.fs.open(self.path, "rb") as fh:
-            return pq.read_table(fh, columns=[ID]).column(ID).to_pylist()
+        return self.ids.to_pylist()
 
 
 class DocsLookup:
@@ -111,9 +119,26 @@ class DocsLookup:
                 return np.asarray(row[VECTOR], dtype=np.float32)
         raise QueryError(f"internal id {iid} is not in the index")
 
+    def string_ids(self, iids: np.ndarray) -> list[str]:
+        """The string ids of int64 ids, from the ids held in memory (no row reads)."""
+        out: list[str | None] = [None] * len(iids)
+        for docs in self.docs:
+            pos = docs.positions(iids)
+            found = np.flatnonzero(pos >= 0)
+            for n, doc_id in zip(found, docs.ids.take(pos[found]).to_pylist(), strict=True):
+                out[n] = doc_id
+        if any(doc_id is None for doc_id in out):
+            raise SourceError(
+                "the docs tables do not hold an id the index returned; the index is damaged"
+            )
+        return out  # type: ignore[return-value]
+
     def hits(self, pairs: Sequence[tuple[float, int]], include: Sequence[str]) -> list[Hit]:
         """Hits for (score, int64 id) pairs, with text / metadata / vector as asked."""
         iids = np.array([i for _, i in pairs], dtype=np.int64)
+        if not {"text", "metadata", "vector"} & set(include):
+            ids = self.string_ids(iids)
+            return [Hit(id=i, score=float(s)) for i, (s, _) in zip(ids, pairs, strict=True)]
         rows: list[dict[str, Any] | None] = [None] * len(pairs)
         for docs in self.docs:
             for n, row in enumerate(docs.rows(iids)):

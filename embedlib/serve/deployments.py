@@ -1,8 +1,9 @@
 """The Serve deployments behind the gateway: shard searchers and the query encoder.
 
-A `ShardSearcher` replica holds one or more serving shards (IVF shards memory-mapped) and
-the metadata columns of their docs tables, for filters. Concurrent requests are gathered
-by `@serve.batch` into one FAISS search per shard. The `Encoder` embeds query text with
+A `ShardSet` holds one or more serving shards (IVF shards memory-mapped) and the metadata
+columns of their docs tables, for filters; a `ShardSearcher` replica serves one, and
+gathers concurrent requests by `@serve.batch` into one FAISS search per shard (with
+placement "gateway" the gateway holds the `ShardSet` itself). The `Encoder` embeds query text with
 the index's own model, refusing to start when its fingerprint differs from the index's.
 """
 
@@ -12,7 +13,7 @@ import json
 import os
 import posixpath
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import faiss
@@ -104,8 +105,9 @@ class _Shard:
         return d, ids
 
 
-class ShardSearcher:
-    """Serves some shards of one index version."""
+class ShardSet:
+    """Some shards of one index version, searched together (in a searcher replica, or in
+    the gateway itself with placement "gateway")."""
 
     def __init__(
         self,
@@ -121,60 +123,105 @@ class ShardSearcher:
             for s in shard_numbers
         ]
 
+    def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One FAISS search per shard for each group of tasks with the same parameters."""
+        groups = group_tasks(tasks)
+        return scatter(tasks, groups, [self.search_one(task) for _, task in groups])
+
+    def search_one(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        """Every shard searched, the top k merged."""
+        return merge_topk(
+            [shard.search(task.vectors, task) for shard in self.shards], task.k, self.metric
+        )
+
+
+def group_tasks(tasks: list[SearchTask]) -> list[tuple[list[int], SearchTask]]:
+    """Tasks with the same parameters stacked into one, with the positions of its members."""
+    groups: dict[str, list[int]] = {}
+    for n, task in enumerate(tasks):
+        groups.setdefault(task.group_key(), []).append(n)
+    return [
+        (members, replace(tasks[members[0]], vectors=np.concatenate(
+            [tasks[m].vectors for m in members]).astype(np.float32, copy=False)))
+        for members in groups.values()
+    ]  # fmt: skip
+
+
+def scatter(
+    tasks: list[SearchTask],
+    groups: list[tuple[list[int], SearchTask]],
+    results: list[tuple[np.ndarray, np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The results of stacked tasks handed back to the tasks they were stacked from."""
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(tasks)
+    for (members, _), (d, i) in zip(groups, results, strict=True):
+        start = 0
+        for m in members:
+            n_rows = len(tasks[m].vectors)
+            out[m] = (d[start : start + n_rows], i[start : start + n_rows])
+            start += n_rows
+    return out
+
+
+class ShardSearcher:
+    """A Serve deployment over a `ShardSet`: concurrent requests are gathered by
+    `@serve.batch` into one search."""
+
+    def __init__(
+        self,
+        version_path: str,
+        shard_numbers: list[int],
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.shard_set = ShardSet(version_path, shard_numbers, storage_options)
+
     def ping(self) -> int:
-        return len(self.shards)
+        return len(self.shard_set.shards)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One FAISS search per shard for each group of requests with the same parameters."""
-        out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(tasks)
-        groups: dict[str, list[int]] = {}
-        for n, task in enumerate(tasks):
-            groups.setdefault(task.group_key(), []).append(n)
-        for members in groups.values():
-            first = tasks[members[0]]
-            x = np.concatenate([tasks[m].vectors for m in members]).astype(np.float32)
-            d, i = merge_topk(
-                [shard.search(x, first) for shard in self.shards], first.k, self.metric
-            )
-            start = 0
-            for m in members:
-                n_rows = len(tasks[m].vectors)
-                out[m] = (d[start : start + n_rows], i[start : start + n_rows])
-                start += n_rows
-        return [o for o in out if o is not None]
+        return self.shard_set.search(tasks)
+
+
+def query_encoder(fingerprint: dict[str, Any]) -> Any:
+    """The index's own model, for query text; refused when the model found differs from
+    the one the index was built with."""
+    from embedlib.encode import TextEncoder, backend_for
+
+    want = ModelFingerprint.from_dict(fingerprint)
+    encoder = TextEncoder(
+        want.name,
+        normalize=want.normalize,
+        max_seq_length=want.max_seq_length,
+        backend=backend_for(want),
+    )
+    want.require_compatible(encoder.fingerprint, what="the index", other_what="the query encoder")
+    return encoder
+
+
+def encode_batches(encoder: Any, batches: list[list[str]]) -> list[np.ndarray]:
+    """One model call for the texts of several requests; each request gets its rows."""
+    vectors, _ = encoder.encode([t for batch in batches for t in batch])
+    out, start = [], 0
+    for batch in batches:
+        out.append(vectors[start : start + len(batch)])
+        start += len(batch)
+    return out
 
 
 class Encoder:
     """Embeds query text with the index's own model."""
 
     def __init__(self, fingerprint: dict[str, Any]) -> None:
-        from embedlib.encode import TextEncoder, backend_for
-
-        want = ModelFingerprint.from_dict(fingerprint)
-        self.encoder = TextEncoder(
-            want.name,
-            normalize=want.normalize,
-            max_seq_length=want.max_seq_length,
-            backend=backend_for(want),
-        )
-        want.require_compatible(
-            self.encoder.fingerprint, what="the index", other_what="the query encoder"
-        )
+        self.encoder = query_encoder(fingerprint)
 
     def ping(self) -> int:
-        return self.encoder.dim
+        return int(self.encoder.dim)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def encode(self, batches: list[list[str]]) -> list[np.ndarray]:
         """One model call for all concurrent requests' texts."""
-        texts = [t for batch in batches for t in batch]
-        vectors, _ = self.encoder.encode(texts)
-        out, start = [], 0
-        for batch in batches:
-            out.append(vectors[start : start + len(batch)])
-            start += len(batch)
-        return out
+        return encode_batches(self.encoder, batches)
 
     def count_tokens(self, texts: list[str]) -> int:
         return int(self.encoder.token_lengths(texts).sum())

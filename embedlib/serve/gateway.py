@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import json
 import logging
 import posixpath
 import threading
@@ -18,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fsspec.core import url_to_fs
@@ -26,8 +26,22 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from embedlib import __version__
-from embedlib.index.reader import DocsLookup, QueryError, combine, merge_topk, prepare_queries
-from embedlib.serve.deployments import SearchTask
+from embedlib.index.reader import (
+    DocsLookup,
+    Hit,
+    QueryError,
+    combine,
+    merge_topk,
+    prepare_queries,
+)
+from embedlib.serve.deployments import (
+    SearchTask,
+    ShardSet,
+    encode_batches,
+    group_tasks,
+    query_encoder,
+    scatter,
+)
 from embedlib.serve.filters import FilterError
 from embedlib.serve.schemas import (
     BatchSearchRequest,
@@ -41,12 +55,21 @@ from embedlib.store import read_json
 log = logging.getLogger(__name__)
 api = FastAPI(title="embedlib", version=__version__, docs_url="/docs", openapi_url="/openapi.json")
 OPEN_ROUTES = {"/healthz", "/readyz"}
+ROW_FIELDS = {"text", "metadata", "vector"}  # fields read from the docs tables' rows
+INLINE_SEARCH_ROWS = 16  # smaller searches run on the event loop, larger ones in a thread
 
 
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: a 250-query batch answer in ~0.3 ms instead of ~2 ms."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -106,6 +129,14 @@ class Gateway:
         self.lookup = DocsLookup(fs, path, self.manifest)
         self.metadata_columns = self._metadata_columns()
         self.searchers = searchers
+        local = config.get("local_shards")  # placement "gateway": shards and model live here
+        self.local = (
+            ShardSet(version_path, list(local), config.get("storage_options"))
+            if local is not None
+            else None
+        )
+        model = self.manifest.get("model")
+        self.local_encoder = query_encoder(model) if local is not None and model else None
         self.encoder = encoder
         self.api_key: str | None = config.get("api_key") or None
         self.timeout_s = float(config.get("request_timeout_s", 30.0))
@@ -141,7 +172,7 @@ class Gateway:
             response = (
                 result
                 if isinstance(result, JSONResponse | PlainTextResponse)
-                else JSONResponse(result)
+                else FastJSONResponse(result)
             )
         except ApiError as e:
             response = error_response(e.status, e.code, e.message)
@@ -188,8 +219,8 @@ class Gateway:
             )
         raw = b"".join(chunks)
         try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as e:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from e
         try:
             return model.model_validate(data)
@@ -199,12 +230,26 @@ class Gateway:
     # -- search -----------------------------------------------------------------------------
 
     async def _encode(self, texts: list[str]) -> np.ndarray:
+        if self.local_encoder is not None:
+            return await self._encode_here(texts)
         if self.encoder is None:
             raise ApiError(
                 400, "no_text_model",
                 "this index was built from vectors without a text model: query it with 'vector' or ids, not text",
             )  # fmt: skip
         return await self.encoder.encode.remote(texts)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0)
+    async def _encode_here(self, batches: list[list[str]]) -> list[np.ndarray]:
+        """The texts of requests that arrived while the model was busy, in one call, off
+        the event loop (vector queries go on meanwhile); one call at a time."""
+        return await asyncio.to_thread(encode_batches, self.local_encoder, batches)
+
+    async def _count_tokens(self, texts: list[str]) -> int:
+        if self.local_encoder is not None:
+            return int(self.local_encoder.token_lengths(texts).sum())
+        assert self.encoder is not None  # _encode refused otherwise
+        return int(await self.encoder.count_tokens.remote(texts))
 
     async def _query_vector(self, req: SearchRequest) -> tuple[np.ndarray, set[int]]:
         if req.query is not None:
@@ -236,50 +281,86 @@ class Gateway:
                     f"cannot filter on {column!r}: the index has no such metadata column (it has {known})"
                 )
 
-    async def _search(self, req: SearchRequest) -> dict[str, Any]:
+    async def _search_many(self, reqs: list[SearchRequest]) -> list[dict[str, Any]]:
+        """Answer queries together: one search per group of queries with the same
+        parameters, one docs lookup per group of queries that want the same fields."""
         start = time.perf_counter()
-        self._check_filter(req.filter)
-        vector, excluded = await self._query_vector(req)
+        for req in reqs:
+            self._check_filter(req.filter)
+        queries = await asyncio.gather(*(self._query_vector(req) for req in reqs))
         encoded = time.perf_counter()
-        x = prepare_queries(vector, dim=self.dim, metric=self.metric)
         defaults = self.manifest.get("search_params", {})
-        k = req.k + len(excluded)
-        task = SearchTask(
-            vectors=x,
-            k=k,
-            nprobe=req.nprobe or defaults.get("nprobe"),
-            ef_search=req.ef_search or defaults.get("efSearch"),
-            filter=req.filter,
+        for vector, _ in queries:
+            if np.shape(vector) != (self.dim,):
+                raise QueryError(
+                    f"query vectors have dimension {np.size(vector)}; the index has {self.dim}"
+                )
+        prepared = prepare_queries(  # all at once: vectorized over the batch
+            np.stack([np.asarray(vector, dtype=np.float32) for vector, _ in queries]),
+            dim=self.dim,
+            metric=self.metric,
         )
-        parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
-        d, i = merge_topk(parts, k, self.metric)
+        tasks = [
+            SearchTask(
+                vectors=prepared[n : n + 1],
+                k=req.k + len(excluded),
+                nprobe=req.nprobe or defaults.get("nprobe"),
+                ef_search=req.ef_search or defaults.get("efSearch"),
+                filter=req.filter,
+            )
+            for n, (req, (_, excluded)) in enumerate(zip(reqs, queries, strict=True))
+        ]
+        groups = group_tasks(tasks)
+        found = scatter(
+            tasks, groups, await asyncio.gather(*(self._search_task(t) for _, t in groups))
+        )
         searched = time.perf_counter()
         pairs = [
-            (float(s), int(n))
-            for s, n in zip(d[0], i[0], strict=True)
-            if n >= 0 and int(n) not in excluded
-        ][: req.k]
-        hits = self.lookup.hits(pairs, req.include)
-        results = []
-        for h in hits:
-            row: dict[str, Any] = {"id": h.id, "score": h.score}
-            if "text" in req.include and h.text is not None:
-                row["text"] = h.text
-            if "metadata" in req.include:
-                row["metadata"] = h.metadata
-            if "vector" in req.include:
-                row["vector"] = h.vector
-            results.append(row)
+            [
+                (float(s), int(n))
+                for s, n in zip(d[0], i[0], strict=True)
+                if n >= 0 and int(n) not in excluded
+            ][: req.k]
+            for req, (_, excluded), (d, i) in zip(reqs, queries, found, strict=True)
+        ]
+        results = self._results(reqs, pairs)
         end = time.perf_counter()
-        return {
-            "results": results,
-            "metric": self.metric,
-            "timing_ms": {
-                "encode": round((encoded - start) * 1000, 3),
-                "search": round((searched - encoded) * 1000, 3),
-                "total": round((end - start) * 1000, 3),
-            },
+        timing = {
+            "encode": round((encoded - start) * 1000, 3),
+            "search": round((searched - encoded) * 1000, 3),
+            "total": round((end - start) * 1000, 3),
         }
+        return [{"results": r, "metric": self.metric, "timing_ms": timing} for r in results]
+
+    async def _search_task(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        """Every shard searched for one (stacked) task, the top k merged."""
+        if self.local is not None:
+            if len(task.vectors) <= INLINE_SEARCH_ROWS and not task.filter:
+                return self.local.search_one(task)  # microseconds: no thread hop
+            return await asyncio.to_thread(self.local.search_one, task)
+        parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
+        return merge_topk(parts, task.k, self.metric)
+
+    def _results(
+        self, reqs: list[SearchRequest], pairs: list[list[tuple[float, int]]]
+    ) -> list[list[dict[str, Any]]]:
+        """The result rows of each query; the docs are read once per set of fields asked."""
+        by_include: dict[tuple[str, ...], list[int]] = {}
+        for n, req in enumerate(reqs):
+            by_include.setdefault(tuple(sorted(set(req.include))), []).append(n)
+        out: list[list[dict[str, Any]]] = [[] for _ in reqs]
+        for include, members in by_include.items():
+            flat = [p for m in members for p in pairs[m]]
+            if ROW_FIELDS & set(include):
+                rows = [_row(h, include) for h in self.lookup.hits(flat, include)]
+            else:  # ids only: from the ids held in memory, no Hit objects
+                ids = self.lookup.string_ids(np.array([i for _, i in flat], dtype=np.int64))
+                rows = [{"id": i, "score": s} for i, (s, _) in zip(ids, flat, strict=True)]
+            start = 0
+            for m in members:
+                out[m] = rows[start : start + len(pairs[m])]
+                start += len(pairs[m])
+        return out
 
     # -- other routes -----------------------------------------------------------------------
 
@@ -324,8 +405,7 @@ class Gateway:
             raise ApiError(422, "validation_error", f"dimensions must be {self.dim} for this model")
         texts = [req.input] if isinstance(req.input, str) else list(req.input)
         vectors = await self._encode(texts)
-        assert self.encoder is not None  # _encode refused otherwise
-        tokens = await self.encoder.count_tokens.remote(texts)
+        tokens = await self._count_tokens(texts)
         data = []
         for n, v in enumerate(vectors):
             v32 = np.asarray(v, dtype="<f4")
@@ -363,12 +443,15 @@ class Gateway:
 
     @api.post("/v1/search")
     async def search(self, request: Request) -> Any:
-        return await self._answer(request, "/v1/search", self._search, SearchRequest)
+        async def work(body: SearchRequest) -> Any:
+            return (await self._search_many([body]))[0]
+
+        return await self._answer(request, "/v1/search", work, SearchRequest)
 
     @api.post("/v1/search/batch")
     async def search_batch(self, request: Request) -> Any:
         async def work(body: BatchSearchRequest) -> Any:
-            answers = await asyncio.gather(*(self._search(q) for q in body.queries))
+            answers = await self._search_many(body.queries)
             return {"results": [a["results"] for a in answers], "metric": self.metric}
 
         return await self._answer(request, "/v1/search/batch", work, BatchSearchRequest)
@@ -416,6 +499,17 @@ async def _with_retry(method: Any, *args: Any, attempts: int = 3) -> Any:
                 raise
             await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _row(hit: Hit, include: tuple[str, ...]) -> dict[str, Any]:
+    row: dict[str, Any] = {"id": hit.id, "score": hit.score}
+    if "text" in include and hit.text is not None:
+        row["text"] = hit.text
+    if "metadata" in include:
+        row["metadata"] = hit.metadata
+    if "vector" in include:
+        row["vector"] = hit.vector
+    return row
 
 
 async def _const(value: Any) -> Any:

