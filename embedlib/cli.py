@@ -346,6 +346,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 
     embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
     run = run_options(args)
+    if not args.no_serve and run.runner == "ray":
+        from embedlib.runner import ensure_ray
+        from embedlib.serve.app import serve_env
+
+        # Serve reads its ingress mode from the environment of Ray's processes: give it to
+        # the Ray this job starts or joins before the embed step does so without it
+        ensure_ray(args.address, runtime_env={"env_vars": serve_env(args.ingress)})
     print(embed_corpus(args.source, embeddings, options=embed_options(args), run=run), flush=True)
     options = index_options(args)
     print(

@@ -141,3 +141,17 @@ def test_a_dead_recorded_cluster_is_detected(tmp_path):
         (tmp_path / "ray_current_cluster").write_text(f"127.0.0.1:{port}\n")
         assert dead_recorded_cluster(str(tmp_path / "ray_current_cluster")) is None
     assert dead_recorded_cluster(str(tmp_path / "ray_current_cluster")) == f"127.0.0.1:{port}"
+
+
+def test_a_submitted_jobs_own_env_vars_win(monkeypatch):
+    """Inside `ray job submit`, Ray refuses a ray.init runtime env that sets a variable the
+    job's runtime env sets too: those are left out, the others kept."""
+    import json
+
+    from embedlib.runner import _beside_job_env
+
+    ours = {"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+    assert _beside_job_env(ours) == ours  # not a submitted job
+    job = {"runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "0", "AWS_REGION": "x"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))
+    assert _beside_job_env(ours) == {"env_vars": {"RAY_SERVE_ENABLE_HA_PROXY": "1"}}

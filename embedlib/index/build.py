@@ -31,7 +31,7 @@ from fsspec.core import url_to_fs
 from embedlib import __version__
 from embedlib.documents import ID, VECTOR, id_hashes
 from embedlib.exceptions import EmbedlibError
-from embedlib.index.faiss_ops import merge_into, prepare_vectors, read_index_bytes, write_index
+from embedlib.index.faiss_ops import merge_into, prepare_vectors, read_index_file, write_index
 from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
@@ -189,7 +189,7 @@ def _train(ctx: BuildContext, seed: int, *samples: tuple[np.ndarray, np.ndarray]
 def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
     """Task: copy the trained index, add the units' vectors with global ids, write the
     partial index and its docs rows, and find the queries' exact top-k among them."""
-    index = read_index_bytes(ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
+    index = read_index_file(ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
     k = K_TUNE + 1
     best_d = np.full((len(ctx.queries), 0), np.nan, np.float32)
     best_i = np.zeros((len(ctx.queries), 0), np.int64)
@@ -235,9 +235,9 @@ def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult
 def _merge_shard(shard: int, names: list[str], ctx: BuildContext) -> dict[str, Any]:
     """Task: merge a serving shard's partial indexes and docs tables into one each."""
     fs, base = ctx.fs, posixpath.join(ctx.staging, PARTIALS)
-    index = read_index_bytes(fs, posixpath.join(base, f"{names[0]}.faiss"))
+    index = read_index_file(fs, posixpath.join(base, f"{names[0]}.faiss"))
     for name in names[1:]:
-        merge_into(index, read_index_bytes(fs, posixpath.join(base, f"{name}.faiss")))
+        merge_into(index, read_index_file(fs, posixpath.join(base, f"{name}.faiss")))
     shard_file, docs_file = f"shard-{shard:05d}.faiss", f"docs-{shard:05d}.parquet"
     write_index(index, fs, posixpath.join(ctx.staging, shard_file))
     schemas = []

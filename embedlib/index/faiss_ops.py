@@ -31,15 +31,25 @@ def prepare_vectors(vectors: np.ndarray, metric: str, ids: list[str]) -> np.ndar
 
 
 def write_index(index: faiss.Index, fs: fsspec.AbstractFileSystem, path: str) -> None:
-    data = faiss.serialize_index(index)
-    with fs.open(path, "wb") as fh:
-        fh.write(data.tobytes())
+    """Write an index file; FAISS streams it to disk (a remote store gets a local temp
+    file uploaded), never a serialized copy in memory (that doubled a merge's peak)."""
+    if is_local(fs):
+        faiss.write_index(index, path)
+        return
+    with tempfile.TemporaryDirectory(prefix="embedlib-index-") as tmp:
+        local = os.path.join(tmp, "index.faiss")
+        faiss.write_index(index, local)
+        fs.put_file(local, path)
 
 
-def read_index_bytes(fs: fsspec.AbstractFileSystem, path: str) -> faiss.Index:
-    with fs.open(path, "rb") as fh:
-        data = np.frombuffer(fh.read(), dtype=np.uint8)
-    return faiss.deserialize_index(data)
+def read_index_file(fs: fsspec.AbstractFileSystem, path: str) -> faiss.Index:
+    """Read a whole index into memory (a remote one through a local temp file)."""
+    if is_local(fs):
+        return faiss.read_index(path)
+    with tempfile.TemporaryDirectory(prefix="embedlib-index-") as tmp:
+        local = os.path.join(tmp, "index.faiss")
+        fs.get_file(path, local)
+        return faiss.read_index(local)
 
 
 def read_index_mmap(local_path: str) -> faiss.Index:

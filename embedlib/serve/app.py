@@ -168,6 +168,15 @@ def app_builder(args: dict[str, Any]) -> Application:
     )
 
 
+def serve_env(ingress: Ingress) -> dict[str, str]:
+    """The environment the Ray processes of a served app need (the ingress mode is read by
+    Serve's processes when they start: give it to the `ray.init` that starts or joins Ray)."""
+    if ingress not in INGRESSES:
+        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
+    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return {**env, **(HAPROXY_ENV if ingress == "haproxy" else {})}
+
+
 def _is_local_instance(ray: Any) -> bool:
     """Whether this process started the Ray instance it is connected to."""
     node = getattr(ray._private.worker.global_worker, "node", None)
@@ -198,15 +207,10 @@ def serve_index(
 
     from embedlib.runner import ensure_ray
 
-    if ingress not in INGRESSES:
-        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
+    env = serve_env(ingress)
     if not ray.is_initialized():
-        env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-        ensure_ray(
-            address,
-            log_to_driver=False,
-            runtime_env={"env_vars": {**env, **(HAPROXY_ENV if ingress == "haproxy" else {})}},
-        )
+        # a server runs for long: keep Ray's dashboard (`serve status`, the job API)
+        ensure_ray(address, dashboard=True, log_to_driver=False, runtime_env={"env_vars": env})
     started_ray = _is_local_instance(ray)
     stop = threading.Event()
     previous = {
