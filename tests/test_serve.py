@@ -326,6 +326,9 @@ def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, serve
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(1)
         assert ready
+        from embedlib.serve.app import stop_orphaned_haproxy
+
+        assert stop_orphaned_haproxy() == []  # the live server's HAProxy has its manager
         build_index(str(served.parent / "emb"), str(index), run=LOCAL)  # v-00002 beside v-00001
         headers = {"Authorization": f"Bearer {KEY}"}
         version = None
@@ -344,6 +347,7 @@ def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, serve
     out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
     left = [line for line in out.splitlines() if line.split()[1] == str(proc.pid)]
     assert left == [], f"{len(left)} processes of the server's session outlived Ctrl-C"
+    assert stop_orphaned_haproxy() == []  # HAProxy (a session of its own) stopped with Serve
 
 
 def test_reload_switches_to_a_new_version_without_dropping_requests(served):

