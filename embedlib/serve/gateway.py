@@ -287,7 +287,10 @@ class Gateway:
         start = time.perf_counter()
         for req in reqs:
             self._check_filter(req.filter)
-        queries = await asyncio.gather(*(self._query_vector(req) for req in reqs))
+        if any(req.vector is None for req in reqs):  # text to encode: let it batch
+            queries = list(await asyncio.gather(*(self._query_vector(r) for r in reqs)))
+        else:  # vectors only: no task per query
+            queries = [(np.asarray(r.vector, dtype=np.float32), set()) for r in reqs]
         encoded = time.perf_counter()
         defaults = self.manifest.get("search_params", {})
         for vector, _ in queries:
@@ -315,11 +318,11 @@ class Gateway:
             tasks, groups, await asyncio.gather(*(self._search_task(t) for _, t in groups))
         )
         searched = time.perf_counter()
-        pairs = [
+        pairs = [  # tolist: Python floats and ints at once, not one conversion per hit
             [
-                (float(s), int(n))
-                for s, n in zip(d[0], i[0], strict=True)
-                if n >= 0 and int(n) not in excluded
+                (s, n)
+                for s, n in zip(d[0].tolist(), i[0].tolist(), strict=True)
+                if n >= 0 and n not in excluded
             ][: req.k]
             for req, (_, excluded), (d, i) in zip(reqs, queries, found, strict=True)
         ]
