@@ -18,7 +18,6 @@ import numpy as np
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from embedlib import __version__
 from embedlib.corpus.discover import SourceFile, discover
 from embedlib.corpus.plan import Shard, plan_digest, plan_shards
 from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
@@ -31,11 +30,11 @@ from embedlib.store import (
     ATTEMPTS,
     COMMITS,
     FORMAT_NAME,
-    FORMAT_VERSION,
     JOB,
     MANIFEST,
     QUARANTINE,
     join,
+    manifest_header,
     read_json,
     write_json_atomic,
 )
@@ -466,13 +465,7 @@ def _write_manifest(
     for r in records:
         skipped.update(r["skipped"])
     manifest = {
-        "format": FORMAT_NAME,
-        "format_version": FORMAT_VERSION,
-        "embedlib_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model": fingerprint.to_dict(),
-        "dim": fingerprint.dim,
-        "normalize": fingerprint.normalize,
+        **manifest_header(fingerprint),
         "metric": options.metric,
         "dtype": options.dtype,
         "text_column": options.text_column if _keeps_text(options) else None,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+STATIC = "static"  # the precision of imported static word vectors (word2vec, GloVe)
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "all-MiniLM-L6-v2", "default"}
 
 
@@ -60,6 +61,12 @@ class ModelFingerprint:
     normalize: bool
     max_seq_length: int
     precision: str = "fp32"
+
+    @property
+    def is_text_model(self) -> bool:
+        """Whether the vectors come from a model that can embed new text (static word
+        vectors cannot: their words are the vocabulary)."""
+        return self.precision != STATIC
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -41,6 +41,23 @@ FORMAT_NAME = "embedlib.embedding-set"
 FORMAT_VERSION = 1
 
 
+def manifest_header(fingerprint: ModelFingerprint) -> dict[str, Any]:
+    """The fields every embedding set manifest starts with: format, versions, time, model."""
+    import time
+
+    from embedlib import __version__
+
+    return {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "embedlib_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": fingerprint.to_dict(),
+        "dim": fingerprint.dim,
+        "normalize": fingerprint.normalize,
+    }
+
+
 def join(base: str, *parts: str) -> str:
     return posixpath.join(base, *parts)
 

@@ -267,19 +267,22 @@ def test_an_index_without_a_text_model_refuses_text_queries(tmp_path):
     assert e.value.status == 400 and Path(version).exists()
 
 
-def test_glove_arithmetic_over_http(served, glove, tmp_path):
+def test_glove_arithmetic_and_analogies_over_http(served, tmp_path):
+    """Imported static word vectors, indexed and served: king - man + woman -> queen, no
+    text queries, and analogy answers over HTTP equal to the library's on the same index."""
+    from gensim.test.utils import datapath
     from ray import serve
 
     from embedlib.serve.app import build_app
+    from embedlib.word_vectors import (
+        PACKAGED_GLOVE,
+        evaluate_analogies,
+        import_word_vectors,
+        read_analogies,
+    )
 
-    _, words, vectors = glove
-    src = tmp_path / "glove50k.parquet"
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    vec = pa.FixedSizeListArray.from_arrays(pa.array(vectors[:50_000].reshape(-1)), 50)
-    pq.write_table(pa.table({"id": words[:50_000], "vector": vec}), src)
-    build_index(str(src), str(tmp_path / "gidx"), run=LOCAL)
+    import_word_vectors(PACKAGED_GLOVE, str(tmp_path / "glove"), limit=50_000)
+    build_index(str(tmp_path / "glove"), str(tmp_path / "gidx"), run=LOCAL)
     serve.run(
         build_app(str(tmp_path / "gidx"), api_key=KEY, searcher_cpus=0.1),
         name="glove",
@@ -294,6 +297,13 @@ def test_glove_arithmetic_over_http(served, glove, tmp_path):
         assert {"king", "woman", "man"}.isdisjoint(r["id"] for r in body["results"])
         status, body = _request("/glove/v1/search", {"query": "royalty"})
         assert status == 400 and body["error"]["code"] == "no_text_model"
+        questions = read_analogies(datapath("questions-words.txt"))[:300]
+        report = evaluate_analogies(
+            questions, str(tmp_path / "gidx"), url=f"http://127.0.0.1:{PORT}/glove",
+            api_key=KEY, exact=False,
+        )  # fmt: skip
+        served, local = report.scores["served"], report.scores["index"]
+        assert served.correct == local.correct and local.answered > 200
     finally:
         serve.delete("glove")
 

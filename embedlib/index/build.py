@@ -551,7 +551,7 @@ def _manifest(
         "trained": "trained.faiss",
         "shards": shards,
         "model": src.fingerprint.to_dict() if src.fingerprint else None,
-        "text_model": src.fingerprint is not None,
+        "text_model": src.fingerprint is not None and src.fingerprint.is_text_model,
         "text_column": src.text_column,
         "sources": src.sources,
         "seed": options.seed,

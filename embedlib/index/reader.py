@@ -321,7 +321,7 @@ class ShardedIndex:
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors for `texts`, made with the index's own model (loaded once)."""
         fingerprint = self.fingerprint
-        if fingerprint is None:
+        if fingerprint is None or not self.manifest.get("text_model"):
             raise QueryError(
                 "this index was built from vectors without a text model; query it with "
                 "vectors or ids, not text"

@@ -95,7 +95,7 @@ def build_app(
             )
         ]
     encoder = None
-    if manifest.get("model") and placement != "gateway":  # "gateway" holds the model itself
+    if manifest.get("text_model") and placement != "gateway":  # "gateway" holds the model
         encoder = (
             serve.deployment()(Encoder)
             .options(

@@ -135,7 +135,7 @@ class Gateway:
             if local is not None
             else None
         )
-        model = self.manifest.get("model")
+        model = self.manifest.get("model") if self.manifest.get("text_model") else None
         self.local_encoder = query_encoder(model) if local is not None and model else None
         self.encoder = encoder
         self.api_key: str | None = config.get("api_key") or None
