@@ -33,6 +33,7 @@ from embedlib.models import STATIC, ModelFingerprint
 from embedlib.store import (
     MANIFEST,
     file_sha256,
+    is_local,
     manifest_header,
     vectors_of,
     write_json_atomic,
@@ -74,7 +75,7 @@ def read_word_vectors(
         raise SourceError(f"{source!r} does not exist")
     with tempfile.TemporaryDirectory(prefix="embedlib-vectors-") as tmp:
         local = path
-        if "file" not in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)):
+        if not is_local(fs):
             local = os.path.join(tmp, posixpath.basename(path))
             fs.get_file(path, local)
         fmt = _detect(local) if format == "auto" else format
