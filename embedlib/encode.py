@@ -64,7 +64,6 @@ class TextEncoder:
 
                 torch.set_num_threads(num_threads)
             self.model = load_model(model, device=device, max_seq_length=max_seq_length)
-            self.tokenizer = self.model.tokenizer
             self.max_seq_length = int(self.model.max_seq_length)
             self.fingerprint: ModelFingerprint = fingerprint_of(
                 self.model, name=model, normalize=normalize
@@ -75,7 +74,6 @@ class TextEncoder:
         int8 = self.backend == "openvino"
         converted = converted_model(model, "int8" if int8 else "fp32")
         self.ov = OpenVINOModel(converted, max_seq_length=max_seq_length, num_threads=num_threads)
-        self.tokenizer = self.ov.tokenizer
         self.max_seq_length = self.ov.max_seq_length
         self.fingerprint = replace(
             converted.fingerprint,
@@ -92,7 +90,9 @@ class TextEncoder:
         """Token counts, special tokens included, before truncation."""
         if not texts:
             return np.zeros(0, dtype=np.int64)
-        encoded = self.tokenizer(
+        if self.ov is not None:
+            return self.ov.tokenizer.token_lengths(texts)
+        encoded = self.model.tokenizer(
             texts,
             add_special_tokens=True,
             truncation=False,

@@ -27,6 +27,8 @@ from embedlib.shard_work import ShardContext, ShardResult, ShardScan, embed_shar
 log = logging.getLogger(__name__)
 
 # Workers never download: the default model ships in a package, others must be local.
+# set by each model-holding actor in its own process (not as a Ray runtime env: a task or
+# actor with one cannot use the workers Ray prestarts, and waits ~0.6 s for a fresh one)
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -125,7 +127,9 @@ def _beside_job_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
 
 
 def dead_recorded_cluster(address_file: str) -> str | None:
-    """The address in Ray's `ray_current_cluster` file when nothing listens there."""
+    """The address in Ray's `ray_current_cluster` file when that cluster cannot be joined
+    from here: no raylet runs on this machine (a driver joins through its node's raylet),
+    or nothing listens at the address."""
     try:
         with open(address_file) as f:
             recorded = f.read().strip()
@@ -134,11 +138,20 @@ def dead_recorded_cluster(address_file: str) -> str | None:
     host, _, port = recorded.rpartition(":")
     if not host or not port.isdigit():
         return None
+    if not raylet_running():  # answers at once; an unroutable address would take the timeout
+        return recorded
     try:
         socket.create_connection((host, int(port)), timeout=2).close()
     except OSError:
         return recorded
     return None
+
+
+def raylet_running() -> bool:
+    """Whether a Ray node (its raylet process) runs on this machine."""
+    import psutil
+
+    return any(p.info["name"] == "raylet" for p in psutil.process_iter(["name"]))
 
 
 def current_node() -> str:
@@ -165,6 +178,8 @@ class _EmbedActor:
     """One model per worker process; `embed` runs one shard."""
 
     def __init__(self, encoder_args: dict[str, Any], num_threads: int) -> None:
+        for name, value in WORKER_ENV.items():  # before the model's libraries are imported
+            os.environ.setdefault(name, value)
         self.encoder = TextEncoder(**encoder_args, num_threads=num_threads)
         self.node = current_node()
 
@@ -204,7 +219,6 @@ class RayRunner:
     def scan(self, shards: list[Shard], ctx: ShardContext) -> Iterator[ShardScan]:
         task = self.ray.remote(scan_shard).options(
             num_cpus=min(1.0, self.run.cpus_per_worker),
-            runtime_env={"env_vars": WORKER_ENV},
         )
         ctx_ref = self.ray.put(ctx)
         pending = [task.remote(s, ctx_ref) for s in shards]
@@ -217,7 +231,6 @@ class RayRunner:
         actor_cls = self.ray.remote(_EmbedActor).options(
             num_cpus=self.run.cpus_per_worker,
             num_gpus=self.run.gpus_per_worker,
-            runtime_env={"env_vars": WORKER_ENV},
         )
         args = _encoder_args(options, self.run)
         backend = resolve_backend(options.backend, args["device"])
@@ -342,7 +355,6 @@ def map_tasks(
         task = ray.remote(fn).options(
             num_cpus=num_cpus if num_cpus is not None else run.cpus_per_worker,
             max_retries=run.max_task_retries,
-            runtime_env={"env_vars": WORKER_ENV},
         )
         from ray.exceptions import RayTaskError
 
@@ -390,6 +402,9 @@ def check_workers_reach(url: str, run: RunOptions) -> None:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ensure_ray(run.address)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if [n["NodeID"] for n in nodes] == [ray.get_runtime_context().get_node_id()]:
+        return  # the driver's own node is the whole cluster: what it sees, workers see
     fs, path = url_to_fs(url, **run.storage_options)
     marker = f"{path.rstrip('/')}/_reach/{uuid.uuid4().hex}"
     fs.makedirs(f"{path.rstrip('/')}/_reach", exist_ok=True)
@@ -399,11 +414,9 @@ def check_workers_reach(url: str, run: RunOptions) -> None:
         return bool(fs.exists(p))
 
     task = ray.remote(sees)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
     refs = [
         task.options(
             num_cpus=0,
-            runtime_env={"env_vars": WORKER_ENV},
             scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
         ).remote(marker)
         for n in nodes

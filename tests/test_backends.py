@@ -40,6 +40,21 @@ def test_openvino_fp32_equals_torch(encoder):
     assert TextEncoder("default").backend == "openvino-fp32"  # the CPU default
 
 
+def test_openvino_tokenizes_as_the_models_own_tokenizer(encoder, demo_texts):
+    """The OpenVINO path tokenizes with `tokenizers` alone (no transformers/torch import):
+    the same ids, masks and type ids as the model's tokenizer, truncation included."""
+    ov = TextEncoder("default", backend="openvino-fp32")
+    texts = [*demo_texts[:300], "", "Ünïcödé 中文 😀\ttab", "word " * 400]
+    ours = ov.ov.tokenizer.batch(texts)
+    theirs = encoder.model.tokenizer(
+        texts, padding=True, truncation=True, max_length=ov.max_seq_length, return_tensors="np"
+    )
+    assert ours.keys() == dict(theirs).keys()
+    for key, array in ours.items():
+        assert np.array_equal(array, theirs[key]), key
+    assert np.array_equal(ov.token_lengths(texts), encoder.token_lengths(texts))
+
+
 def test_openvino_int8_keeps_quality_on_the_demo_corpus(demo_texts, fp32_vectors):
     int8 = TextEncoder("default", backend="openvino")
     q, _ = int8.encode(demo_texts)

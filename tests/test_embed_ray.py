@@ -126,12 +126,14 @@ def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monk
     assert len(rows) == 160 and {i.split(":")[0] for i in rows} == {"a.jsonl", "b.jsonl.gz"}
 
 
-def test_a_dead_recorded_cluster_is_detected(tmp_path):
+def test_a_dead_recorded_cluster_is_detected(tmp_path, ray_cluster):
     """`ray start` records its address; once that cluster is gone, jobs start a local Ray
     instead of waiting for it forever."""
     import socket
 
-    from embedlib.runner import dead_recorded_cluster
+    from embedlib.runner import dead_recorded_cluster, raylet_running
+
+    assert raylet_running()  # the session's Ray instance: the address decides
 
     assert dead_recorded_cluster(str(tmp_path / "missing")) is None
     with socket.socket() as listening:
