@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from embedlib.cli_uses import add_use_commands
 from embedlib.corpus.discover import FORMATS
 from embedlib.encode import BACKENDS
 from embedlib.exceptions import EmbedlibError
@@ -270,6 +271,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="follow CURRENT: serve each new index version without downtime",
     )
+    p.add_argument(
+        "--recommender",
+        help="a folder `embedlib recommend train` wrote (INDEX is its index/): also answer "
+        "POST /v1/recommend",
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -289,6 +295,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ingress=args.ingress,
         api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
         request_timeout_s=args.timeout,
+        recommender=args.recommender,
     )
     return 0
 
@@ -419,70 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_run_arguments(p)
     p.set_defaults(func=cmd_demo)
-    p = sub.add_parser(
-        "import-vectors",
-        help="word2vec / GloVe vectors (or the packaged glove-6b-50d) as an embedding set",
-    )
-    add_import_vectors_arguments(p)
-    p.set_defaults(func=cmd_import_vectors)
-    p = sub.add_parser("eval", help="evaluate vectors: analogies")
-    tasks = p.add_subparsers(dest="task", required=True)
-    q = tasks.add_parser(
-        "analogies", help="accuracy on word2vec-format analogy questions (a b c d per line)"
-    )
-    q.add_argument("file", help="questions file (e.g. gensim's questions-words.txt)")
-    q.add_argument("--index", required=True, help="the index (root path) of the word vectors")
-    q.add_argument("--url", help="also ask the same index served at this URL")
-    q.add_argument("--api-key", help="API key for --url (default: EMBEDLIB_API_KEY)")
-    q.add_argument(
-        "--case-sensitive", action="store_true", help="keep the questions' case (default: lower)"
-    )
-    q.add_argument("--no-exact", action="store_true", help="skip the exact-search column")
-    q.set_defaults(func=cmd_eval_analogies)
+    add_use_commands(sub)
     return parser
-
-
-def add_import_vectors_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of `embedlib import-vectors` and `jobs/import_vectors.py`."""
-    from embedlib.word_vectors import FORMATS, PACKAGED_GLOVE
-
-    p.add_argument("source", help=f"a word2vec or GloVe file (any fsspec URL), or {PACKAGED_GLOVE}")
-    p.add_argument("out", help="the embedding set to write (the word is the id)")
-    p.add_argument(
-        "--format", choices=FORMATS, default="auto", help="file format (default: detect)"
-    )
-    p.add_argument("--limit", type=int, help="only the first N words (files list frequent first)")
-    p.add_argument("--metric", choices=METRICS, default="cosine", help="metric hint for the index")
-
-
-def cmd_import_vectors(args: argparse.Namespace) -> int:
-    from embedlib.word_vectors import import_word_vectors
-
-    manifest = import_word_vectors(
-        args.source, args.out, format=args.format, limit=args.limit, metric=args.metric
-    )
-    print(
-        f"embedding set: {args.out}\n  {manifest['counts']['documents']} words, dimension "
-        f"{manifest['dim']}, {manifest['source']['format']} vectors from {args.source}"
-    )
-    return 0
-
-
-def cmd_eval_analogies(args: argparse.Namespace) -> int:
-    import os
-
-    from embedlib.word_vectors import evaluate_analogies, read_analogies
-
-    questions = read_analogies(args.file, lowercase=not args.case_sensitive)
-    report = evaluate_analogies(
-        questions,
-        args.index,
-        url=args.url,
-        exact=not args.no_exact,
-        api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY") or None,
-    )
-    print(report)
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

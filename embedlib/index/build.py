@@ -334,9 +334,9 @@ def build_index(
         held_out = picks[plan.train_size :]
         query_ids = held_out if len(held_out) >= q else rng.choice(n, size=q, replace=False)
         query_ids = np.sort(query_ids)
-        samples = _read_rows(src, train_ids, run)
+        samples = read_rows(src, train_ids, run)
         query_vectors = np.concatenate(
-            [v for v, _ in _read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
+            [v for v, _ in read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
         )
         queries = prepare_vectors(query_vectors, metric, [str(i) for i in query_ids])
         ctx = BuildContext(fs, staging, d, metric, plan, queries)
@@ -420,7 +420,7 @@ def _per_node(partials: list[PartialResult]) -> dict[str, dict[str, int]]:
     return out
 
 
-def _read_rows(
+def read_rows(
     src: VectorSource, global_ids: np.ndarray, run: RunOptions
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read the rows with these global ids, one task per part that holds some."""

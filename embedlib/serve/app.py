@@ -60,9 +60,12 @@ def build_app(
     encoder_cpus: float = 0.5,
     storage_options: dict[str, Any] | None = None,
     version: str | None = None,
+    recommender: str | None = None,
 ) -> Application:
     """The Serve application for an index: the version named (under the index root), else
-    the version CURRENT names, or a version folder given as `index`."""
+    the version CURRENT names, or a version folder given as `index`. With `recommender`
+    (a folder `embedlib recommend train` wrote; `index` is its item index) the app also
+    answers POST /v1/recommend."""
     fs, root = url_to_fs(index, **(storage_options or {}))
     version = (
         posixpath.join(versions_dir(root.rstrip("/")), version)
@@ -111,6 +114,7 @@ def build_app(
         "storage_options": storage_options or {},
         "version": posixpath.basename(version.rstrip("/")),
         "local_shards": list(range(n_shards)) if placement == "gateway" else None,
+        "recommender": recommender,
         # how to build this app again, for /v1/admin/reload
         "app": {
             "index": index,
@@ -121,6 +125,7 @@ def build_app(
             "searcher_cpus": searcher_cpus,
             "encoder_cpus": encoder_cpus,
             "storage_options": storage_options,
+            "recommender": recommender,
         },
     }
     if placement == "gateway":

@@ -34,6 +34,7 @@ from embedlib.index.reader import (
     merge_topk,
     prepare_queries,
 )
+from embedlib.recommend import Recommender, RecommendError
 from embedlib.serve.deployments import (
     SearchTask,
     ShardSet,
@@ -46,6 +47,7 @@ from embedlib.serve.filters import FilterError
 from embedlib.serve.schemas import (
     BatchSearchRequest,
     EmbeddingsRequest,
+    RecommendRequest,
     SearchRequest,
     TextItem,
     VectorItem,
@@ -146,6 +148,10 @@ class Gateway:
         self.stats = Metrics()
         self.version = str(config.get("version", ""))
         self.app_options: dict[str, Any] | None = config.get("app")
+        recommender = config.get("recommender")
+        self.recommender = (
+            Recommender(recommender, config.get("storage_options")) if recommender else None
+        )
         model = self.manifest.get("model") or {}
         self.model_name = model.get("name")
         self.model_names = {
@@ -291,6 +297,15 @@ class Gateway:
             queries = list(await asyncio.gather(*(self._query_vector(r) for r in reqs)))
         else:  # vectors only: no task per query
             queries = [(np.asarray(r.vector, dtype=np.float32), set()) for r in reqs]
+        return await self._search_queries(reqs, queries, start)
+
+    async def _search_queries(
+        self,
+        reqs: list[SearchRequest],
+        queries: list[tuple[np.ndarray, set[int]]],
+        start: float,
+    ) -> list[dict[str, Any]]:
+        """Search each request's query vector, leaving out its excluded internal ids."""
         encoded = time.perf_counter()
         defaults = self.manifest.get("search_params", {})
         for vector, _ in queries:
@@ -425,6 +440,37 @@ class Gateway:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
 
+    async def _recommend(self, req: RecommendRequest) -> dict[str, Any]:
+        """Items for a user: the item index searched with the user's vector, the items
+        the user has left out; an unknown user gets the popular items, said so."""
+        rec = self.recommender
+        if rec is None:
+            raise ApiError(
+                404,
+                "no_recommender",
+                "this server has no recommender: serve a recommender's index with "
+                "`embedlib serve OUT/index --recommender OUT`",
+            )
+        try:
+            rec.check_k(req.k)
+        except RecommendError as e:
+            raise ApiError(422, "validation_error", str(e)) from e
+        found = rec.user(req.user)
+        if found is None:
+            return {
+                "user": req.user,
+                "results": rec.popular_items(req.k),
+                "fallback": "popular",
+                "reason": rec.fallback_reason(req.user),
+            }
+        vector, seen = found
+        excluded = {self.lookup.iid_of(item) for item in seen}
+        search = SearchRequest(vector=vector.tolist(), k=req.k, include=req.include)
+        start = time.perf_counter()
+        answer = (await self._search_queries([search], [(vector, excluded)], start))[0]
+        return {"user": req.user, "results": answer["results"], "fallback": None,
+                "timing_ms": answer["timing_ms"]}  # fmt: skip
+
     # -- routes -----------------------------------------------------------------------------
 
     @api.get("/healthz")
@@ -458,6 +504,10 @@ class Gateway:
             return {"results": [a["results"] for a in answers], "metric": self.metric}
 
         return await self._answer(request, "/v1/search/batch", work, BatchSearchRequest)
+
+    @api.post("/v1/recommend")
+    async def recommend(self, request: Request) -> Any:
+        return await self._answer(request, "/v1/recommend", self._recommend, RecommendRequest)
 
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Any:

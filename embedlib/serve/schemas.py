@@ -100,3 +100,13 @@ class EmbeddingsRequest(BaseModel):
         if len(texts) > 2048:
             raise ValueError("at most 2048 inputs per request")
         return v
+
+
+class RecommendRequest(BaseModel):
+    """Items for a user of the served recommender, the items they have left out."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user: str = Field(min_length=1)
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    include: list[Include] = Field(default_factory=list)
