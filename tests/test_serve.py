@@ -308,6 +308,46 @@ def test_glove_arithmetic_and_analogies_over_http(served, tmp_path):
         serve.delete("glove")
 
 
+def test_recommend_over_http_equals_the_library(served, tmp_path):
+    """A recommender's item index served with --recommender: POST /v1/recommend answers
+    like `Recommender.recommend`, an unknown user gets popular items and is told, a k
+    over the item count is 422; a server without a recommender says how to get one."""
+    import pyarrow.parquet as pq
+    from ray import serve
+
+    from embedlib.recommend import Recommender, planted_interactions, train_recommender
+    from embedlib.serve.app import build_app
+
+    table, _, _ = planted_interactions(users=200, items=120, seed=2)
+    pq.write_table(table, tmp_path / "i.parquet")
+    rec = str(tmp_path / "rec")
+    train_recommender(str(tmp_path / "i.parquet"), rec, factors=8, run=LOCAL)
+    serve.run(
+        build_app(f"{rec}/index", api_key=KEY, searcher_cpus=0.1, recommender=rec),
+        name="rec",
+        route_prefix="/rec",
+    )
+    try:
+        library = Recommender(rec)
+        for user in ("u0", "u42"):
+            status, body = _request("/rec/v1/recommend", {"user": user, "k": 7})
+            assert status == 200, body
+            expected = library.recommend(user, k=7)["results"]
+            assert [r["id"] for r in body["results"]] == [r["id"] for r in expected]
+            assert body["fallback"] is None
+        status, body = _request("/rec/v1/recommend", {"user": "newcomer", "k": 3})
+        assert status == 200 and body["fallback"] == "popular" and "newcomer" in body["reason"]
+        assert body["results"] == library.popular_items(3)
+        status, body = _request("/rec/v1/recommend", {"user": "u0", "k": 121})
+        assert status == 422 and "item count" in body["error"]["message"]
+        status, body = _request("/rec/v1/recommend", {"user": "u0"}, key=None)
+        assert status == 401
+    finally:
+        serve.delete("rec")
+    status, body = _request("/v1/recommend", {"user": "u0"})
+    assert status == 404 and "--recommender" in body["error"]["message"]
+
+
 def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, served):
     import os
     import shutil
