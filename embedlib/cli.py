@@ -243,6 +243,52 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_update_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of `embedlib update` and `jobs/update_index.py`."""
+    p.add_argument("index", help="index root (updates the version CURRENT names)")
+    p.add_argument(
+        "source",
+        nargs="?",
+        help="the new corpus (ids it lacks are deleted), or with --delta the rows to upsert",
+    )
+    p.add_argument("--delta", action="store_true", help="SOURCE holds only rows to upsert")
+    p.add_argument("--delete-ids", help="a file of ids to delete, one per line")
+    p.add_argument("--text-column", help="default: the index's")
+    p.add_argument("--id-column", default="id", help="column holding ids (default: id)")
+    p.add_argument("--model", help="refused unless it is the index's model")
+    p.add_argument("--format", choices=FORMATS, help="read every file as this format")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for another update's lock"
+    )
+    add_run_arguments(p)
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from embedlib.index.update import update_index
+
+    if args.source is None and not args.delete_ids:
+        raise EmbedlibError("give a SOURCE to update from, --delete-ids FILE, or both")
+    deletes: list[str] = []
+    if args.delete_ids:
+        with open(args.delete_ids, encoding="utf-8") as fh:
+            deletes = [line.strip() for line in fh if line.strip()]
+    report = update_index(
+        args.index, args.source, delta=args.delta, delete_ids=deletes,
+        text_column=args.text_column, id_column=args.id_column, model=args.model,
+        format=args.format, wait_s=args.wait, run=run_options(args),
+    )  # fmt: skip
+    print(report)
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from embedlib.index.update import gc_versions
+
+    removed = gc_versions(args.index, keep=args.keep)
+    print(f"removed: {', '.join(removed) if removed else 'nothing'}")
+    return 0
+
+
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib serve` and `jobs/serve_index.py`."""
     p.add_argument("index", help="index root (serves the version CURRENT names)")
@@ -396,6 +442,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build a sharded FAISS index from embeddings (a Ray job)")
     add_index_arguments(p)
     p.set_defaults(func=cmd_index)
+    p = sub.add_parser(
+        "update", help="add, change and delete documents of an index: a new version (a Ray job)"
+    )
+    add_update_arguments(p)
+    p.set_defaults(func=cmd_update)
+    p = sub.add_parser("gc", help="remove old index versions (keeps CURRENT and the newest N)")
+    p.add_argument("index", help="index root")
+    p.add_argument("--keep", type=int, default=2, help="versions to keep (default 2)")
+    p.set_defaults(func=cmd_gc)
     p = sub.add_parser(
         "serve", help="serve an index over HTTP with Ray Serve (API key: EMBEDLIB_API_KEY)"
     )

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.documents import ID, VECTOR
+from embedlib.documents import ID, TEXT_HASH, VECTOR
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.index.faiss_ops import local_copy, read_index_mmap, search_params
 from embedlib.index.layout import INDEX_MANIFEST, resolve
@@ -156,7 +156,9 @@ class DocsLookup:
                 hit.text = row.get(text_column)
             if "metadata" in include:
                 hit.metadata = {
-                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, text_column)
+                    c: v
+                    for c, v in row.items()
+                    if c not in (IID, ID, VECTOR, TEXT_HASH, text_column)
                 }
             if "vector" in include:
                 hit.vector = [float(x) for x in row[VECTOR]]

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.documents import ID, TEXT_HASH, VECTOR
+from embedlib.documents import ID, VECTOR
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.models import ModelFingerprint
 from embedlib.store import MANIFEST, read_json, vectors_of
@@ -302,8 +302,9 @@ def _read_parquet(part: Part) -> PartData:
     ids = [str(i) for i in table.column(part.id_column).to_pylist()]
     if any(i == "None" for i in ids):
         raise VectorError(f"{part.path!r} has rows without an id in column {part.id_column!r}")
+    # the content hash stays with the document: index updates compare it
     metadata = table.drop_columns(
-        [c for c in (part.id_column, part.vector_column, TEXT_HASH) if c in table.column_names]
+        [c for c in (part.id_column, part.vector_column) if c in table.column_names]
     )
     return PartData(ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata)
 

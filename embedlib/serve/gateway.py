@@ -26,6 +26,7 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from embedlib import __version__
+from embedlib.documents import TEXT_HASH
 from embedlib.index.reader import (
     DocsLookup,
     Hit,
@@ -162,7 +163,7 @@ class Gateway:
         text = self.manifest.get("text_column")
         cols: set[str] = set()
         for docs in self.lookup.docs:
-            cols |= {c for c in docs.columns if c not in ("_iid", "vector", text)}
+            cols |= {c for c in docs.columns if c not in ("_iid", "vector", TEXT_HASH, text)}
         return cols
 
     # -- plumbing ---------------------------------------------------------------------------

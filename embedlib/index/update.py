@@ -1,0 +1,506 @@
+"""Updating a published index in place, as a new version: add, change and delete
+documents without a full rebuild.
+
+1. Lock the index root (`lock.py`): a second update waits or is refused.
+2. Read the new corpus (or a delta of rows to upsert, plus ids to delete) the way
+   `embedlib embed` reads it, and compare each document's content hash with the one the
+   index keeps: new and changed documents are embedded (on Ray, by `embed_corpus`, with
+   the index's own model: another model is refused naming both); unchanged ones never.
+3. Copy each serving shard, remove the deleted and changed documents' vectors
+   (`remove_ids`: gone from the lists, no tombstones), add the new vectors with the
+   existing trained quantizer and fresh int64 ids, and rewrite the docs tables.
+4. Measure drift (IVF: distance of the new vectors to their nearest centroid against the
+   kept ones', balance of the list sizes) and warn when the index should be retrained.
+5. Publish the new version atomically (CURRENT); the previous one stays until `gc`.
+
+A crash leaves the published version as it was. The embedding step works in
+`INDEX/_updates/<digest of the work>/`, so a re-run of the same update resumes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from embedlib.corpus import discover, plan_shards, read_shard
+from embedlib.corpus.discover import Format
+from embedlib.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
+from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
+from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
+from embedlib.index.layout import (
+    INDEX_MANIFEST,
+    list_versions,
+    publish,
+    resolve,
+    staging_path,
+    versions_dir,
+)
+from embedlib.index.lock import index_lock
+from embedlib.models import ModelFingerprint, canonical_model_name
+from embedlib.options import EmbedOptions, RunOptions
+from embedlib.store import (
+    EmbeddingSet,
+    conform_table,
+    file_sha256,
+    read_json,
+    unify_schemas,
+    vector_array,
+    vectors_of,
+    write_json_atomic,
+)
+
+IID = "_iid"
+UPDATES = "_updates"
+DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
+DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
+
+
+@dataclass
+class Drift:
+    """How far the new vectors sit from the trained quantizer (IVF indexes)."""
+
+    new_distance: float  # mean distance of the added vectors to their nearest centroid
+    kept_distance: float  # the same for a sample of the vectors already indexed
+    imbalance_before: float  # FAISS's imbalance factor of the list sizes (1 = even)
+    imbalance_after: float
+
+    @property
+    def should_retrain(self) -> bool:
+        return (
+            self.kept_distance > 0 and self.new_distance > DRIFT_DISTANCE_RATIO * self.kept_distance
+        ) or self.imbalance_after > DRIFT_IMBALANCE_RATIO * self.imbalance_before
+
+
+@dataclass
+class UpdateReport:
+    root: str
+    previous: str
+    version: str | None  # None: nothing changed, nothing published
+    added: int
+    changed: int
+    deleted: int
+    kept: int
+    embedded: int
+    seconds: float
+    drift: Drift | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        target = f"new version {self.version}" if self.version else "no change: nothing published"
+        lines = [
+            f"index: {self.root} ({self.previous} -> {target})",
+            f"  added {self.added}, changed {self.changed}, deleted {self.deleted}, kept "
+            f"{self.kept}; embedded {self.embedded} in {self.seconds:.1f}s",
+        ]
+        if self.drift is not None:
+            d = self.drift
+            lines.append(
+                f"  drift: new vectors {d.new_distance:.4f} from their centroid (kept "
+                f"{d.kept_distance:.4f}); list imbalance {d.imbalance_before:.2f} -> "
+                f"{d.imbalance_after:.2f}"
+            )
+        lines += [f"  warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Incoming:
+    """The rows an update brings: every id seen, and the documents to (re)embed."""
+
+    ids: list[str]
+    hashes: list[str]
+    rows: list[pa.Table]  # id, text and passthrough columns of every incoming document
+
+
+def update_index(
+    index: str,
+    source: str | None = None,
+    *,
+    delta: bool = False,
+    delete_ids: Sequence[str] = (),
+    upserts: pa.Table | None = None,
+    text_column: str | None = None,
+    id_column: str = ID,
+    model: str | None = None,
+    format: Format | None = None,
+    wait_s: float = 0.0,
+    run: RunOptions | None = None,
+) -> UpdateReport:
+    """Bring the index at `index` up to date with `source` (the whole new corpus; ids
+    it lacks are deleted) or, with `delta`, upsert `source`'s rows; `delete_ids` and the
+    rows of `upserts` (a table with id and text columns) are applied too. Publishes a
+    new version when anything changed."""
+    run = run or RunOptions()
+    start = time.perf_counter()
+    fs, root = url_to_fs(index, **run.storage_options)
+    root = root.rstrip("/")
+    with index_lock(fs, root, wait_s=wait_s):
+        version_path = resolve(fs, root)
+        previous = posixpath.basename(version_path)
+        manifest = read_json(fs, posixpath.join(version_path, INDEX_MANIFEST))
+        fingerprint = _updatable(manifest, index, model)
+        text_column = text_column or manifest.get("text_column") or "text"
+        current = _current_docs(fs, version_path, manifest, text_column)
+        spec = DocumentSpec(text_column=text_column, id_column=id_column)
+        incoming = _read_incoming(source, upserts, spec, format, run)
+        known = {doc_id: h for doc_id, (_, h, _) in current.items()}
+        new_hash = dict(zip(incoming.ids, incoming.hashes, strict=True))
+        added = [i for i in incoming.ids if i not in known]
+        changed = [i for i in incoming.ids if i in known and known[i] != new_hash[i]]
+        gone = set(delete_ids) | (
+            set() if delta or source is None else known.keys() - new_hash.keys()
+        )
+        missing = [i for i in delete_ids if i not in known and i not in new_hash]
+        if missing:
+            raise SourceError(
+                f"{len(missing)} ids to delete are not in the index (e.g. {missing[:3]}); "
+                "nothing was changed"
+            )
+        deleted = sorted(gone - new_hash.keys())
+        kept = len(known) - len(deleted) - len(changed)
+        todo = set(added) | set(changed)
+        if not todo and not deleted:
+            return UpdateReport(index, previous, None, 0, 0, 0, kept, 0,
+                                time.perf_counter() - start)  # fmt: skip
+        vectors, rows = (
+            _embed(fs, root, index, incoming, todo, spec, fingerprint, manifest, run)
+            if todo
+            else (np.zeros((0, int(manifest["dim"])), np.float32), None)
+        )
+        remove = {current[i][0] for i in [*deleted, *changed]}
+        staging = staging_path(root)
+        try:
+            drift = _write_version(fs, version_path, staging, manifest, remove, vectors, rows)
+            stats = {"added": len(added), "changed": len(changed), "deleted": len(deleted),
+                     "kept": kept}  # fmt: skip
+            new_manifest = read_json(fs, posixpath.join(staging, INDEX_MANIFEST))
+            new_manifest.update(updated_from=previous, update=stats,
+                                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
+            write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), new_manifest)
+            version = publish(fs, root, staging)
+        except BaseException:
+            if fs.exists(staging):
+                fs.rm(staging, recursive=True)
+            raise
+        if fs.exists(posixpath.join(root, UPDATES)):
+            fs.rm(posixpath.join(root, UPDATES), recursive=True)
+    report = UpdateReport(index, previous, version, len(added), len(changed), len(deleted),
+                          kept, len(todo), time.perf_counter() - start, drift)  # fmt: skip
+    if drift is not None and drift.should_retrain:
+        report.warnings.append(
+            "the new vectors do not fit the trained quantizer well (see drift); rebuild with "
+            f"`embedlib index --retrain {index}` to retrain it on the current documents"
+        )
+    return report
+
+
+def _updatable(manifest: dict[str, Any], index: str, model: str | None) -> ModelFingerprint:
+    """The index's fingerprint; refuse indexes an update cannot extend."""
+    if not manifest.get("text_model") or not manifest.get("model"):
+        raise EmbedlibError(
+            f"{index!r} was built from vectors without a text model; update its vectors and "
+            "rebuild it with `embedlib index`"
+        )
+    fingerprint = ModelFingerprint.from_dict(manifest["model"])
+    if model is not None and canonical_model_name(model) != fingerprint.name:
+        raise ModelMismatchError(
+            f"the index {index!r} holds vectors of model {fingerprint.name!r}; this update "
+            f"asks for {canonical_model_name(model)!r}. Vectors of two models cannot share an "
+            "index: update with the index's model, or embed and index the corpus anew."
+        )
+    if not manifest["plan"].get("mergeable", True):
+        raise EmbedlibError(
+            f"{index!r} is {manifest['factory']}, whose vectors cannot be removed in place; "
+            "rebuild it with `embedlib index`"
+        )
+    return fingerprint
+
+
+def _current_docs(
+    fs: fsspec.AbstractFileSystem, version_path: str, manifest: dict[str, Any], text_column: str
+) -> dict[str, tuple[int, str, int]]:
+    """id -> (int64 id, content hash, shard) of every indexed document."""
+    out: dict[str, tuple[int, str, int]] = {}
+    for shard in manifest["shards"]:
+        with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
+            names = pq.read_schema(fh).names
+            fh.seek(0)
+            if TEXT_HASH in names:
+                table = pq.read_table(fh, columns=[IID, ID, TEXT_HASH])
+                hashes = table.column(TEXT_HASH).to_pylist()
+            elif text_column in names:  # indexes built before hashes were kept
+                table = pq.read_table(fh, columns=[IID, ID, text_column])
+                hashes = [text_hash(t or "") for t in table.column(text_column).to_pylist()]
+            else:
+                raise EmbedlibError(
+                    "the index keeps neither content hashes nor texts for its documents, so an "
+                    "update cannot tell changed ones: rebuild it with `embedlib index`"
+                )
+        for iid, doc_id, h in zip(table.column(IID).to_pylist(), table.column(ID).to_pylist(),
+                                  hashes, strict=True):  # fmt: skip
+            out[doc_id] = (int(iid), h, int(shard["shard"]))
+    return out
+
+
+def _read_incoming(
+    source: str | None,
+    upserts: pa.Table | None,
+    spec: DocumentSpec,
+    format: Format | None,
+    run: RunOptions,
+) -> _Incoming:
+    """Every incoming document (id, content hash, row); duplicate ids are refused."""
+    ids: list[str] = []
+    hashes: list[str] = []
+    rows: list[pa.Table] = []
+    for relpath, raw in _raw_batches(source, upserts, spec, format, run):
+        if spec.id_column not in raw.table.column_names:
+            raise SourceError(
+                f"{relpath!r} has no id column {spec.id_column!r}: an update matches documents "
+                "by id. Name the id column with --id-column."
+            )
+        docs = prepare(raw, spec, relpath=relpath)
+        if docs.quarantined:
+            bad = docs.quarantined[0]
+            raise SourceError(
+                f"{len(docs.quarantined)} rows of {relpath!r} cannot be read (row {bad.row}: "
+                f"{bad.reason}, {bad.detail}); fix them and run the update again"
+            )
+        ids += docs.ids
+        hashes += docs.hashes
+        rows.append(docs.passthrough.add_column(0, ID, pa.array(docs.ids, pa.string())))
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        raise SourceError(f"the update holds id {dup!r} more than once; ids must be unique")
+    return _Incoming(ids, hashes, rows)
+
+
+def _raw_batches(
+    source: str | None,
+    upserts: pa.Table | None,
+    spec: DocumentSpec,
+    format: Format | None,
+    run: RunOptions,
+) -> Iterator[tuple[str, Any]]:
+    from embedlib.corpus.read import ROW, RawBatch
+
+    if upserts is not None:
+        table = upserts.add_column(0, ROW, pa.array(range(upserts.num_rows), pa.int64()))
+        yield "request", RawBatch(table)
+    if source is not None:
+        fs, files, _ = discover(source, format=format, storage_options=run.storage_options)
+        for shard in plan_shards(fs, files, shard_rows=50_000):
+            for raw in read_shard(fs, shard, batch_rows=8192, text_column=spec.text_column):
+                yield shard.file.relpath, raw
+
+
+def _embed(
+    fs: fsspec.AbstractFileSystem,
+    root: str,
+    index: str,
+    incoming: _Incoming,
+    todo: set[str],
+    spec: DocumentSpec,
+    fingerprint: ModelFingerprint,
+    manifest: dict[str, Any],
+    run: RunOptions,
+) -> tuple[np.ndarray, pa.Table]:
+    """Embed the documents in `todo` with the index's model (resumable); their vectors
+    (as the index stores them) and docs rows (id, text hash, passthrough)."""
+    from embedlib.embed_job import embed_corpus
+    from embedlib.encode import backend_for
+
+    table = pa.concat_tables(incoming.rows, promote_options="permissive")
+    table = table.filter(pa.array([i in todo for i in table.column(ID).to_pylist()]))
+    digest = hashlib.sha256()
+    for doc_id, h in sorted((i, h) for i, h in zip(incoming.ids, incoming.hashes, strict=True)
+                            if i in todo):  # fmt: skip
+        digest.update(f"{doc_id}\0{h}\n".encode())
+    work = posixpath.join(root, UPDATES, digest.hexdigest()[:20])
+    corpus, out = posixpath.join(work, "rows.parquet"), posixpath.join(work, "embedded")
+    if not fs.exists(corpus):
+        fs.makedirs(work, exist_ok=True)
+        with fs.open(corpus + ".tmp", "wb") as fh:
+            pq.write_table(table, fh)
+        fs.mv(corpus + ".tmp", corpus)
+    options = EmbedOptions(
+        model=fingerprint.name, text_column=spec.text_column, id_column=ID,
+        normalize=fingerprint.normalize, max_seq_length=fingerprint.max_seq_length,
+        backend=backend_for(fingerprint), metric=manifest["metric"],
+    )  # fmt: skip
+    url = fs.unstrip_protocol(work)
+    embed_corpus(posixpath.join(url, "rows.parquet"), posixpath.join(url, "embedded"),
+                 options=options, run=run)  # fmt: skip
+    embedded = EmbeddingSet(fs.unstrip_protocol(out), storage_options=run.storage_options)
+    fingerprint.require_compatible(
+        embedded.fingerprint, what=f"the index {index!r}", other_what="the update's vectors"
+    )
+    rows = embedded.read_table()
+    vectors = prepare_vectors(vectors_of(rows.column(VECTOR)), manifest["metric"],
+                              rows.column(ID).to_pylist())  # fmt: skip
+    at = rows.column_names.index(VECTOR)  # the docs keep the vector as indexed
+    return vectors, rows.set_column(at, VECTOR, vector_array(vectors, "float32"))
+
+
+def _write_version(
+    fs: fsspec.AbstractFileSystem,
+    version_path: str,
+    staging: str,
+    manifest: dict[str, Any],
+    remove: set[int],
+    vectors: np.ndarray,
+    rows: pa.Table | None,
+) -> Drift | None:
+    """The new version in `staging`: every shard without `remove`, the new vectors added
+    to the smallest shards (fresh int64 ids), the docs tables to match, the manifest."""
+    fs.makedirs(staging, exist_ok=True)
+    fs.copy(posixpath.join(version_path, manifest["trained"]),
+            posixpath.join(staging, manifest["trained"]))  # fmt: skip
+    shards = manifest["shards"]
+    indexes = [read_index_file(fs, posixpath.join(version_path, s["file"])) for s in shards]
+    before = [_imbalance(ix) for ix in indexes]
+    kept_sample = _kept_sample(fs, version_path, shards, remove)
+    next_iid = 1 + max(_max_iid(fs, version_path, s) for s in shards)
+    iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
+    for ix in indexes:
+        if remove:
+            ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64)))
+    target = _assign_to_shards([int(ix.ntotal) for ix in indexes], len(vectors))
+    new_shards = []
+    for s, (info, ix) in enumerate(zip(shards, indexes, strict=True)):
+        mine = np.flatnonzero(target == s)
+        if len(mine):
+            ix.add_with_ids(vectors[mine], iids[mine])
+        write_index(ix, fs, posixpath.join(staging, info["file"]))
+        new_rows = rows.take(pa.array(mine, pa.int64())) if rows is not None else None
+        _write_docs(fs, version_path, staging, info["docs"], remove, new_rows, iids[mine])
+        new_shards.append({
+            **info, "count": int(ix.ntotal),
+            "sha256": file_sha256(fs, posixpath.join(staging, info["file"])),
+            "docs_sha256": file_sha256(fs, posixpath.join(staging, info["docs"])),
+        })  # fmt: skip
+    new = {**manifest, "shards": new_shards, "ntotal": sum(s["count"] for s in new_shards)}
+    write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), new)
+    return _drift(indexes, vectors, kept_sample, before)
+
+
+def _assign_to_shards(sizes: list[int], n: int) -> np.ndarray:
+    """Shard of each new vector: fill the smallest shards first, keeping them even."""
+    sizes = list(sizes)
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        s = int(np.argmin(sizes))
+        out[i] = s
+        sizes[s] += 1
+    return out
+
+
+def _max_iid(fs: fsspec.AbstractFileSystem, version_path: str, shard: dict[str, Any]) -> int:
+    with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
+        column = pq.read_table(fh, columns=[IID]).column(IID)
+    return int(pa.compute.max(column).as_py()) if len(column) else -1
+
+
+def _write_docs(
+    fs: fsspec.AbstractFileSystem,
+    version_path: str,
+    staging: str,
+    name: str,
+    remove: set[int],
+    new_rows: pa.Table | None,
+    new_iids: np.ndarray,
+) -> None:
+    """The shard's docs table without the removed rows, plus the new rows."""
+    with fs.open(posixpath.join(version_path, name), "rb") as fh:
+        old = pq.read_table(fh)
+    keep = ~np.isin(old.column(IID).to_numpy(), np.fromiter(remove, np.int64))
+    old = old.filter(pa.array(keep))
+    table = old
+    if new_rows is not None and new_rows.num_rows:
+        added = new_rows.add_column(0, IID, pa.array(new_iids, pa.int64()))
+        schema = unify_schemas([old.schema, added.schema])
+        parts = [conform_table(t, schema, text_fallback=True) for t in (old, added)]
+        table = pa.concat_tables([p for p in parts if p is not None])
+    with fs.open(posixpath.join(staging, name), "wb") as fh:
+        pq.write_table(table, fh, row_group_size=8192)
+
+
+def _kept_sample(
+    fs: fsspec.AbstractFileSystem, version_path: str, shards: list[dict[str, Any]], remove: set[int]
+) -> np.ndarray:
+    """Up to 10,000 of the vectors that stay (for the drift comparison)."""
+    blocks = []
+    for shard in shards:
+        with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
+            table = pq.read_table(fh, columns=[IID, VECTOR])
+        keep = ~np.isin(table.column(IID).to_numpy(), np.fromiter(remove, np.int64))
+        blocks.append(vectors_of(table.column(VECTOR))[keep][:10_000])
+    sample = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    return sample[:10_000]
+
+
+def _imbalance(index: faiss.Index) -> float:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or ivf.ntotal == 0:
+        return 1.0
+    lists = ivf.invlists
+    assert lists is not None
+    sizes = np.array([lists.list_size(i) for i in range(ivf.nlist)], dtype=np.float64)
+    return float(sizes.size * (sizes**2).sum() / sizes.sum() ** 2)  # FAISS's imbalance factor
+
+
+def _drift(
+    indexes: list[faiss.Index], new: np.ndarray, kept: np.ndarray, before: list[float]
+) -> Drift | None:
+    ivf = faiss.try_extract_index_ivf(indexes[0])
+    if ivf is None or not len(new):
+        return None
+
+    def distance(x: np.ndarray) -> float:
+        if not len(x):
+            return 0.0
+        d, _ = ivf.quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        return (
+            float(np.sqrt(np.maximum(d[:, 0], 0)).mean())
+            if ivf.metric_type == faiss.METRIC_L2
+            else float((1 - d[:, 0]).mean())
+        )
+
+    after = [_imbalance(ix) for ix in indexes]
+    return Drift(distance(new), distance(kept), float(np.mean(before)), float(np.mean(after)))
+
+
+def gc_versions(
+    index: str, *, keep: int = 2, storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Remove all but the newest `keep` versions (never the published one) and leftover
+    staging folders; returns what was removed. Takes the index lock."""
+    if keep < 1:
+        raise ValueError(f"keep must be >= 1, got {keep}")
+    fs, root = url_to_fs(index, **(storage_options or {}))
+    root = root.rstrip("/")
+    removed: list[str] = []
+    with index_lock(fs, root, what="gc"):
+        current = posixpath.basename(resolve(fs, root))
+        versions = list_versions(fs, root)
+        for name in versions[: max(0, len(versions) - keep)]:
+            if name != current:
+                fs.rm(posixpath.join(versions_dir(root), name), recursive=True)
+                removed.append(name)
+        for path in fs.ls(versions_dir(root), detail=False):
+            if posixpath.basename(path.rstrip("/")).startswith(".staging-"):
+                fs.rm(path, recursive=True)
+                removed.append(posixpath.basename(path.rstrip("/")))
+    return removed

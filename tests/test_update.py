@@ -1,0 +1,188 @@
+"""Index updates: the same answers as a full rebuild on the final corpus, only new and
+changed documents embedded, crash safety, the lock, the model guard, gc."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from embedlib import EmbedOptions, RunOptions, embed_corpus
+from embedlib.exceptions import ModelMismatchError, SourceError
+from embedlib.index import ShardedIndex, build_index
+from embedlib.index.build import IndexOptions
+from embedlib.index.lock import LOCK, IndexLockedError, index_lock
+from embedlib.index.update import Drift, gc_versions, update_index
+from embedlib.store import EmbeddingSet
+from tests import corpora
+
+LOCAL = RunOptions(runner="local", progress=False)
+QUERIES = ["how to parse arguments", "a sunny day by the river", "machine learning", "old city"]
+
+
+def _write(path: Path, docs: dict[str, str]) -> str:
+    path.write_text(
+        "".join(json.dumps({"id": k, "text": v, "n": len(v)}) + "\n" for k, v in docs.items())
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory):
+    """v1 of a corpus, and v2: 25 deleted, 25 changed, 40 added, the rest unchanged."""
+    root = tmp_path_factory.mktemp("upd")
+    texts = corpora.sentences(400, seed=5)
+    v1 = {f"d{i}": t for i, t in enumerate(texts[:360])}
+    v2 = dict(v1)
+    for i in range(25):
+        v2.pop(f"d{i}")
+    for i in range(25, 50):
+        v2[f"d{i}"] = "revised: " + v1[f"d{i}"]
+    v2.update({f"n{i}": t for i, t in enumerate(texts[360:])})
+    paths = _write(root / "v1.jsonl", v1), _write(root / "v2.jsonl", v2)
+    embed_corpus(paths[0], str(root / "emb1"), options=EmbedOptions(), run=LOCAL)
+    embed_corpus(paths[1], str(root / "emb2"), options=EmbedOptions(), run=LOCAL)
+    return root, paths
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF8,Flat"])
+def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
+    versions, tmp_path, factory, ray_cluster
+):
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(
+        str(root / "emb1"), index, options=IndexOptions(factory=factory, shards=2), run=LOCAL
+    )
+    report = update_index(index, v2, run=RunOptions(progress=False))  # embedding on Ray
+    assert (report.added, report.changed, report.deleted, report.kept) == (40, 25, 25, 310)
+    assert report.embedded == 65 and report.version == "v-00002"
+    updated = ShardedIndex(index)
+    assert updated.manifest["ntotal"] == 375 and updated.manifest["updated_from"] == "v-00001"
+    # unchanged documents were not embedded again: their vectors are v1's, bit for bit
+    old = ShardedIndex(str(tmp_path / "idx" / "versions" / "v-00001"))
+    for doc_id in ("d60", "d200", "d359"):
+        assert np.array_equal(updated.vector(doc_id), old.vector(doc_id))
+    # the twin: the v1 trained quantizer filled in one process with the final corpus
+    ids, vectors = EmbeddingSet(str(root / "emb2")).read_vectors()
+    final = dict(zip(ids, vectors, strict=True))
+    final.update({i: old.vector(i) for i in final if i.startswith("d") and int(i[1:]) >= 50})
+    twin = faiss.read_index(str(tmp_path / "idx" / "versions" / "v-00001" / "trained.faiss"))
+    names = sorted(final)
+    x = np.stack([final[i] for i in names]).astype(np.float32)
+    twin.add_with_ids(x / np.linalg.norm(x, axis=1, keepdims=True), np.arange(len(names)))
+    nprobe = updated.manifest["search_params"].get("nprobe")
+    q = updated.encode_text(QUERIES)
+    if nprobe:
+        faiss.extract_index_ivf(twin).nprobe = nprobe
+    scores, rows = twin.search(q, 10)
+    hits = updated.search(q, 10, include=())
+    for n in range(len(QUERIES)):
+        assert [h.id for h in hits[n]] == [names[r] for r in rows[n]]
+        assert np.allclose([h.score for h in hits[n]], scores[n], atol=1e-5)
+    if factory == "Flat":  # exact: a full rebuild from a fresh embedding of v2 agrees too
+        build_index(
+            str(root / "emb2"),
+            str(tmp_path / "rebuilt"),
+            options=IndexOptions(factory="Flat"),
+            run=LOCAL,
+        )
+        rebuilt = ShardedIndex(str(tmp_path / "rebuilt")).search(q, 10, include=())
+        assert [[h.id for h in r] for r in rebuilt] == [[h.id for h in r] for r in hits]
+        assert report.drift is None
+    else:
+        assert report.drift is not None and report.drift.new_distance > 0
+    again = update_index(index, v2, run=LOCAL)  # nothing changed: nothing published
+    assert again.version is None and again.kept == 375
+
+
+def test_a_crash_before_publishing_leaves_the_served_version_and_a_rerun_completes(
+    versions, tmp_path, monkeypatch
+):
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
+    import embedlib.index.update as update_module
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed while publishing")
+
+    monkeypatch.setattr(update_module, "publish", crash)
+    with pytest.raises(KeyboardInterrupt):
+        update_index(index, v2, run=LOCAL)
+    assert (tmp_path / "idx" / "CURRENT").read_text().strip() == "v-00001"
+    assert ShardedIndex(index).manifest["ntotal"] == 360
+    assert not list((tmp_path / "idx" / "versions").glob(".staging-*"))
+    assert not (tmp_path / "idx" / LOCK).exists()  # the lock went with the failed update
+    work = list((tmp_path / "idx" / "_updates").glob("*/embedded/manifest.json"))
+    assert len(work) == 1  # the embedded rows are kept for the re-run
+    committed = {p: p.stat().st_mtime_ns for p in work[0].parent.glob("part-*.parquet")}
+    monkeypatch.undo()
+    report = update_index(index, v2, run=LOCAL)
+    assert report.version == "v-00002" and ShardedIndex(index).manifest["ntotal"] == 375
+    assert all(p.stat().st_mtime_ns == t for p, t in committed.items() if p.exists())
+    assert not (tmp_path / "idx" / "_updates").exists()
+
+
+def test_concurrent_updates_wait_or_are_refused_never_interleave(versions, tmp_path):
+    root, (v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
+    import fsspec
+
+    fs = fsspec.filesystem("file")
+    with index_lock(fs, index), pytest.raises(IndexLockedError, match="locked by another update"):
+        update_index(index, v2, run=LOCAL)
+    results = []
+    holder = threading.Event()
+
+    def hold() -> None:
+        with index_lock(fs, index):
+            holder.set()
+            time.sleep(1.5)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    holder.wait()
+    report = update_index(index, v2, wait_s=60, run=LOCAL)  # waits for the holder
+    t.join()
+    results.append(report.version)
+    assert results == ["v-00002"]
+    stale = {"token": "x", "host": "gone", "pid": 1, "what": "update", "since": time.time() - 7200}
+    (tmp_path / "idx" / LOCK).write_text(json.dumps(stale))
+    assert update_index(index, v1, run=LOCAL).version == "v-00003"  # a stale lock is taken over
+
+
+def test_another_model_and_unknown_deletes_are_refused(versions, tmp_path):
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
+    with pytest.raises(ModelMismatchError, match=r"all-MiniLM-L6-v2.*'other/model'"):
+        update_index(index, v2, model="other/model", run=LOCAL)
+    with pytest.raises(SourceError, match="not in the index"):
+        update_index(index, delete_ids=["nope"], run=LOCAL)
+    report = update_index(index, delete_ids=["d1", "d2"], run=LOCAL)
+    assert (report.deleted, report.embedded) == (2, 0)
+    assert {"d1", "d2"}.isdisjoint(h.id for h in ShardedIndex(index).search_text(["x"], 400)[0])
+
+
+def test_gc_keeps_current_and_the_newest(versions, tmp_path):
+    root, (v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
+    update_index(index, v2, run=LOCAL)
+    update_index(index, v1, run=LOCAL)
+    assert gc_versions(index, keep=1) == ["v-00001", "v-00002"]
+    assert [p.name for p in (tmp_path / "idx" / "versions").iterdir()] == ["v-00003"]
+    assert ShardedIndex(index).manifest["ntotal"] == 360
+
+
+def test_drift_flags_vectors_far_from_the_quantizer():
+    assert Drift(0.5, 0.3, 1.1, 1.2).should_retrain  # farther from the centroids
+    assert Drift(0.3, 0.3, 1.1, 2.0).should_retrain  # lists much less balanced
+    assert not Drift(0.31, 0.3, 1.1, 1.2).should_retrain
