@@ -188,10 +188,16 @@ def _add_plan_options(g: argparse._ArgumentGroup) -> None:
 def add_index_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib index` and `jobs/build_index.py`."""
     p.add_argument(
-        "embeddings", nargs="+", help="embedding sets, Parquet files of id + vector, or a .npy"
+        "embeddings", nargs="*", help="embedding sets, Parquet files of id + vector, or a .npy"
     )
     p.add_argument("out", help="index root (holds the versions and the CURRENT pointer)")
     g = p.add_argument_group("index")
+    g.add_argument(
+        "--retrain",
+        action="store_true",
+        help="`embedlib index --retrain INDEX`: rebuild INDEX from the documents it holds, "
+        "with a freshly trained quantizer (keeps its factory and shards unless given)",
+    )
     g.add_argument(
         "--metric",
         dest="index_metric",
@@ -236,6 +242,18 @@ def cmd_index(args: argparse.Namespace) -> int:
     def echo(line: str) -> None:
         print(line, flush=True)
 
+    if args.retrain:
+        from embedlib.index.update import retrain_index
+
+        if args.embeddings:
+            raise EmbedlibError("--retrain takes the index only: embedlib index --retrain INDEX")
+        given = args.factory != "auto" or args.shards != 1 or args.index_metric is not None
+        options = index_options(args) if given else None
+        report = retrain_index(args.out, options=options, run=run_options(args), echo=echo)
+        print(report)
+        return 0
+    if not args.embeddings:
+        raise EmbedlibError("give the embedding sets to index: embedlib index EMBEDDINGS... OUT")
     report = build_index(
         args.embeddings, args.out, options=index_options(args), run=run_options(args), echo=echo
     )

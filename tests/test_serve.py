@@ -348,6 +348,62 @@ def test_recommend_over_http_equals_the_library(served, tmp_path):
     assert status == 404 and "--recommender" in body["error"]["message"]
 
 
+def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(served, tmp_path):
+    """POST /v1/upsert and /v1/delete go through the versioned update path: each
+    publishes a version, the app switches to it, queries keep succeeding throughout, and
+    after the switch the answers reflect the change."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t, "lang": lang}) + "\n" for i, t, lang, _ in DOCS)
+    )
+    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+    serve.run(
+        build_app(str(tmp_path / "idx"), api_key=KEY, searcher_cpus=0.1, app_name="upd",
+                  route_prefix="/upd"),
+        name="upd",
+        route_prefix="/upd",
+    )  # fmt: skip
+
+    def switched_to(version: str) -> bool:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            status, body = _request("/upd/v1/indexes")
+            if status == 200 and body["indexes"][0]["version"] == version:
+                return True
+            time.sleep(0.5)
+        return False
+
+    done, failures = threading.Event(), []
+    thread = threading.Thread(target=_query_until(done, failures, "/upd"))
+    thread.start()
+    try:
+        new = {"id": "9", "text": "volcanoes erupt with lava and ash", "metadata": {"lang": "en"}}
+        status, body = _request("/upd/v1/upsert", {"documents": [new]})
+        assert status == 202, body
+        assert (body["added"], body["version"]) == (1, "v-00002")
+        assert switched_to("v-00002")
+        status, body = _request("/upd/v1/search", {"query": "lava from a volcano", "k": 1})
+        assert body["results"][0]["id"] == "9" and body["results"][0]["metadata"] == {"lang": "en"}
+        status, body = _request("/upd/v1/delete", {"ids": ["9", "2"]})
+        assert status == 202 and body["deleted"] == 2, body
+        assert switched_to("v-00003")
+        status, body = _request("/upd/v1/search", {"query": "lava from a volcano", "k": 10})
+        assert {"9", "2"}.isdisjoint(r["id"] for r in body["results"])
+        status, body = _request("/upd/v1/delete", {"ids": ["nope"]})
+        assert status == 422 and "not in the index" in body["error"]["message"]
+        status, body = _request("/upd/v1/upsert", {"documents": [new]}, key=None)
+        assert status == 401
+    finally:
+        done.set()
+        thread.join()
+        serve.delete("upd")
+    assert failures == []
+
+
 def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, served):
     import os
     import shutil

@@ -186,3 +186,27 @@ def test_drift_flags_vectors_far_from_the_quantizer():
     assert Drift(0.5, 0.3, 1.1, 1.2).should_retrain  # farther from the centroids
     assert Drift(0.3, 0.3, 1.1, 2.0).should_retrain  # lists much less balanced
     assert not Drift(0.31, 0.3, 1.1, 1.2).should_retrain
+
+
+def test_retrain_rebuilds_from_the_documents_the_index_holds(versions, tmp_path, capsys):
+    from embedlib.cli import main
+
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(
+        str(root / "emb1"), index, options=IndexOptions(factory="IVF8,Flat", shards=2), run=LOCAL
+    )
+    update_index(index, v2, run=LOCAL)
+    assert main(["index", "--retrain", index, "--local", "--no-progress"]) == 0
+    assert "v-00003" in capsys.readouterr().out
+    retrained = ShardedIndex(index)
+    m = retrained.manifest
+    assert (m["ntotal"], m["factory"], len(m["shards"])) == (375, "IVF8,Flat", 2)
+    assert m["text_model"] and m["sources"][0]["kind"] == "retrain"
+    updated = ShardedIndex(str(tmp_path / "idx" / "versions" / "v-00002"))
+    for doc_id in ("n3", "d30", "d300"):  # added, changed and kept documents, same vectors
+        assert np.allclose(retrained.vector(doc_id), updated.vector(doc_id), atol=1e-6)
+    hit = retrained.search_text(["revised"], 1, include=("text", "metadata"))[0][0]
+    assert set(hit.metadata) == {"n"} and hit.text  # metadata kept; no _iid or text_hash
+    report = update_index(index, v2, run=LOCAL)  # content hashes survived the rebuild
+    assert report.version is None and report.kept == 375

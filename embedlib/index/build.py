@@ -303,9 +303,7 @@ def build_index(
     version under the index root `out`. `echo` receives the plan as soon as it is made."""
     options = options or IndexOptions()
     run = run or RunOptions()
-    say = echo or (lambda line: None)
     urls = [sources] if isinstance(sources, str) else list(sources)
-    times: dict[str, float] = {}
     clock = time.perf_counter()
     src = open_sources(
         urls,
@@ -314,6 +312,22 @@ def build_index(
         ids=options.ids,
         storage_options=run.storage_options,
     )
+    return build_from_source(src, out, options=options, run=run, echo=echo, clock=clock)
+
+
+def build_from_source(
+    src: VectorSource,
+    out: str,
+    *,
+    options: IndexOptions,
+    run: RunOptions,
+    echo: Callable[[str], None] | None = None,
+    clock: float | None = None,
+) -> IndexReport:
+    """`build_index` on vectors already opened (an index's own docs, for a retrain)."""
+    say = echo or (lambda line: None)
+    times: dict[str, float] = {}
+    clock = clock if clock is not None else time.perf_counter()
     n, d = src.count, src.dim
     metric: Metric = options.metric or src.metric or "cosine"  # type: ignore[assignment]
     plan = plan_index(

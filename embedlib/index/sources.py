@@ -303,8 +303,8 @@ def _read_parquet(part: Part) -> PartData:
     if any(i == "None" for i in ids):
         raise VectorError(f"{part.path!r} has rows without an id in column {part.id_column!r}")
     # the content hash stays with the document: index updates compare it
-    metadata = table.drop_columns(
-        [c for c in (part.id_column, part.vector_column) if c in table.column_names]
+    metadata = table.drop_columns(  # "_iid": an index's own ids, when its docs are rebuilt
+        [c for c in (part.id_column, part.vector_column, "_iid") if c in table.column_names]
     )
     return PartData(ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from embedlib.corpus import discover, plan_shards, read_shard
 from embedlib.corpus.discover import Format
 from embedlib.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
+from embedlib.index.build import IndexOptions, IndexReport, build_from_source
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.layout import (
     INDEX_MANIFEST,
@@ -47,6 +48,7 @@ from embedlib.index.layout import (
     versions_dir,
 )
 from embedlib.index.lock import index_lock
+from embedlib.index.sources import PART_ROWS, Part, VectorSource
 from embedlib.models import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.store import (
@@ -480,6 +482,43 @@ def _drift(
 
     after = [_imbalance(ix) for ix in indexes]
     return Drift(distance(new), distance(kept), float(np.mean(before)), float(np.mean(after)))
+
+
+def retrain_index(
+    index: str,
+    *,
+    options: IndexOptions | None = None,
+    run: RunOptions | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> IndexReport:
+    """Rebuild the index from the documents it holds now (its docs tables: ids, vectors,
+    texts, metadata, content hashes) with a freshly trained quantizer, as a new version.
+    Without `options`, the index's own factory, shard count and seed are kept."""
+    run = run or RunOptions()
+    fs, root = url_to_fs(index, **run.storage_options)
+    root = root.rstrip("/")
+    with index_lock(fs, root, what="retrain"):
+        version_path = resolve(fs, root)
+        manifest = read_json(fs, posixpath.join(version_path, INDEX_MANIFEST))
+        options = options or IndexOptions(
+            factory=manifest["factory"], metric=manifest["metric"], shards=len(manifest["shards"]),
+            seed=int(manifest.get("seed", 0)), memory_budget=int(manifest.get("memory_budget", 4e9)),
+        )  # fmt: skip
+        parts: list[Part] = []
+        for shard in manifest["shards"]:
+            path = posixpath.join(version_path, shard["docs"])
+            with fs.open(path, "rb") as fh:
+                rows = pq.ParquetFile(fh).metadata.num_rows
+            parts += [Part(fs, path, "parquet", a, min(a + PART_ROWS, rows), sum(p.rows for p in parts) + a)
+                      for a in range(0, rows, PART_ROWS)]  # fmt: skip
+        fingerprint = (
+            ModelFingerprint.from_dict(manifest["model"]) if manifest.get("model") else None
+        )
+        source = {"url": fs.unstrip_protocol(version_path), "kind": "retrain",
+                  "documents": int(manifest["ntotal"])}  # fmt: skip
+        src = VectorSource([source["url"]], int(manifest["dim"]), parts, fingerprint,
+                           manifest["metric"], manifest.get("text_column"), [source])  # fmt: skip
+        return build_from_source(src, index, options=options, run=run, echo=echo)
 
 
 def gc_versions(

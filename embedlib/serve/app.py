@@ -61,6 +61,8 @@ def build_app(
     storage_options: dict[str, Any] | None = None,
     version: str | None = None,
     recommender: str | None = None,
+    app_name: str = APP_NAME,
+    route_prefix: str = "/",
 ) -> Application:
     """The Serve application for an index: the version named (under the index root), else
     the version CURRENT names, or a version folder given as `index`. With `recommender`
@@ -126,6 +128,8 @@ def build_app(
             "encoder_cpus": encoder_cpus,
             "storage_options": storage_options,
             "recommender": recommender,
+            "app_name": app_name,  # where redeploy puts the next version
+            "route_prefix": route_prefix,
         },
     }
     if placement == "gateway":
@@ -154,11 +158,14 @@ def current_version(index: str, storage_options: dict[str, Any] | None = None) -
     return posixpath.basename(resolve(fs, root.rstrip("/")).rstrip("/"))
 
 
-def redeploy(app_options: dict[str, Any], version: str, route_prefix: str = "/") -> None:
-    """Deploy the application again for `version`. Serve replaces the replicas one by one
-    (new ones ready before old ones go), so no request is dropped."""
+def redeploy(app_options: dict[str, Any], version: str) -> None:
+    """Deploy the application again for `version` (under its name and route prefix).
+    Serve replaces the replicas one by one (new ones ready before old ones go), so no
+    request is dropped."""
     serve.run(
-        build_app(**{**app_options, "version": version}), name=APP_NAME, route_prefix=route_prefix
+        build_app(**{**app_options, "version": version}),
+        name=app_options.get("app_name", APP_NAME),
+        route_prefix=app_options.get("route_prefix", "/"),
     )
 
 

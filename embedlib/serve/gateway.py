@@ -47,10 +47,12 @@ from embedlib.serve.deployments import (
 from embedlib.serve.filters import FilterError
 from embedlib.serve.schemas import (
     BatchSearchRequest,
+    DeleteRequest,
     EmbeddingsRequest,
     RecommendRequest,
     SearchRequest,
     TextItem,
+    UpsertRequest,
     VectorItem,
 )
 from embedlib.store import read_json
@@ -472,6 +474,49 @@ class Gateway:
         return {"user": req.user, "results": answer["results"], "fallback": None,
                 "timing_ms": answer["timing_ms"]}  # fmt: skip
 
+    async def _write(self, upserts: list[Any], deletes: list[str]) -> Any:
+        """Apply small changes through the versioned update path (`update_index`, the lock
+        included), then switch the app to the new version as /v1/admin/reload does."""
+        import pyarrow as pa
+
+        from embedlib.exceptions import EmbedlibError
+        from embedlib.index.lock import IndexLockedError
+        from embedlib.index.update import update_index
+        from embedlib.options import RunOptions
+        from embedlib.serve.app import redeploy
+
+        if self.api_key is None:
+            raise ApiError(403, "writes_disabled", "writes need an API key: start the server "
+                           "with EMBEDLIB_API_KEY set")  # fmt: skip
+        if self.app_options is None:
+            raise ApiError(
+                409, "not_updatable", "this application was not started by embedlib serve"
+            )
+        text = self.manifest.get("text_column") or "text"
+        table = (
+            pa.Table.from_pylist([{"id": d.id, text: d.text, **d.metadata} for d in upserts])
+            if upserts
+            else None
+        )
+        options = self.app_options.get("storage_options") or {}
+        try:
+            report = await asyncio.to_thread(
+                update_index, self.app_options["index"], upserts=table, delete_ids=deletes,
+                delta=True, wait_s=min(30.0, self.timeout_s / 2),
+                run=RunOptions(runner="local", progress=False, storage_options=options),
+            )  # fmt: skip
+        except IndexLockedError as e:
+            raise ApiError(409, "locked", str(e)) from e
+        except EmbedlibError as e:
+            raise ApiError(422, "invalid_update", str(e)) from e
+        if report.version is not None:  # in the background: this replica is being replaced
+            threading.Thread(target=redeploy, args=(self.app_options, report.version),
+                             daemon=True).start()  # fmt: skip
+        body = {"version": report.version, "previous": report.previous, "added": report.added,
+                "changed": report.changed, "deleted": report.deleted,
+                "switching": report.version is not None, "warnings": report.warnings}  # fmt: skip
+        return JSONResponse(body, status_code=202 if report.version else 200)
+
     # -- routes -----------------------------------------------------------------------------
 
     @api.get("/healthz")
@@ -513,6 +558,20 @@ class Gateway:
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Any:
         return await self._answer(request, "/v1/embeddings", self._embeddings, EmbeddingsRequest)
+
+    @api.post("/v1/upsert")
+    async def upsert(self, request: Request) -> Any:
+        async def work(body: UpsertRequest) -> Any:
+            return await self._write(body.documents, [])
+
+        return await self._answer(request, "/v1/upsert", work, UpsertRequest)
+
+    @api.post("/v1/delete")
+    async def delete(self, request: Request) -> Any:
+        async def work(body: DeleteRequest) -> Any:
+            return await self._write([], body.ids)
+
+        return await self._answer(request, "/v1/delete", work, DeleteRequest)
 
     @api.post("/v1/admin/reload")
     async def reload(self, request: Request) -> Any:

@@ -110,3 +110,27 @@ class RecommendRequest(BaseModel):
     user: str = Field(min_length=1)
     k: int = Field(default=10, ge=1, le=MAX_K)
     include: list[Include] = Field(default_factory=list)
+
+
+class UpsertDocument(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1)
+    text: str = Field(min_length=1)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class UpsertRequest(BaseModel):
+    """Documents to add or replace (by id), embedded with the index's model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    documents: list[UpsertDocument] = Field(min_length=1, max_length=1000)
+
+
+class DeleteRequest(BaseModel):
+    """Ids of documents to remove from the index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[str] = Field(min_length=1, max_length=10_000)
