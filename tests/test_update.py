@@ -210,3 +210,30 @@ def test_retrain_rebuilds_from_the_documents_the_index_holds(versions, tmp_path,
     assert set(hit.metadata) == {"n"} and hit.text  # metadata kept; no _iid or text_hash
     report = update_index(index, v2, run=LOCAL)  # content hashes survived the rebuild
     assert report.version is None and report.kept == 375
+
+
+def test_the_lock_is_exclusive_on_an_object_store(monkeypatch):
+    """On S3 (moto, through s3fs) the lock is a conditional create (If-None-Match)."""
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+            monkeypatch.setenv(name, value)
+        fs = fsspec.filesystem("s3", endpoint_url=f"http://{host}:{port}", skip_instance_cache=True)
+        fs.mkdir("bucket")
+        with (
+            index_lock(fs, "bucket/idx"),
+            pytest.raises(IndexLockedError),
+            index_lock(fs, "bucket/idx"),
+        ):
+            pass
+        assert not fs.exists(f"bucket/idx/{LOCK}")
+        with index_lock(fs, "bucket/idx"):  # free again
+            assert fs.exists(f"bucket/idx/{LOCK}")
+    finally:
+        server.stop()

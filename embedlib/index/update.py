@@ -6,9 +6,11 @@ documents without a full rebuild.
    `embedlib embed` reads it, and compare each document's content hash with the one the
    index keeps: new and changed documents are embedded (on Ray, by `embed_corpus`, with
    the index's own model: another model is refused naming both); unchanged ones never.
-3. Copy each serving shard, remove the deleted and changed documents' vectors
-   (`remove_ids`: gone from the lists, no tombstones), add the new vectors with the
-   existing trained quantizer and fresh int64 ids, and rewrite the docs tables.
+3. Per serving shard: remove the deleted and changed documents' vectors (`remove_ids`:
+   gone from the inverted lists, no tombstones, so deletions never accumulate and there
+   is nothing left to compact), add the new vectors to the smallest shards with the
+   existing trained quantizer and fresh int64 ids, and rewrite its docs table. A shard
+   the update does not touch is copied as it is.
 4. Measure drift (IVF: distance of the new vectors to their nearest centroid against the
    kept ones', balance of the list sizes) and warn when the index should be retrained.
 5. Publish the new version atomically (CURRENT); the previous one stays until `gc`.
@@ -376,13 +378,17 @@ def _write_version(
     kept_sample = _kept_sample(fs, version_path, shards, remove)
     next_iid = 1 + max(_max_iid(fs, version_path, s) for s in shards)
     iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
-    for ix in indexes:
-        if remove:
-            ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64)))
+    removed = [int(ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64))))
+               if remove else 0 for ix in indexes]  # fmt: skip
     target = _assign_to_shards([int(ix.ntotal) for ix in indexes], len(vectors))
     new_shards = []
     for s, (info, ix) in enumerate(zip(shards, indexes, strict=True)):
         mine = np.flatnonzero(target == s)
+        if not len(mine) and not removed[s]:  # untouched: the same files
+            for name in (info["file"], info["docs"]):
+                fs.copy(posixpath.join(version_path, name), posixpath.join(staging, name))
+            new_shards.append(info)
+            continue
         if len(mine):
             ix.add_with_ids(vectors[mine], iids[mine])
         write_index(ix, fs, posixpath.join(staging, info["file"]))
