@@ -3,6 +3,7 @@
 from embedlib.index.build import IndexOptions, IndexReport, build_index
 from embedlib.index.plan import IndexPlan, plan_index
 from embedlib.index.reader import Hit, ShardedIndex
+from embedlib.index.update import UpdateReport, gc_versions, retrain_index, update_index
 
 __all__ = [
     "Hit",
@@ -10,6 +11,10 @@ __all__ = [
     "IndexPlan",
     "IndexReport",
     "ShardedIndex",
+    "UpdateReport",
     "build_index",
+    "gc_versions",
     "plan_index",
+    "retrain_index",
+    "update_index",
 ]
