@@ -13,7 +13,10 @@ import json
 import os
 import posixpath
 import tempfile
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import faiss
@@ -105,6 +108,13 @@ class _Shard:
         return d, ids
 
 
+def _search_shard(shard: _Shard, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+    return shard.search(task.vectors, task)
+
+
+PARALLEL_SHARD_ROWS = 16  # from this many queries on, shards are searched in parallel
+
+
 class ShardSet:
     """Some shards of one index version, searched together (in a searcher replica, or in
     the gateway itself with placement "gateway")."""
@@ -122,6 +132,15 @@ class ShardSet:
             _Shard(fs, path, manifest["shards"][s], self.metric, manifest.get("text_column"))
             for s in shard_numbers
         ]
+        # a batch searches its shards side by side (FAISS releases the GIL); one thread
+        # each, as Ray gives the replica one OpenMP thread
+        self._lock = threading.Lock()
+        self._busy = 0  # searches running now
+        self._pool = (
+            ThreadPoolExecutor(len(self.shards), thread_name_prefix="shard")
+            if len(self.shards) > 1
+            else None
+        )
 
     def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
         """One FAISS search per shard for each group of tasks with the same parameters."""
@@ -129,10 +148,21 @@ class ShardSet:
         return scatter(tasks, groups, [self.search_one(task) for _, task in groups])
 
     def search_one(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
-        """Every shard searched, the top k merged."""
-        return merge_topk(
-            [shard.search(task.vectors, task) for shard in self.shards], task.k, self.metric
-        )
+        """Every shard searched, the top k merged. A batch searched while no other search
+        runs here takes its shards in parallel; under concurrent batches each keeps to
+        one thread (parallel shards would only add contention then)."""
+        with self._lock:
+            self._busy += 1
+            alone = self._busy == 1
+        try:
+            if self._pool is not None and alone and len(task.vectors) >= PARALLEL_SHARD_ROWS:
+                parts = list(self._pool.map(partial(_search_shard, task=task), self.shards))
+            else:
+                parts = [shard.search(task.vectors, task) for shard in self.shards]
+        finally:
+            with self._lock:
+                self._busy -= 1
+        return merge_topk(parts, task.k, self.metric)
 
 
 def group_tasks(tasks: list[SearchTask]) -> list[tuple[list[int], SearchTask]]:

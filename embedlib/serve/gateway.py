@@ -298,8 +298,15 @@ class Gateway:
             self._check_filter(req.filter)
         if any(req.vector is None for req in reqs):  # text to encode: let it batch
             queries = list(await asyncio.gather(*(self._query_vector(r) for r in reqs)))
-        else:  # vectors only: no task per query
-            queries = [(np.asarray(r.vector, dtype=np.float32), set()) for r in reqs]
+        else:  # vectors only: no task per query, one conversion for the batch
+            dims = {len(r.vector or ()) for r in reqs}
+            if dims != {self.dim}:
+                raise QueryError(
+                    f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
+                    f"index has {self.dim}"
+                )
+            matrix = np.asarray([r.vector for r in reqs], dtype=np.float32)
+            queries = [(row, set()) for row in matrix]
         return await self._search_queries(reqs, queries, start)
 
     async def _search_queries(
@@ -321,29 +328,47 @@ class Gateway:
             dim=self.dim,
             metric=self.metric,
         )
-        tasks = [
-            SearchTask(
-                vectors=prepared[n : n + 1],
-                k=req.k + len(excluded),
-                nprobe=req.nprobe or defaults.get("nprobe"),
-                ef_search=req.ef_search or defaults.get("efSearch"),
-                filter=req.filter,
+        first = reqs[0]
+        if all(  # the common batch: one search for all, no per-query task to group
+            not r.filter and not excluded and (r.k, r.nprobe, r.ef_search) == (first.k, first.nprobe, first.ef_search)
+            for r, (_, excluded) in zip(reqs, queries, strict=True)
+        ):  # fmt: skip
+            task = SearchTask(
+                vectors=prepared,
+                k=first.k,
+                nprobe=first.nprobe or defaults.get("nprobe"),
+                ef_search=first.ef_search or defaults.get("efSearch"),
             )
-            for n, (req, (_, excluded)) in enumerate(zip(reqs, queries, strict=True))
-        ]
-        groups = group_tasks(tasks)
-        found = scatter(
-            tasks, groups, await asyncio.gather(*(self._search_task(t) for _, t in groups))
-        )
-        searched = time.perf_counter()
-        pairs = [  # tolist: Python floats and ints at once, not one conversion per hit
-            [
-                (s, n)
-                for s, n in zip(d[0].tolist(), i[0].tolist(), strict=True)
-                if n >= 0 and n not in excluded
-            ][: req.k]
-            for req, (_, excluded), (d, i) in zip(reqs, queries, found, strict=True)
-        ]
+            d, i = await self._search_task(task)
+            searched = time.perf_counter()
+            pairs = [  # tolist: Python floats and ints at once, not one conversion per hit
+                [(s, n) for s, n in zip(ds, ns, strict=True) if n >= 0]
+                for ds, ns in zip(d.tolist(), i.tolist(), strict=True)
+            ]
+        else:
+            tasks = [
+                SearchTask(
+                    vectors=prepared[n : n + 1],
+                    k=req.k + len(excluded),
+                    nprobe=req.nprobe or defaults.get("nprobe"),
+                    ef_search=req.ef_search or defaults.get("efSearch"),
+                    filter=req.filter,
+                )
+                for n, (req, (_, excluded)) in enumerate(zip(reqs, queries, strict=True))
+            ]
+            groups = group_tasks(tasks)
+            found = scatter(
+                tasks, groups, await asyncio.gather(*(self._search_task(t) for _, t in groups))
+            )
+            searched = time.perf_counter()
+            pairs = [
+                [
+                    (s, n)
+                    for s, n in zip(d[0].tolist(), i[0].tolist(), strict=True)
+                    if n >= 0 and n not in excluded
+                ][: req.k]
+                for req, (_, excluded), (d, i) in zip(reqs, queries, found, strict=True)
+            ]
         results = self._results(reqs, pairs)
         end = time.perf_counter()
         timing = {

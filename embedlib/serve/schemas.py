@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -12,9 +11,12 @@ Include = Literal["text", "metadata", "vector"]
 DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
 
 
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # checked in pydantic-core
+
+
 class VectorItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vector: list[float]
+    vector: list[FiniteFloat] = Field(min_length=1)
 
 
 class TextItem(BaseModel):
@@ -25,21 +27,13 @@ class TextItem(BaseModel):
 ArithmeticItem = str | TextItem | VectorItem
 
 
-def _finite(values: list[float]) -> list[float]:
-    if not values:
-        raise ValueError("the vector is empty")
-    if not all(math.isfinite(v) for v in values):
-        raise ValueError("the vector holds NaN or infinite values")
-    return values
-
-
 class SearchRequest(BaseModel):
     """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
 
     model_config = ConfigDict(extra="forbid")
 
     query: str | None = None
-    vector: list[float] | None = None
+    vector: list[FiniteFloat] | None = Field(default=None, min_length=1)
     positive: list[ArithmeticItem] = Field(default_factory=list)
     negative: list[ArithmeticItem] = Field(default_factory=list)
     k: int = Field(default=10, ge=1, le=MAX_K)
@@ -55,11 +49,6 @@ class SearchRequest(BaseModel):
             raise ValueError("the query is empty")
         return v
 
-    @field_validator("vector")
-    @classmethod
-    def _vector_finite(cls, v: list[float] | None) -> list[float] | None:
-        return None if v is None else _finite(v)
-
     @model_validator(mode="after")
     def _one_kind(self) -> SearchRequest:
         kinds = [
@@ -69,9 +58,6 @@ class SearchRequest(BaseModel):
         ]
         if sum(kinds) != 1:
             raise ValueError("give exactly one of: query (text), vector, or positive/negative")
-        for item in (*self.positive, *self.negative):
-            if isinstance(item, VectorItem):
-                _finite(item.vector)
         return self
 
 
