@@ -316,11 +316,15 @@ class Recommender:
         row = self.rows.get(user)
         return None if row is None else (self.vectors[row], self.seen[row])
 
-    def popular_items(self, k: int) -> list[dict[str, Any]]:
-        return [{"id": i, "score": s} for i, s in self.popular[:k]]
-
-    def fallback_reason(self, user: str) -> str:
-        return f"user {user!r} has no interactions in the training data: the most popular items"
+    def popular_answer(self, user: str, k: int) -> dict[str, Any]:
+        """The answer for a user never seen: the `k` most popular items, said so."""
+        return {
+            "user": user,
+            "results": [{"id": i, "score": s} for i, s in self.popular[:k]],
+            "fallback": "popular",
+            "reason": f"user {user!r} has no interactions in the training data: the most "
+            "popular items",
+        }
 
     def recommend(self, user: str, k: int = 10, index: Any = None) -> dict[str, Any]:
         """Top-k items for `user` from the item index (a `ShardedIndex`, opened here when
@@ -328,8 +332,7 @@ class Recommender:
         self.check_k(k)
         found = self.user(user)
         if found is None:
-            return {"user": user, "results": self.popular_items(k), "fallback": "popular",
-                    "reason": self.fallback_reason(user)}  # fmt: skip
+            return self.popular_answer(user, k)
         if index is None:
             from embedlib.index.reader import ShardedIndex
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from embedlib.corpus import discover, plan_shards, read_shard
+from embedlib.corpus import read_corpus
 from embedlib.corpus.discover import Format
 from embedlib.exceptions import SourceError
 from embedlib.store import MANIFEST, is_local
@@ -143,21 +143,20 @@ def _write_sentences(
     storage_options: dict[str, Any] | None,
 ) -> tuple[int, int]:
     """Tokenize every document of `source` into `path`, one line per document."""
-    fs, files, _ = discover(source, format=format, storage_options=storage_options)
     documents = tokens = 0
     with open(path, "w", encoding="utf-8") as fh:
-        for shard in plan_shards(fs, files, shard_rows=50_000):
-            for batch in read_shard(fs, shard, batch_rows=8192, text_column=text_column):
-                if text_column not in batch.table.column_names:
-                    raise SourceError(
-                        f"{shard.file.path!r} has no text column {text_column!r}; its columns "
-                        f"are {', '.join(c for c in batch.table.column_names if c != '__row')}. "
-                        "Name it with --text-column."
-                    )
-                for text in batch.table.column(text_column).to_pylist():
-                    words = tokenize(text) if isinstance(text, str) else []
-                    if words:
-                        fh.write(" ".join(words) + "\n")
-                        documents += 1
-                        tokens += len(words)
+        for shard, batch in read_corpus(source, text_column=text_column, format=format,
+                                        storage_options=storage_options):  # fmt: skip
+            if text_column not in batch.table.column_names:
+                raise SourceError(
+                    f"{shard.file.path!r} has no text column {text_column!r}; its columns "
+                    f"are {', '.join(c for c in batch.table.column_names if c != '__row')}. "
+                    "Name it with --text-column."
+                )
+            for text in batch.table.column(text_column).to_pylist():
+                words = tokenize(text) if isinstance(text, str) else []
+                if words:
+                    fh.write(" ".join(words) + "\n")
+                    documents += 1
+                    tokens += len(words)
     return documents, tokens

@@ -2,7 +2,7 @@
 
 from embedlib.corpus.discover import SourceFile, discover
 from embedlib.corpus.plan import Shard, plan_shards
-from embedlib.corpus.read import QuarantineRecord, RawBatch, read_shard
+from embedlib.corpus.read import QuarantineRecord, RawBatch, read_corpus, read_shard
 
 __all__ = [
     "QuarantineRecord",
@@ -11,5 +11,6 @@ __all__ = [
     "SourceFile",
     "discover",
     "plan_shards",
+    "read_corpus",
     "read_shard",
 ]

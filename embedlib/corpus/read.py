@@ -15,7 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from embedlib.corpus.plan import Shard
+from embedlib.corpus.discover import Format, discover
+from embedlib.corpus.plan import Shard, plan_shards
 from embedlib.exceptions import SourceError
 
 ROW = "__row"
@@ -81,6 +82,22 @@ def read_shard(
             f"cannot read {f.path!r} ({shard.describe()}): {type(e).__name__}: {e}. Fix or "
             "remove the file and re-run the same command: committed shards are kept."
         ) from e
+
+
+def read_corpus(
+    source: str,
+    *,
+    text_column: str,
+    format: Format | None = None,
+    storage_options: dict[str, Any] | None = None,
+    batch_rows: int = 8192,
+) -> Iterator[tuple[Shard, RawBatch]]:
+    """Every batch of a whole corpus, in one process, in file order (for steps that
+    read a corpus once in the driver: word2vec training, index updates)."""
+    fs, files, _ = discover(source, format=format, storage_options=storage_options)
+    for shard in plan_shards(fs, files, shard_rows=50_000):
+        for raw in read_shard(fs, shard, batch_rows=batch_rows, text_column=text_column):
+            yield shard, raw
 
 
 def _with_rows(table: pa.Table, first: int) -> pa.Table:

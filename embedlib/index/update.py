@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,11 +36,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.corpus import discover, plan_shards, read_shard
+from embedlib.corpus import read_corpus
 from embedlib.corpus.discover import Format
 from embedlib.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
-from embedlib.index.build import IndexOptions, IndexReport, build_from_source
+from embedlib.index.build import IID, IndexOptions, IndexReport, build_from_source
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.layout import (
     INDEX_MANIFEST,
@@ -64,7 +65,6 @@ from embedlib.store import (
     write_json_atomic,
 )
 
-IID = "_iid"
 UPDATES = "_updates"
 DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
 DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
@@ -158,7 +158,7 @@ def update_index(
         current = _current_docs(fs, version_path, manifest, text_column)
         spec = DocumentSpec(text_column=text_column, id_column=id_column)
         incoming = _read_incoming(source, upserts, spec, format, run)
-        known = {doc_id: h for doc_id, (_, h, _) in current.items()}
+        known = {doc_id: h for doc_id, (_, h) in current.items()}
         new_hash = dict(zip(incoming.ids, incoming.hashes, strict=True))
         added = [i for i in incoming.ids if i not in known]
         changed = [i for i in incoming.ids if i in known and known[i] != new_hash[i]]
@@ -183,12 +183,14 @@ def update_index(
             else (np.zeros((0, int(manifest["dim"])), np.float32), None)
         )
         remove = {current[i][0] for i in [*deleted, *changed]}
+        next_iid = 1 + max((iid for iid, _ in current.values()), default=-1)
         staging = staging_path(root)
         try:
-            drift = _write_version(fs, version_path, staging, manifest, remove, vectors, rows)
+            new_manifest, drift = _write_version(
+                fs, version_path, staging, manifest, remove, vectors, rows, next_iid
+            )
             stats = {"added": len(added), "changed": len(changed), "deleted": len(deleted),
                      "kept": kept}  # fmt: skip
-            new_manifest = read_json(fs, posixpath.join(staging, INDEX_MANIFEST))
             new_manifest.update(updated_from=previous, update=stats,
                                 created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
             write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), new_manifest)
@@ -233,9 +235,9 @@ def _updatable(manifest: dict[str, Any], index: str, model: str | None) -> Model
 
 def _current_docs(
     fs: fsspec.AbstractFileSystem, version_path: str, manifest: dict[str, Any], text_column: str
-) -> dict[str, tuple[int, str, int]]:
-    """id -> (int64 id, content hash, shard) of every indexed document."""
-    out: dict[str, tuple[int, str, int]] = {}
+) -> dict[str, tuple[int, str]]:
+    """id -> (int64 id, content hash) of every indexed document."""
+    out: dict[str, tuple[int, str]] = {}
     for shard in manifest["shards"]:
         with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
             names = pq.read_schema(fh).names
@@ -253,7 +255,7 @@ def _current_docs(
                 )
         for iid, doc_id, h in zip(table.column(IID).to_pylist(), table.column(ID).to_pylist(),
                                   hashes, strict=True):  # fmt: skip
-            out[doc_id] = (int(iid), h, int(shard["shard"]))
+            out[doc_id] = (int(iid), h)
     return out
 
 
@@ -285,8 +287,7 @@ def _read_incoming(
         hashes += docs.hashes
         rows.append(docs.passthrough.add_column(0, ID, pa.array(docs.ids, pa.string())))
     if len(set(ids)) != len(ids):
-        seen: set[str] = set()
-        dup = next(i for i in ids if i in seen or seen.add(i))  # type: ignore[func-returns-value]
+        dup = Counter(ids).most_common(1)[0][0]
         raise SourceError(f"the update holds id {dup!r} more than once; ids must be unique")
     return _Incoming(ids, hashes, rows)
 
@@ -304,10 +305,9 @@ def _raw_batches(
         table = upserts.add_column(0, ROW, pa.array(range(upserts.num_rows), pa.int64()))
         yield "request", RawBatch(table)
     if source is not None:
-        fs, files, _ = discover(source, format=format, storage_options=run.storage_options)
-        for shard in plan_shards(fs, files, shard_rows=50_000):
-            for raw in read_shard(fs, shard, batch_rows=8192, text_column=spec.text_column):
-                yield shard.file.relpath, raw
+        for shard, raw in read_corpus(source, text_column=spec.text_column, format=format,
+                                      storage_options=run.storage_options):  # fmt: skip
+            yield shard.file.relpath, raw
 
 
 def _embed(
@@ -366,17 +366,19 @@ def _write_version(
     remove: set[int],
     vectors: np.ndarray,
     rows: pa.Table | None,
-) -> Drift | None:
-    """The new version in `staging`: every shard without `remove`, the new vectors added
-    to the smallest shards (fresh int64 ids), the docs tables to match, the manifest."""
+    next_iid: int,
+) -> tuple[dict[str, Any], Drift | None]:
+    """The new version's files in `staging`: every shard without `remove`, the new
+    vectors added to the smallest shards (int64 ids from `next_iid`), the docs tables to
+    match; returns its manifest (for the caller to write) and the drift figures."""
     fs.makedirs(staging, exist_ok=True)
     fs.copy(posixpath.join(version_path, manifest["trained"]),
             posixpath.join(staging, manifest["trained"]))  # fmt: skip
     shards = manifest["shards"]
     indexes = [read_index_file(fs, posixpath.join(version_path, s["file"])) for s in shards]
     before = [_imbalance(ix) for ix in indexes]
-    kept_sample = _kept_sample(fs, version_path, shards, remove)
-    next_iid = 1 + max(_max_iid(fs, version_path, s) for s in shards)
+    ivf = faiss.try_extract_index_ivf(indexes[0]) is not None
+    kept_sample = _kept_sample(fs, version_path, shards, remove) if ivf and len(vectors) else None
     iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
     removed = [int(ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64))))
                if remove else 0 for ix in indexes]  # fmt: skip
@@ -400,8 +402,8 @@ def _write_version(
             "docs_sha256": file_sha256(fs, posixpath.join(staging, info["docs"])),
         })  # fmt: skip
     new = {**manifest, "shards": new_shards, "ntotal": sum(s["count"] for s in new_shards)}
-    write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), new)
-    return _drift(indexes, vectors, kept_sample, before)
+    drift = None if kept_sample is None else _drift(indexes, vectors, kept_sample, before)
+    return new, drift
 
 
 def _assign_to_shards(sizes: list[int], n: int) -> np.ndarray:
@@ -413,12 +415,6 @@ def _assign_to_shards(sizes: list[int], n: int) -> np.ndarray:
         out[i] = s
         sizes[s] += 1
     return out
-
-
-def _max_iid(fs: fsspec.AbstractFileSystem, version_path: str, shard: dict[str, Any]) -> int:
-    with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
-        column = pq.read_table(fh, columns=[IID]).column(IID)
-    return int(pa.compute.max(column).as_py()) if len(column) else -1
 
 
 def _write_docs(
@@ -448,15 +444,18 @@ def _write_docs(
 def _kept_sample(
     fs: fsspec.AbstractFileSystem, version_path: str, shards: list[dict[str, Any]], remove: set[int]
 ) -> np.ndarray:
-    """Up to 10,000 of the vectors that stay (for the drift comparison)."""
-    blocks = []
+    """Up to 10,000 of the vectors that stay (for the drift comparison), read until
+    there are enough."""
+    blocks, have = [], 0
     for shard in shards:
         with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
-            table = pq.read_table(fh, columns=[IID, VECTOR])
-        keep = ~np.isin(table.column(IID).to_numpy(), np.fromiter(remove, np.int64))
-        blocks.append(vectors_of(table.column(VECTOR))[keep][:10_000])
-    sample = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
-    return sample[:10_000]
+            for batch in pq.ParquetFile(fh).iter_batches(columns=[IID, VECTOR]):
+                keep = ~np.isin(batch.column(IID).to_numpy(), np.fromiter(remove, np.int64))
+                blocks.append(vectors_of(batch.column(VECTOR))[keep])
+                have += len(blocks[-1])
+                if have >= 10_000:
+                    return np.concatenate(blocks)[:10_000]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
 
 
 def _imbalance(index: faiss.Index) -> float:
@@ -471,10 +470,9 @@ def _imbalance(index: faiss.Index) -> float:
 
 def _drift(
     indexes: list[faiss.Index], new: np.ndarray, kept: np.ndarray, before: list[float]
-) -> Drift | None:
-    ivf = faiss.try_extract_index_ivf(indexes[0])
-    if ivf is None or not len(new):
-        return None
+) -> Drift:
+    """Drift figures of an IVF index receiving `new` vectors."""
+    ivf = faiss.extract_index_ivf(indexes[0])
 
     def distance(x: np.ndarray) -> float:
         if not len(x):

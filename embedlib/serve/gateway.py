@@ -485,12 +485,7 @@ class Gateway:
             raise ApiError(422, "validation_error", str(e)) from e
         found = rec.user(req.user)
         if found is None:
-            return {
-                "user": req.user,
-                "results": rec.popular_items(req.k),
-                "fallback": "popular",
-                "reason": rec.fallback_reason(req.user),
-            }
+            return rec.popular_answer(req.user, req.k)
         vector, seen = found
         excluded = {self.lookup.iid_of(item) for item in seen}
         search = SearchRequest(vector=vector.tolist(), k=req.k, include=req.include)
