@@ -98,6 +98,25 @@ def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n):
 
 
 @pytest.mark.usefixtures("ray_cluster")
+def test_a_faiss_task_uses_the_cpus_it_was_given():
+    """A reused worker keeps the OpenMP threads of the task that first loaded FAISS there
+    (one, under Ray's OMP_NUM_THREADS=1); a 2-CPU build task must get its two back."""
+    import ray
+
+    from embedlib.index.faiss_ops import use_task_cpus
+
+    @ray.remote
+    def threads_in_task() -> tuple[int, int]:
+        faiss.omp_set_num_threads(1)  # as left by an earlier 1-CPU task in this worker
+        before = faiss.omp_get_max_threads()
+        use_task_cpus()
+        return before, faiss.omp_get_max_threads()
+
+    assert ray.get(threads_in_task.options(num_cpus=2).remote()) == (1, 2)
+    assert ray.get(threads_in_task.options(num_cpus=1).remote()) == (1, 1)
+
+
+@pytest.mark.usefixtures("ray_cluster")
 def test_glove_400k_recall_analogy_and_versions(tmp_path, glove):
     path, words, vectors = glove
     root = tmp_path / "idx"

@@ -31,7 +31,13 @@ from fsspec.core import url_to_fs
 from embedlib import __version__
 from embedlib.documents import ID, VECTOR, id_hashes
 from embedlib.exceptions import EmbedlibError
-from embedlib.index.faiss_ops import merge_into, prepare_vectors, read_index_file, write_index
+from embedlib.index.faiss_ops import (
+    merge_into,
+    prepare_vectors,
+    read_index_file,
+    use_task_cpus,
+    write_index,
+)
 from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
@@ -170,6 +176,7 @@ def _sample_rows(part: Part, positions: np.ndarray, dim: int) -> tuple[np.ndarra
 
 def _train(ctx: BuildContext, seed: int, *samples: tuple[np.ndarray, np.ndarray]) -> None:
     """Task: train the empty index once on the sample and write `trained.faiss`."""
+    use_task_cpus()
     index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
     if not index.is_trained:
         x = (
@@ -189,6 +196,7 @@ def _train(ctx: BuildContext, seed: int, *samples: tuple[np.ndarray, np.ndarray]
 def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
     """Task: copy the trained index, add the units' vectors with global ids, write the
     partial index and its docs rows, and find the queries' exact top-k among them."""
+    use_task_cpus()
     index = read_index_file(ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
     k = K_TUNE + 1
     best_d = np.full((len(ctx.queries), 0), np.nan, np.float32)

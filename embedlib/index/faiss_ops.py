@@ -14,6 +14,16 @@ from embedlib.index.sources import VectorError
 from embedlib.store import is_local
 
 
+def use_task_cpus() -> None:
+    """Let FAISS use the threads OMP_NUM_THREADS names now (Ray sets it per task to the
+    CPUs the task was given). A reused worker otherwise keeps the thread count of the
+    first task that loaded FAISS there: a 2-CPU training task after 1-CPU sampling tasks
+    trained on one thread (17.8 s against 11.1 s in one process)."""
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit() and int(threads) > 0:
+        faiss.omp_set_num_threads(int(threads))
+
+
 def prepare_vectors(vectors: np.ndarray, metric: str, ids: list[str]) -> np.ndarray:
     """Vectors as the index stores them: float32, unit length for cosine."""
     x = np.ascontiguousarray(vectors, dtype=np.float32)
