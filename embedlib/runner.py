@@ -212,10 +212,6 @@ class RayRunner:
         self._make_actor: Callable[[], Any] | None = None
         self.fingerprint: ModelFingerprint | None = None
 
-    def _cluster_workers(self) -> int:
-        cpus = float(self.ray.cluster_resources().get("CPU", 1.0))
-        return max(1, int(cpus // self.run.cpus_per_worker))
-
     def scan(self, shards: list[Shard], ctx: ShardContext) -> Iterator[ShardScan]:
         task = self.ray.remote(scan_shard).options(
             num_cpus=min(1.0, self.run.cpus_per_worker),
@@ -227,7 +223,7 @@ class RayRunner:
             yield self.ray.get(done[0])
 
     def start_encoders(self, options: EmbedOptions, n_shards: int) -> ModelFingerprint:
-        workers = max(1, min(self.run.workers or self._cluster_workers(), n_shards))
+        workers = max(1, min(worker_slots(self.run), n_shards))
         actor_cls = self.ray.remote(_EmbedActor).options(
             num_cpus=self.run.cpus_per_worker,
             num_gpus=self.run.gpus_per_worker,
@@ -248,7 +244,7 @@ class RayRunner:
 
     def _room_for_another(self, busy: int, remaining: int) -> bool:
         """Whether the pool may grow: a node joined or one came back, and work is left."""
-        target = self.run.workers or self._cluster_workers()
+        target = worker_slots(self.run)
         free = float(self.ray.available_resources().get("CPU", 0.0))
         return busy < min(target, remaining) and free >= self.run.cpus_per_worker
 
@@ -375,6 +371,20 @@ def map_tasks(
                 raise (e.cause if e.cause is not None else e) from None
             bar.update(1)
     return results
+
+
+def worker_slots(run: RunOptions) -> int:
+    """How many tasks or actors of `cpus_per_worker` run at once: `workers` if given, else
+    as many as the cluster's CPUs hold (one in-process)."""
+    if run.runner == "local":
+        return 1
+    if run.workers is not None:
+        return run.workers
+    import ray
+
+    ensure_ray(run.address)
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(cpus // run.cpus_per_worker))
 
 
 def largest_node_cpus(run: RunOptions) -> float:

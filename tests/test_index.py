@@ -3,6 +3,7 @@ versions and CURRENT, bad input."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -70,14 +71,24 @@ def test_plan_follows_the_guidelines():
 
 
 @pytest.mark.usefixtures("ray_cluster")
-@pytest.mark.parametrize("n", [6000, 40000], ids=["flat", "ivf"])
-def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n):
+@pytest.mark.parametrize(
+    ("n", "shards", "files"), [(6000, 3, 1), (40000, 3, 1), (40000, 1, 2)],
+    ids=["flat", "ivf", "ivf-merged"],
+)  # fmt: skip
+def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n, shards, files):
+    """3 shards on 2 CPUs: one add task per shard. 1 shard from 2 files: one add task per
+    file, the two partial indexes merged."""
     _, words, vectors = glove
     x = vectors[:n]
-    src = _write_vectors(tmp_path / "v.parquet", x, words[:n])
-    report = build_index(src, str(tmp_path / "idx"), options=IndexOptions(shards=3), run=RAY)
+    cut = np.linspace(0, n, files + 1).astype(int)
+    srcs = [
+        _write_vectors(tmp_path / f"v{f}.parquet", x[a:b], words[a:b])
+        for f, (a, b) in enumerate(itertools.pairwise(cut))
+    ]
+    report = build_index(srcs, str(tmp_path / "idx"), options=IndexOptions(shards=shards), run=RAY)
+    assert sum(s["tasks"] for s in report.per_node.values()) == max(shards, files)
     index = ShardedIndex(str(tmp_path / "idx"))
-    assert index.ntotal == n and len(index.shards) == 3
+    assert index.ntotal == n and len(index.shards) == shards
     counts = [s["count"] for s in index.manifest["shards"]]
     assert sum(counts) == n and max(counts) - min(counts) <= 1  # balanced
     # the single-process twin: the same trained index, all vectors added in one go

@@ -42,7 +42,13 @@ from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
 from embedlib.options import METRICS, Metric, RunOptions
-from embedlib.runner import check_workers_reach, current_node, largest_node_cpus, map_tasks
+from embedlib.runner import (
+    check_workers_reach,
+    current_node,
+    largest_node_cpus,
+    map_tasks,
+    worker_slots,
+)
 from embedlib.store import (
     conform_table,
     file_sha256,
@@ -240,14 +246,20 @@ def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult
     )
 
 
-def _merge_shard(shard: int, names: list[str], ctx: BuildContext) -> dict[str, Any]:
-    """Task: merge a serving shard's partial indexes and docs tables into one each."""
+def _merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) -> dict[str, Any]:
+    """Task: merge a serving shard's partial indexes and docs tables into one each (a
+    shard added by one task is moved into place as it is)."""
     fs, base = ctx.fs, posixpath.join(ctx.staging, PARTIALS)
+    shard_file, docs_file = f"shard-{shard:05d}.faiss", f"docs-{shard:05d}.parquet"
+    if len(names) == 1:
+        fs.mv(posixpath.join(base, f"{names[0]}.faiss"), posixpath.join(ctx.staging, shard_file))
+        fs.mv(posixpath.join(base, f"{names[0]}.parquet"), posixpath.join(ctx.staging, docs_file))
+        return _shard_info(fs, ctx.staging, shard, count, shard_file, docs_file)
     index = read_index_file(fs, posixpath.join(base, f"{names[0]}.faiss"))
     for name in names[1:]:
         merge_into(index, read_index_file(fs, posixpath.join(base, f"{name}.faiss")))
-    shard_file, docs_file = f"shard-{shard:05d}.faiss", f"docs-{shard:05d}.parquet"
     write_index(index, fs, posixpath.join(ctx.staging, shard_file))
+    del index  # the docs below stream; the merged index need not stay
     schemas = []
     for name in names:
         with fs.open(posixpath.join(base, f"{name}.parquet"), "rb") as fh:
@@ -265,13 +277,26 @@ def _merge_shard(shard: int, names: list[str], ctx: BuildContext) -> dict[str, A
                     )
                     assert fitted is not None
                     writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
+    return _shard_info(fs, ctx.staging, shard, count, shard_file, docs_file)
+
+
+def _shard_info(
+    fs: fsspec.AbstractFileSystem,
+    staging: str,
+    shard: int,
+    count: int,
+    shard_file: str,
+    docs_file: str,
+) -> dict[str, Any]:
+    """The manifest entry of a finished shard."""
+    shard_path = posixpath.join(staging, shard_file)
     return {
         "shard": shard,
         "file": shard_file,
-        "count": int(index.ntotal),
-        "sha256": file_sha256(fs, posixpath.join(ctx.staging, shard_file)),
+        "count": count,
+        "sha256": file_sha256(fs, shard_path),
         "docs": docs_file,
-        "docs_sha256": file_sha256(fs, posixpath.join(ctx.staging, docs_file)),
+        "docs_sha256": file_sha256(fs, posixpath.join(staging, docs_file)),
     }
 
 
@@ -374,9 +399,9 @@ def build_from_source(
         times["train"] = time.perf_counter() - clock
         clock = time.perf_counter()
         units = _units(src, options.shards)
-        if plan.mergeable:
+        if plan.mergeable and options.shards < worker_slots(run):
             calls = [([u], ctx, f"unit-{u.index:05d}") for u in units]
-        else:
+        else:  # the shards alone keep every worker busy (or cannot merge): no merge step
             calls = [
                 ([u for u in units if u.shard == s], ctx, f"shard-{s:05d}")
                 for s in range(options.shards)
@@ -386,14 +411,15 @@ def build_from_source(
         _check_unique_ids(partials, fs, staging)
         times["add"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        by_shard = [[p.name for p in partials if p.shard == s] for s in range(options.shards)]
+        by_shard = [[p for p in partials if p.shard == s] for s in range(options.shards)]
         if not all(by_shard):
             raise VectorError(
                 f"{n} vectors cannot fill {options.shards} shards; use --shards {n} or fewer"
             )
-        shard_infos = map_tasks(
-            _merge_shard, [(s, names, ctx) for s, names in enumerate(by_shard)], run, desc="merging"
-        )
+        merges = [
+            (s, [p.name for p in ps], sum(p.rows for p in ps), ctx) for s, ps in enumerate(by_shard)
+        ]
+        shard_infos = map_tasks(_merge_shard, merges, run, desc="merging")
         fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
         times["merge"] = time.perf_counter() - clock
         clock = time.perf_counter()
