@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -68,6 +69,29 @@ class Client:
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """Several searches in one request; each query is a /v1/search body."""
         return list(self._call("/v1/search/batch", {"queries": list(queries)})["results"])
+
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        *,
+        k: int = 10,
+        filter: dict[str, Any] | None = None,
+        include: Sequence[str] = (),
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """One search for every row of `vectors` (n, dim), sent as base64 float32."""
+        x = np.ascontiguousarray(np.atleast_2d(vectors), dtype="<f4")
+        body: dict[str, Any] = {
+            "vectors": base64.b64encode(x.tobytes()).decode("ascii"),
+            "encoding_format": "base64",
+            "k": k,
+            "include": list(include),
+        }
+        for key, value in (("filter", filter), ("nprobe", nprobe), ("ef_search", ef_search)):
+            if value is not None:
+                body[key] = value
+        return list(self._call("/v1/search/batch", body)["results"])
 
     def embed(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
         """Vectors of `texts` from the served model, shape (n, d)."""

@@ -147,6 +147,49 @@ def test_vector_arithmetic_excludes_its_inputs(served):
     assert status == 200 and "1" not in [r["id"] for r in body["results"]]
 
 
+def test_vector_batch_in_base64_equals_float_rows_and_the_library(served):
+    """One search for many vectors: base64 float32, rows of floats and the library agree."""
+    index = ShardedIndex(str(served))
+    queries = index.encode_text(["kittens", "learning", "bread", "shoes"])
+    packed = base64.b64encode(queries.astype("<f4").tobytes()).decode()
+    answers = []
+    for body in (
+        {"vectors": packed, "encoding_format": "base64", "k": 3, "include": ["text"]},
+        {"vectors": queries.tolist(), "k": 3, "include": ["text"]},
+    ):
+        status, answer = _request("/v1/search/batch", body)
+        assert status == 200, answer
+        answers.append(answer["results"])
+    local = index.search(queries, 3)
+    want = [[h.id for h in hits] for hits in local]
+    for results in answers:
+        assert [[r["id"] for r in rows] for rows in results] == want
+        assert np.allclose(
+            [[r["score"] for r in rows] for rows in results],
+            [[h.score for h in hits] for hits in local],
+            atol=1e-5,
+        )
+        assert results[2][0]["text"] == "a recipe for sourdough bread"
+    status, answer = _request(
+        "/v1/search/batch",
+        {"vectors": packed, "encoding_format": "base64", "k": 10, "filter": {"lang": "de"}},
+    )
+    assert status == 200 and all(
+        {r["id"] for r in rows} == {"3", "6"} for rows in answer["results"]
+    )
+    nan = base64.b64encode(np.full((1, 384), np.nan, "<f4").tobytes()).decode()
+    for body, status in (
+        ({"vectors": packed[:-8], "encoding_format": "base64"}, 422),  # not whole rows
+        ({"vectors": "not base64!", "encoding_format": "base64"}, 422),
+        ({"vectors": nan, "encoding_format": "base64"}, 422),
+        ({"vectors": packed}, 422),  # a string needs encoding_format base64
+        ({"vectors": [[0.1, 0.2]]}, 422),  # wrong dimension
+        ({"vectors": packed, "encoding_format": "base64", "bogus": 1}, 422),
+    ):
+        got, answer = _request("/v1/search/batch", body)
+        assert got == status and answer["error"]["message"], (body, answer)
+
+
 @pytest.mark.parametrize(
     ("body", "raw", "status"),
     [
@@ -512,6 +555,8 @@ def test_python_client_and_query_command(served):
     assert (
         client.embed(["cat video"]).shape == (1, 384) and client.info()["indexes"][0]["dim"] == 384
     )
+    vectors = client.embed(["cat video", "cheap shoes"])
+    assert [r[0]["id"] for r in client.search_vectors(vectors, k=1)] == ["0", "2"]
     with pytest.raises(ClientError) as e:
         Client(f"http://127.0.0.1:{PORT}").search("x")
     assert e.value.status == 401

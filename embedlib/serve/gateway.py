@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import hmac
 import logging
 import posixpath
@@ -46,6 +47,7 @@ from embedlib.serve.deployments import (
 )
 from embedlib.serve.filters import FilterError
 from embedlib.serve.schemas import (
+    MAX_BATCH_VECTORS,
     BatchSearchRequest,
     DeleteRequest,
     EmbeddingsRequest,
@@ -53,7 +55,9 @@ from embedlib.serve.schemas import (
     SearchRequest,
     TextItem,
     UpsertRequest,
+    VectorBatchRequest,
     VectorItem,
+    parse_batch,
 )
 from embedlib.store import read_json
 
@@ -171,7 +175,11 @@ class Gateway:
     # -- plumbing ---------------------------------------------------------------------------
 
     async def _answer(
-        self, request: Request, route: str, work: Callable[[Any], Awaitable[Any]], parse: Any = None
+        self,
+        request: Request,
+        route: str,
+        work: Callable[[Any], Awaitable[Any]],
+        parse: Callable[[Any], Any] | None = None,
     ) -> Any:
         start = time.perf_counter()
         try:
@@ -214,7 +222,7 @@ class Gateway:
                 "a valid API key is required: send 'Authorization: Bearer <key>'",
             )
 
-    async def _body(self, request: Request, model: Any) -> Any:
+    async def _body(self, request: Request, parse: Callable[[Any], Any]) -> Any:
         chunks, size = [], 0
         async for chunk in request.stream():  # read it all, keep at most the limit
             size += len(chunk)
@@ -232,7 +240,7 @@ class Gateway:
         except orjson.JSONDecodeError as e:
             raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from e
         try:
-            return model.model_validate(data)
+            return parse(data)
         except ValidationError as e:
             raise ApiError(422, "validation_error", _validation_message(e)) from e
 
@@ -341,10 +349,7 @@ class Gateway:
             )
             d, i = await self._search_task(task)
             searched = time.perf_counter()
-            pairs = [  # tolist: Python floats and ints at once, not one conversion per hit
-                [(s, n) for s, n in zip(ds, ns, strict=True) if n >= 0]
-                for ds, ns in zip(d.tolist(), i.tolist(), strict=True)
-            ]
+            pairs = _hit_pairs(d, i)
         else:
             tasks = [
                 SearchTask(
@@ -396,17 +401,68 @@ class Gateway:
             by_include.setdefault(tuple(sorted(set(req.include))), []).append(n)
         out: list[list[dict[str, Any]]] = [[] for _ in reqs]
         for include, members in by_include.items():
-            flat = [p for m in members for p in pairs[m]]
-            if ROW_FIELDS & set(include):
-                rows = [_row(h, include) for h in self.lookup.hits(flat, include)]
-            else:  # ids only: from the ids held in memory, no Hit objects
-                ids = self.lookup.string_ids(np.array([i for _, i in flat], dtype=np.int64))
-                rows = [{"id": i, "score": s} for i, (s, _) in zip(ids, flat, strict=True)]
-            start = 0
-            for m in members:
-                out[m] = rows[start : start + len(pairs[m])]
-                start += len(pairs[m])
+            rows = self._rows([p for m in members for p in pairs[m]], include)
+            for m, part in zip(members, _split(rows, [pairs[m] for m in members]), strict=True):
+                out[m] = part
         return out
+
+    def _rows(
+        self, flat: list[tuple[float, int]], include: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        """Result rows of (score, internal id) hits, the docs read once for them all."""
+        if ROW_FIELDS & set(include):
+            return [_row(h, include) for h in self.lookup.hits(flat, include)]
+        # ids only: from the ids held in memory, no Hit objects
+        ids = self.lookup.string_ids(np.array([i for _, i in flat], dtype=np.int64))
+        return [{"id": i, "score": s} for i, (s, _) in zip(ids, flat, strict=True)]
+
+    async def _search_vector_batch(self, body: VectorBatchRequest) -> dict[str, Any]:
+        """One search for all the vectors of a batch that shares its parameters."""
+        start = time.perf_counter()
+        self._check_filter(body.filter)
+        matrix = self._batch_matrix(body)
+        defaults = self.manifest.get("search_params", {})
+        task = SearchTask(
+            vectors=prepare_queries(matrix, dim=self.dim, metric=self.metric),
+            k=body.k,
+            nprobe=body.nprobe or defaults.get("nprobe"),
+            ef_search=body.ef_search or defaults.get("efSearch"),
+            filter=body.filter,
+        )
+        decoded = time.perf_counter()
+        pairs = _hit_pairs(*await self._search_task(task))
+        searched = time.perf_counter()
+        rows = self._rows([p for ps in pairs for p in ps], tuple(sorted(set(body.include))))
+        timing = {
+            "decode": round((decoded - start) * 1000, 3),
+            "search": round((searched - decoded) * 1000, 3),
+            "total": round((time.perf_counter() - start) * 1000, 3),
+        }
+        return {"results": _split(rows, pairs), "metric": self.metric, "timing_ms": timing}
+
+    def _batch_matrix(self, body: VectorBatchRequest) -> np.ndarray:
+        """The batch's query vectors as an (n, dim) float32 matrix."""
+        if isinstance(body.vectors, list):
+            dims = {len(v) for v in body.vectors}
+            if dims != {self.dim}:
+                raise QueryError(
+                    f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
+                    f"index has {self.dim}"
+                )
+            return np.asarray(body.vectors, dtype=np.float32)
+        try:
+            raw = base64.b64decode(body.vectors, validate=True)
+        except binascii.Error as e:
+            raise QueryError(f"vectors is not valid base64: {e}") from None
+        row_bytes = 4 * self.dim
+        if not raw or len(raw) % row_bytes:
+            raise QueryError(
+                f"vectors holds {len(raw)} bytes, not a whole number of {self.dim}-d float32 "
+                f"rows ({row_bytes} bytes each): send little-endian float32 values, row after row"
+            )
+        if len(raw) // row_bytes > MAX_BATCH_VECTORS:
+            raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request")
+        return np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
 
     # -- other routes -----------------------------------------------------------------------
 
@@ -561,37 +617,43 @@ class Gateway:
         async def work(body: SearchRequest) -> Any:
             return (await self._search_many([body]))[0]
 
-        return await self._answer(request, "/v1/search", work, SearchRequest)
+        return await self._answer(request, "/v1/search", work, SearchRequest.model_validate)
 
     @api.post("/v1/search/batch")
     async def search_batch(self, request: Request) -> Any:
-        async def work(body: BatchSearchRequest) -> Any:
+        async def work(body: BatchSearchRequest | VectorBatchRequest) -> Any:
+            if isinstance(body, VectorBatchRequest):
+                return await self._search_vector_batch(body)
             answers = await self._search_many(body.queries)
             return {"results": [a["results"] for a in answers], "metric": self.metric}
 
-        return await self._answer(request, "/v1/search/batch", work, BatchSearchRequest)
+        return await self._answer(request, "/v1/search/batch", work, parse_batch)
 
     @api.post("/v1/recommend")
     async def recommend(self, request: Request) -> Any:
-        return await self._answer(request, "/v1/recommend", self._recommend, RecommendRequest)
+        return await self._answer(
+            request, "/v1/recommend", self._recommend, RecommendRequest.model_validate
+        )
 
     @api.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Any:
-        return await self._answer(request, "/v1/embeddings", self._embeddings, EmbeddingsRequest)
+        return await self._answer(
+            request, "/v1/embeddings", self._embeddings, EmbeddingsRequest.model_validate
+        )
 
     @api.post("/v1/upsert")
     async def upsert(self, request: Request) -> Any:
         async def work(body: UpsertRequest) -> Any:
             return await self._write(body.documents, [])
 
-        return await self._answer(request, "/v1/upsert", work, UpsertRequest)
+        return await self._answer(request, "/v1/upsert", work, UpsertRequest.model_validate)
 
     @api.post("/v1/delete")
     async def delete(self, request: Request) -> Any:
         async def work(body: DeleteRequest) -> Any:
             return await self._write([], body.ids)
 
-        return await self._answer(request, "/v1/delete", work, DeleteRequest)
+        return await self._answer(request, "/v1/delete", work, DeleteRequest.model_validate)
 
     @api.post("/v1/admin/reload")
     async def reload(self, request: Request) -> Any:
@@ -632,6 +694,23 @@ async def _with_retry(method: Any, *args: Any, attempts: int = 3) -> Any:
                 raise
             await asyncio.sleep(0.05 * (attempt + 1))
     raise AssertionError("unreachable")
+
+
+def _hit_pairs(d: np.ndarray, i: np.ndarray) -> list[list[tuple[float, int]]]:
+    """Each query's (score, internal id) hits; tolist converts them all at once."""
+    return [
+        [(s, n) for s, n in zip(ds, ns, strict=True) if n >= 0]
+        for ds, ns in zip(d.tolist(), i.tolist(), strict=True)
+    ]
+
+
+def _split(rows: list[dict[str, Any]], pairs: list[list[Any]]) -> list[list[dict[str, Any]]]:
+    """Flat result rows cut back into one list per query."""
+    out, start = [], 0
+    for hits in pairs:
+        out.append(rows[start : start + len(hits)])
+        start += len(hits)
+    return out
 
 
 def _row(hit: Hit, include: tuple[str, ...]) -> dict[str, Any]:

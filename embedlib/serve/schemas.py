@@ -66,6 +66,43 @@ class BatchSearchRequest(BaseModel):
     queries: list[SearchRequest] = Field(min_length=1, max_length=1000)
 
 
+MAX_BATCH_VECTORS = 10_000
+
+
+class VectorBatchRequest(BaseModel):
+    """Many query vectors sharing one set of parameters: `vectors` as rows of floats, or
+    with `encoding_format` "base64" one base64 string of little-endian float32 values,
+    row after row (as the OpenAI embeddings API returns them): no JSON numbers to parse."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vectors: str | list[list[FiniteFloat]] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    k: int = Field(default=10, ge=1, le=MAX_K)
+    nprobe: int | None = Field(default=None, ge=1)
+    ef_search: int | None = Field(default=None, ge=1)
+    filter: dict[str, Any] | None = None
+    include: list[Include] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _format_matches(self) -> VectorBatchRequest:
+        if (self.encoding_format == "base64") != isinstance(self.vectors, str):
+            raise ValueError(
+                'encoding_format "base64" takes one base64 string of float32 values; '
+                '"float" (the default) takes a list of vectors'
+            )
+        if isinstance(self.vectors, list) and len(self.vectors) > MAX_BATCH_VECTORS:
+            raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
+        return self
+
+
+def parse_batch(data: Any) -> BatchSearchRequest | VectorBatchRequest:
+    """A /v1/search/batch body: `queries` (each its own search) or `vectors` (one search)."""
+    if isinstance(data, dict) and "vectors" in data:
+        return VectorBatchRequest.model_validate(data)
+    return BatchSearchRequest.model_validate(data)
+
+
 class EmbeddingsRequest(BaseModel):
     """The OpenAI embeddings request; fields its clients send and we do not use are accepted."""
 
