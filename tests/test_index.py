@@ -108,6 +108,38 @@ def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n, s
     assert report.factory == ("IDMap2,Flat" if n < 10000 else "IVF1024,Flat")
 
 
+@pytest.mark.parametrize(
+    ("factory", "parts", "rows"),
+    [("IVF64,Flat", 3, 2000), ("IVF64,Flat", 3, 5), ("IVF64,PQ8", 2, 1000),
+     ("IVF64,SQ8", 2, 1000), ("OPQ8,IVF64,PQ8", 2, 1000)],
+    ids=["flat-full", "flat-sparse", "pq", "sq8", "opq"],
+)  # fmt: skip
+def test_merging_ivf_files_on_disk_equals_faiss_merge(tmp_path, factory, parts, rows):
+    """The list-by-list merge writes the very bytes FAISS writes after merge_from."""
+    from embedlib.index.faiss_ops import merge_into
+    from embedlib.index.ivf_file import merge_ivf_files, streamable
+
+    x = np.random.default_rng(0).standard_normal((parts * rows + 4000, 32)).astype(np.float32)
+    trained = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)
+    trained.train(x[-4000:])
+    assert streamable(trained)
+    faiss.write_index(trained, str(tmp_path / "trained.faiss"))
+    paths = []
+    for p in range(parts):
+        partial = faiss.read_index(str(tmp_path / "trained.faiss"))
+        partial.add_with_ids(x[p * rows : (p + 1) * rows], np.arange(p * rows, (p + 1) * rows) * 7)
+        paths.append(str(tmp_path / f"part-{p}.faiss"))
+        faiss.write_index(partial, paths[-1])
+    merged = faiss.read_index(paths[0])
+    for path in paths[1:]:
+        merge_into(merged, faiss.read_index(path))
+    faiss.write_index(merged, str(tmp_path / "faiss.faiss"))
+    n = merge_ivf_files(str(tmp_path / "trained.faiss"), paths, str(tmp_path / "ours.faiss"))
+    assert n == parts * rows
+    assert (tmp_path / "ours.faiss").read_bytes() == (tmp_path / "faiss.faiss").read_bytes()
+    assert not streamable(faiss.index_factory(32, "IDMap2,Flat")) and not streamable(merged)
+
+
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_faiss_task_uses_the_cpus_it_was_given():
     """A reused worker keeps the OpenMP threads of the task that first loaded FAISS there

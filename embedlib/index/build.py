@@ -15,9 +15,13 @@ tune the search parameters for a target recall, publish a new version.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import posixpath
+import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,14 +36,19 @@ from embedlib import __version__
 from embedlib.documents import ID, VECTOR, id_hashes
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.faiss_ops import (
+    local_copy,
     merge_into,
     prepare_vectors,
     read_index_file,
+    read_index_mmap,
+    search_params,
     use_task_cpus,
     write_index,
 )
+from embedlib.index.ivf_file import merge_ivf_files, streamable
 from embedlib.index.layout import INDEX_MANIFEST, publish, staging_path
 from embedlib.index.plan import IndexPlan, faiss_metric, human, plan_index
+from embedlib.index.reader import merge_topk
 from embedlib.index.sources import Part, VectorError, VectorSource, open_sources, read_part
 from embedlib.options import METRICS, Metric, RunOptions
 from embedlib.runner import (
@@ -52,6 +61,7 @@ from embedlib.runner import (
 from embedlib.store import (
     conform_table,
     file_sha256,
+    is_local,
     unify_schemas,
     vector_array,
     write_json_atomic,
@@ -119,6 +129,7 @@ class BuildContext:
     metric: Metric
     plan: IndexPlan
     queries: np.ndarray  # tuning queries, as indexed (normalized for cosine)
+    streamable: bool = False  # partial files merge list by list on disk (IVF)
 
 
 @dataclass
@@ -180,17 +191,21 @@ def _sample_rows(part: Part, positions: np.ndarray, dim: int) -> tuple[np.ndarra
     return data.vectors, part.offset + positions
 
 
-def _train(ctx: BuildContext, seed: int, *samples: tuple[np.ndarray, np.ndarray]) -> None:
-    """Task: train the empty index once on the sample and write `trained.faiss`."""
+def _train(ctx: BuildContext, seed: int, picks: list[tuple[Part, np.ndarray, int]]) -> None:
+    """Task: read the sample (rows `picks` of each part, side by side in threads: never
+    through the object store), train the empty index once on it, write `trained.faiss`."""
     use_task_cpus()
     index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
     if not index.is_trained:
+        with ThreadPoolExecutor(faiss.omp_get_max_threads()) as pool:
+            samples = list(pool.map(lambda pick: _sample_rows(*pick), picks))
         x = (
             np.concatenate([v for v, _ in samples])
             if samples
             else np.zeros((0, ctx.dim), np.float32)
         )
         ids = [str(i) for _, g in samples for i in g]
+        del samples
         x = prepare_vectors(x, ctx.metric, ids)
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
@@ -255,11 +270,16 @@ def _merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) ->
         fs.mv(posixpath.join(base, f"{names[0]}.faiss"), posixpath.join(ctx.staging, shard_file))
         fs.mv(posixpath.join(base, f"{names[0]}.parquet"), posixpath.join(ctx.staging, docs_file))
         return _shard_info(fs, ctx.staging, shard, count, shard_file, docs_file)
-    index = read_index_file(fs, posixpath.join(base, f"{names[0]}.faiss"))
-    for name in names[1:]:
-        merge_into(index, read_index_file(fs, posixpath.join(base, f"{name}.faiss")))
-    write_index(index, fs, posixpath.join(ctx.staging, shard_file))
-    del index  # the docs below stream; the merged index need not stay
+    if ctx.streamable:
+        _merge_files(
+            fs, ctx.staging, [posixpath.join(base, f"{n}.faiss") for n in names], shard_file
+        )
+    else:
+        index = read_index_file(fs, posixpath.join(base, f"{names[0]}.faiss"))
+        for name in names[1:]:
+            merge_into(index, read_index_file(fs, posixpath.join(base, f"{name}.faiss")))
+        write_index(index, fs, posixpath.join(ctx.staging, shard_file))
+        del index  # the docs below stream; the merged index need not stay
     schemas = []
     for name in names:
         with fs.open(posixpath.join(base, f"{name}.parquet"), "rb") as fh:
@@ -278,6 +298,24 @@ def _merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) ->
                     assert fitted is not None
                     writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
     return _shard_info(fs, ctx.staging, shard, count, shard_file, docs_file)
+
+
+def _merge_files(
+    fs: fsspec.AbstractFileSystem, staging: str, parts: list[str], shard_file: str
+) -> None:
+    """Merge partial IVF files list by list on disk (remote ones through local copies)."""
+    trained = posixpath.join(staging, "trained.faiss")
+    if is_local(fs):
+        merge_ivf_files(trained, parts, posixpath.join(staging, shard_file))
+        return
+    with tempfile.TemporaryDirectory(prefix="embedlib-merge-") as tmp:
+        local = [os.path.join(tmp, f"{n}.faiss") for n in range(len(parts))]
+        for remote, path in zip(
+            [trained, *parts], [os.path.join(tmp, "trained.faiss"), *local], strict=True
+        ):
+            fs.get_file(remote, path)
+        merge_ivf_files(os.path.join(tmp, "trained.faiss"), local, os.path.join(tmp, shard_file))
+        fs.put_file(os.path.join(tmp, shard_file), posixpath.join(staging, shard_file))
 
 
 def _shard_info(
@@ -381,7 +419,6 @@ def build_from_source(
         held_out = picks[plan.train_size :]
         query_ids = held_out if len(held_out) >= q else rng.choice(n, size=q, replace=False)
         query_ids = np.sort(query_ids)
-        samples = read_rows(src, train_ids, run)
         query_vectors = np.concatenate(
             [v for v, _ in read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
         )
@@ -391,17 +428,22 @@ def build_from_source(
         clock = time.perf_counter()
         map_tasks(
             _train,
-            [(ctx, options.seed, *samples)],
+            [(ctx, options.seed, _row_picks(src, train_ids))],
             run,
             desc="training",
             num_cpus=largest_node_cpus(run),
         )
         times["train"] = time.perf_counter() - clock
         clock = time.perf_counter()
+        trained = read_index_file(fs, posixpath.join(staging, "trained.faiss"))
+        ctx = dataclasses.replace(ctx, streamable=streamable(trained))
+        del trained
         units = _units(src, options.shards)
-        if plan.mergeable and options.shards < worker_slots(run):
+        # IVF: add tasks of one part each and a merge on disk, so that no process holds a
+        # whole shard; others (Flat) skip the merge when the shards keep every worker busy
+        if ctx.streamable or (plan.mergeable and options.shards < worker_slots(run)):
             calls = [([u], ctx, f"unit-{u.index:05d}") for u in units]
-        else:  # the shards alone keep every worker busy (or cannot merge): no merge step
+        else:  # one task per shard: no merge step (HNSW cannot merge)
             calls = [
                 ([u for u in units if u.shard == s], ctx, f"shard-{s:05d}")
                 for s in range(options.shards)
@@ -420,13 +462,29 @@ def build_from_source(
             (s, [p.name for p in ps], sum(p.rows for p in ps), ctx) for s, ps in enumerate(by_shard)
         ]
         shard_infos = map_tasks(_merge_shard, merges, run, desc="merging")
-        fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
         times["merge"] = time.perf_counter() - clock
         clock = time.perf_counter()
         gt = _ground_truth(partials, query_ids, metric)
         manifest = _manifest(src, plan, metric, shard_infos, options)
         write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), manifest)
-        tuning = _tune(fs, staging, plan, queries, query_ids, gt, options.target_recall, run)
+        # the recall curve on the partial indexes (a shard moved into place: the shard),
+        # which hold the same lists in smaller files; latency on the shards
+        pieces: list[str] = []
+        for ps, info in zip(by_shard, shard_infos, strict=True):
+            moved = len(ps) == 1
+            pieces += [info["file"]] if moved else [f"{PARTIALS}/{p.name}.faiss" for p in ps]
+        tuning = _tune(
+            fs,
+            staging,
+            pieces,
+            [info["file"] for info in shard_infos],
+            plan,
+            queries,
+            query_ids,
+            gt,
+            options.target_recall,
+        )
+        fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
         manifest.update(tuning)
         write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), manifest)
         times["tune"] = time.perf_counter() - clock
@@ -472,13 +530,19 @@ def read_rows(
     src: VectorSource, global_ids: np.ndarray, run: RunOptions
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Read the rows with these global ids, one task per part that holds some."""
+    calls = _row_picks(src, global_ids)
+    return map_tasks(_sample_rows, calls, run, desc="sampling") if calls else []
+
+
+def _row_picks(src: VectorSource, global_ids: np.ndarray) -> list[tuple[Part, np.ndarray, int]]:
+    """(part, positions within it, dim) for each part that holds some of the sorted ids."""
     calls = []
     for part in src.parts:
         lo = np.searchsorted(global_ids, part.offset)
         hi = np.searchsorted(global_ids, part.offset + part.rows)
         if hi > lo:
             calls.append((part, global_ids[lo:hi] - part.offset, src.dim))
-    return map_tasks(_sample_rows, calls, run, desc="sampling") if calls else []
+    return calls
 
 
 def _check_unique_ids(
@@ -524,17 +588,21 @@ def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> floa
 def _tune(
     fs: fsspec.AbstractFileSystem,
     staging: str,
+    pieces: list[str],
+    shard_files: list[str],
     plan: IndexPlan,
     queries: np.ndarray,
     query_ids: np.ndarray,
     truth: np.ndarray,
     target: float,
-    run: RunOptions,
 ) -> dict[str, Any]:
-    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries."""
-    from embedlib.index.reader import ShardedIndex
+    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries,
+    and the latency of one query at a time with it.
 
-    index = ShardedIndex(f"{fs.unstrip_protocol(staging)}", storage_options=run.storage_options)
+    The recall is measured on `pieces` (files that together hold every vector: partial
+    indexes cut from the same trained index probe the same lists as their merge, so
+    their merged top-k is the shard's), mapped one at a time: the searches touch most
+    of a file's pages, and a whole shard mapped would grow the build's memory with N."""
     if plan.nlist:
         name, candidates = (
             "nprobe",
@@ -549,33 +617,51 @@ def _tune(
         name, candidates = "efSearch", [16, 32, 64, 128, 256, 512, 1024, 2048]
     else:
         name, candidates = "", [0]
+    cache = os.path.join(tempfile.gettempdir(), "embedlib-index-cache")
+    paths = [local_copy(fs, posixpath.join(staging, f), cache) for f in pieces]
+
+    def search(path: str, rows: np.ndarray, k: int, params: dict[str, int]) -> Any:
+        piece = read_index_mmap(path)
+        found = piece.search(rows, k, params=_params(piece, params))
+        del piece  # unmapped: the pages it touched leave this process
+        return found
+
     curve = []
     chosen, recall = candidates[-1], 0.0
     for c in candidates:
         params = {name: c} if name else {}
-        _, found = index.search_ids(queries, K_TUNE + 1, **_kw(params))
+        parts = [search(p, queries, K_TUNE + 1, params) for p in paths]
+        _, found = merge_topk(parts, K_TUNE + 1, plan.metric)
         recall = _recall(found, truth, query_ids)
         curve.append({"params": params, "recall_at_10": round(recall, 4)})
         chosen = c
         if recall >= target:
             break
     params = {name: chosen} if name else {}
-    latencies = []
-    for row in queries[: min(100, len(queries))]:
-        t = time.perf_counter()
-        index.search_ids(row[None, :], K_TUNE, **_kw(params))
-        latencies.append((time.perf_counter() - t) * 1000)
+    # one query at a time: its latency is the sum of its shard searches (as ShardedIndex
+    # searches them one after another), timed shard by shard
+    rows = queries[: min(100, len(queries))]
+    latencies = np.zeros(len(rows))
+    for path in [local_copy(fs, posixpath.join(staging, f), cache) for f in shard_files]:
+        shard = read_index_mmap(path)
+        shard_params = _params(shard, params)
+        for n, row in enumerate(rows):
+            t = time.perf_counter()
+            shard.search(row[None, :], K_TUNE, params=shard_params)
+            latencies[n] += (time.perf_counter() - t) * 1000
+        del shard
     return {
         "search_params": params,
         "recall_at_10": round(recall, 4),
         "target_recall": target,
-        "latency_ms_p50": round(float(np.median(latencies)), 3) if latencies else 0.0,
+        "latency_ms_p50": round(float(np.median(latencies)), 3) if len(rows) else 0.0,
         "tuning": {"queries": len(queries), "k": K_TUNE, "curve": curve},
     }
 
 
-def _kw(params: dict[str, int]) -> dict[str, int]:
-    return {"nprobe" if k == "nprobe" else "ef_search": v for k, v in params.items()}
+def _params(shard: faiss.Index, params: dict[str, int]) -> Any:
+    """FAISS search parameters for a tuning candidate ({"nprobe": n} or {"efSearch": n})."""
+    return search_params(shard, nprobe=params.get("nprobe"), ef_search=params.get("efSearch"))
 
 
 def _manifest(

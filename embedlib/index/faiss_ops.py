@@ -67,11 +67,9 @@ def read_index_mmap(local_path: str) -> faiss.Index:
 
     IO_FLAG_MMAP_IFC maps the lists in place as plain array lists. (IO_FLAG_MMAP gives
     OnDiskInvertedLists instead, whose per-search prefetch threads cost ~0.5 ms a query:
-    16x the search itself on a 200k-vector IVF shard.)"""
-    index = faiss.read_index(local_path, faiss.IO_FLAG_READ_ONLY)
-    if faiss.try_extract_index_ivf(index) is not None:
-        index = faiss.read_index(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
-    return index
+    16x the search itself on a 200k-vector IVF shard.) Other index types ignore the flag
+    and are read whole."""
+    return faiss.read_index(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
 
 
 def merge_into(target: faiss.Index, other: faiss.Index) -> None:
