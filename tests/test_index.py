@@ -324,6 +324,30 @@ def test_missed_recall_warns_or_fails_with_strict_recall(tmp_path, glove):
     assert (tmp_path / "idx" / "CURRENT").read_text().strip() == report.version  # untouched
 
 
+def test_merge_on_an_object_store_equals_the_local_one(memfs, tmp_path, glove):
+    """IVF partials merged on disk through local copies (memory:// stands in for S3)
+    give the same shard file as the merge on a local disk."""
+    fs, url = memfs
+    _, words, vectors = glove
+    for f, (a, b) in enumerate([(0, 10000), (10000, 20000)]):
+        local = _write_vectors(tmp_path / f"v{f}.parquet", vectors[a:b], words[a:b])
+        fs.pipe(f"{url}/v{f}.parquet", Path(local).read_bytes())
+    options = IndexOptions(shards=1, seed=3)
+    srcs = [str(tmp_path / "v0.parquet"), str(tmp_path / "v1.parquet")]
+    on_disk = build_index(srcs, str(tmp_path / "idx"), options=options, run=LOCAL)
+    remote = build_index([f"{url}/v0.parquet", f"{url}/v1.parquet"], f"{url}/idx", options=options, run=LOCAL)  # fmt: skip
+    assert (
+        on_disk.factory.startswith("IVF")
+        and sum(s["tasks"] for s in on_disk.per_node.values()) == 2
+    )
+    a = json.loads((tmp_path / "idx" / "versions" / on_disk.version / "manifest.json").read_text())
+    b = json.loads(fs.cat(f"{url}/idx/versions/{remote.version}/manifest.json"))
+    assert [s["sha256"] for s in a["shards"]] == [s["sha256"] for s in b["shards"]]
+    assert a["recall_at_10"] == b["recall_at_10"] and not fs.exists(
+        f"{url}/idx/versions/{remote.version}/_partials"
+    )
+
+
 def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
     from embedlib import EmbedOptions, embed_corpus
     from embedlib.index.reader import QueryError

@@ -484,7 +484,8 @@ def build_from_source(
             gt,
             options.target_recall,
         )
-        fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
+        if fs.exists(posixpath.join(staging, PARTIALS)):  # object stores: gone once empty
+            fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
         manifest.update(tuning)
         write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), manifest)
         times["tune"] = time.perf_counter() - clock
