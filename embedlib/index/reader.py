@@ -121,17 +121,18 @@ class DocsLookup:
 
     def string_ids(self, iids: np.ndarray) -> list[str]:
         """The string ids of int64 ids, from the ids held in memory (no row reads)."""
-        out: list[str | None] = [None] * len(iids)
+        out = np.full(len(iids), None, dtype=object)
+        missing = np.ones(len(iids), dtype=bool)
         for docs in self.docs:
             pos = docs.positions(iids)
-            found = np.flatnonzero(pos >= 0)
-            for n, doc_id in zip(found, docs.ids.take(pos[found]).to_pylist(), strict=True):
-                out[n] = doc_id
-        if any(doc_id is None for doc_id in out):
+            found = pos >= 0
+            out[found] = docs.ids.take(pos[found]).to_numpy(zero_copy_only=False)
+            missing &= ~found
+        if missing.any():
             raise SourceError(
                 "the docs tables do not hold an id the index returned; the index is damaged"
             )
-        return out  # type: ignore[return-value]
+        return list(out.tolist())
 
     def hits(self, pairs: Sequence[tuple[float, int]], include: Sequence[str]) -> list[Hit]:
         """Hits for (score, int64 id) pairs, with text / metadata / vector as asked."""
