@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+import sys
 from collections import deque
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import Any, Protocol
@@ -112,6 +113,29 @@ def ensure_ray(address: str | None, *, dashboard: bool = False, **init_options: 
     if "runtime_env" in init_options:
         init_options["runtime_env"] = _beside_job_env(init_options["runtime_env"])
     ray.init(address=address, **{"log_to_driver": True, **init_options})
+
+
+def stop_ray() -> None:
+    """Disconnect from Ray, stopping the local instance this process started, now rather
+    than in Ray's exit hook, which first sleeps 0.5 s for worker logs to print.
+
+    The local instance's autoscaler monitor (a child of this process) is killed first:
+    `ray.shutdown` stops the GCS before it, and the monitor's SIGTERM handler then waits
+    on the dead GCS until Ray kills it a second later (1.0 of shutdown's 1.3 s)."""
+    if "ray" not in sys.modules:
+        return
+    import psutil
+    import ray
+
+    if not ray.is_initialized():
+        return
+    for child in psutil.Process().children():
+        try:
+            if any(part.endswith("autoscaler/_private/monitor.py") for part in child.cmdline()):
+                child.kill()
+        except psutil.NoSuchProcess:
+            continue  # gone already
+    ray.shutdown()
 
 
 def _beside_job_env(runtime_env: dict[str, Any]) -> dict[str, Any]:

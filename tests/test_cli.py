@@ -95,3 +95,21 @@ def test_index_and_pipeline_options_map_to_the_library():
     opts = index_options(args)  # the embed options do not leak into the index's
     assert (opts.metric, opts.id_column, opts.shards) == (None, "id", 2)
     assert (args.metric, args.id_column) == ("dot", "doc")
+
+
+def test_a_command_stops_the_ray_instance_it_started_and_every_process_of_it():
+    """`stop_ray` (run when a command ends) kills the local instance's autoscaler monitor
+    first (it waits on the stopped GCS otherwise) and leaves no Ray process behind."""
+    code = (
+        "import psutil\n"
+        "from embedlib.runner import ensure_ray, stop_ray\n"
+        "ensure_ray('local', num_cpus=1)\n"
+        "kids = psutil.Process().children(recursive=True)\n"
+        "assert any('monitor.py' in ' '.join(k.cmdline()) for k in kids), 'no monitor'\n"
+        "stop_ray()\n"
+        "_, alive = psutil.wait_procs(kids, timeout=5)\n"
+        "print('alive', len(alive), 'of', len(kids))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "alive 0 of" in out.stdout, out.stdout
