@@ -504,12 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from embedlib.runner import ray_connected, stop_ray
+
+    connected_before = ray_connected()  # a caller's Ray (e.g. a test session) stays up
     try:
         return _run(argv)
     finally:
-        from embedlib.runner import stop_ray
-
-        stop_ray()
+        if not connected_before:
+            stop_ray()
 
 
 def _run(argv: Sequence[str] | None) -> int:

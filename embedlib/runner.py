@@ -115,20 +115,24 @@ def ensure_ray(address: str | None, *, dashboard: bool = False, **init_options: 
     ray.init(address=address, **{"log_to_driver": True, **init_options})
 
 
+def ray_connected() -> bool:
+    """Whether this process is connected to Ray (without importing Ray)."""
+    return "ray" in sys.modules and bool(sys.modules["ray"].is_initialized())
+
+
 def stop_ray() -> None:
     """Disconnect from Ray, stopping the local instance this process started, now rather
-    than in Ray's exit hook, which first sleeps 0.5 s for worker logs to print.
+    than in Ray's exit hook, which first sleeps 0.5 s for worker logs to print. For the
+    end of a command that connected to Ray itself: a caller's Ray is left alone.
 
     The local instance's autoscaler monitor (a child of this process) is killed first:
     `ray.shutdown` stops the GCS before it, and the monitor's SIGTERM handler then waits
     on the dead GCS until Ray kills it a second later (1.0 of shutdown's 1.3 s)."""
-    if "ray" not in sys.modules:
+    if not ray_connected():
         return
     import psutil
     import ray
 
-    if not ray.is_initialized():
-        return
     for child in psutil.Process().children():
         try:
             if any(part.endswith("autoscaler/_private/monitor.py") for part in child.cmdline()):

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 from embedlib import EmbeddingSet
 from tests import corpora
@@ -113,3 +114,17 @@ def test_a_command_stops_the_ray_instance_it_started_and_every_process_of_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "alive 0 of" in out.stdout, out.stdout
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_a_command_run_in_process_leaves_the_callers_ray_up(tmp_path):
+    """`main()` stops only a Ray the command connected to itself, not its caller's."""
+    import ray
+
+    from embedlib.cli import main
+
+    (tmp_path / "c.parquet").write_bytes(corpora.to_bytes(corpora.table(20), "parquet"))
+    args = ["embed", str(tmp_path / "c.parquet"), str(tmp_path / "out"), "--no-progress"]
+    assert main([*args, "--text-column", "body"]) == 0
+    assert ray.is_initialized() and ray.get(ray.put(7)) == 7
+    assert len(EmbeddingSet(str(tmp_path / "out"))) == 20
