@@ -87,10 +87,8 @@ class Client:
             "encoding_format": "base64",
             "k": k,
             "include": list(include),
+            **_given(filter=filter, nprobe=nprobe, ef_search=ef_search),
         }
-        for key, value in (("filter", filter), ("nprobe", nprobe), ("ef_search", ef_search)):
-            if value is not None:
-                body[key] = value
         return list(self._call("/v1/search/batch", body)["results"])
 
     def embed(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
@@ -133,7 +131,9 @@ def _search_body(
         body["positive"] = list(positive)
     if negative:
         body["negative"] = list(negative)
-    for key, value in (("filter", filter), ("nprobe", nprobe), ("ef_search", ef_search)):
-        if value is not None:
-            body[key] = value
-    return body
+    return {**body, **_given(filter=filter, nprobe=nprobe, ef_search=ef_search)}
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    """The optional search fields that were given (None: the server's default)."""
+    return {key: value for key, value in fields.items() if value is not None}

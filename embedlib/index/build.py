@@ -191,9 +191,10 @@ def _sample_rows(part: Part, positions: np.ndarray, dim: int) -> tuple[np.ndarra
     return data.vectors, part.offset + positions
 
 
-def _train(ctx: BuildContext, seed: int, picks: list[tuple[Part, np.ndarray, int]]) -> None:
+def _train(ctx: BuildContext, seed: int, picks: list[tuple[Part, np.ndarray, int]]) -> bool:
     """Task: read the sample (rows `picks` of each part, side by side in threads: never
-    through the object store), train the empty index once on it, write `trained.faiss`."""
+    through the object store), train the empty index once on it, write `trained.faiss`.
+    Returns whether its partial files can be merged list by list on disk."""
     use_task_cpus()
     index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
     if not index.is_trained:
@@ -212,6 +213,7 @@ def _train(ctx: BuildContext, seed: int, picks: list[tuple[Part, np.ndarray, int
             ivf.cp.seed = seed
         index.train(x)
     write_index(index, ctx.fs, posixpath.join(ctx.staging, "trained.faiss"))
+    return streamable(index)
 
 
 def _add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
@@ -426,7 +428,7 @@ def build_from_source(
         ctx = BuildContext(fs, staging, d, metric, plan, queries)
         times["sample"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        map_tasks(
+        [can_stream] = map_tasks(
             _train,
             [(ctx, options.seed, _row_picks(src, train_ids))],
             run,
@@ -435,9 +437,7 @@ def build_from_source(
         )
         times["train"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        trained = read_index_file(fs, posixpath.join(staging, "trained.faiss"))
-        ctx = dataclasses.replace(ctx, streamable=streamable(trained))
-        del trained
+        ctx = dataclasses.replace(ctx, streamable=can_stream)
         units = _units(src, options.shards)
         # IVF: add tasks of one part each and a merge on disk, so that no process holds a
         # whole shard; others (Flat) skip the merge when the shards keep every worker busy

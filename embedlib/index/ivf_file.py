@@ -43,7 +43,8 @@ def streamable(index: faiss.Index) -> bool:
 def merge_ivf_files(trained_path: str, part_paths: list[str], out_path: str) -> int:
     """Write the merge of partial IVF files (all filled from `trained_path`, ids kept) to
     `out_path`, in the order given; return the vector count."""
-    header_bytes = len(faiss.serialize_index(faiss.read_index(trained_path))) - _EMPTY_LISTS_BYTES
+    trained = faiss.read_index(trained_path)
+    header_bytes = len(faiss.serialize_index(trained)) - _EMPTY_LISTS_BYTES
     parts = [open(p, "rb", buffering=_READ_BUFFER) for p in part_paths]  # noqa: SIM115
     try:
         lists = [
@@ -54,7 +55,7 @@ def merge_ivf_files(trained_path: str, part_paths: list[str], out_path: str) -> 
             raise ValueError(f"partial indexes {part_paths} do not share one trained index")
         sizes = np.stack([p.sizes for p in lists]).sum(axis=0, dtype=np.uint64)
         with open(out_path, "wb", buffering=_READ_BUFFER) as out:
-            out.write(_header(trained_path, int(sizes.sum()), header_bytes))
+            out.write(_header(trained, int(sizes.sum()), header_bytes))
             out.write(_LISTS + struct.pack("<QQ", nlist, code_size))
             nonempty = np.flatnonzero(sizes)
             if len(nonempty) > nlist // 2:
@@ -72,10 +73,9 @@ def merge_ivf_files(trained_path: str, part_paths: list[str], out_path: str) -> 
             fh.close()
 
 
-def _header(trained_path: str, ntotal: int, header_bytes: int) -> bytes:
+def _header(index: faiss.Index, ntotal: int, header_bytes: int) -> bytes:
     """Everything before the inverted lists, as the merged index writes it: the trained
     index with its vector count (on every level of wrappers) set to `ntotal`."""
-    index = faiss.read_index(trained_path)
     level = index
     while True:
         level.ntotal = ntotal

@@ -307,13 +307,7 @@ class Gateway:
         if any(req.vector is None for req in reqs):  # text to encode: let it batch
             queries = list(await asyncio.gather(*(self._query_vector(r) for r in reqs)))
         else:  # vectors only: no task per query, one conversion for the batch
-            dims = {len(r.vector or ()) for r in reqs}
-            if dims != {self.dim}:
-                raise QueryError(
-                    f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
-                    f"index has {self.dim}"
-                )
-            matrix = np.asarray([r.vector for r in reqs], dtype=np.float32)
+            matrix = self._vector_rows([r.vector or [] for r in reqs])
             queries = [(row, set()) for row in matrix]
         return await self._search_queries(reqs, queries, start)
 
@@ -325,7 +319,6 @@ class Gateway:
     ) -> list[dict[str, Any]]:
         """Search each request's query vector, leaving out its excluded internal ids."""
         encoded = time.perf_counter()
-        defaults = self.manifest.get("search_params", {})
         for vector, _ in queries:
             if np.shape(vector) != (self.dim,):
                 raise QueryError(
@@ -341,12 +334,7 @@ class Gateway:
             not r.filter and not excluded and (r.k, r.nprobe, r.ef_search) == (first.k, first.nprobe, first.ef_search)
             for r, (_, excluded) in zip(reqs, queries, strict=True)
         ):  # fmt: skip
-            task = SearchTask(
-                vectors=prepared,
-                k=first.k,
-                nprobe=first.nprobe or defaults.get("nprobe"),
-                ef_search=first.ef_search or defaults.get("efSearch"),
-            )
+            task = SearchTask(vectors=prepared, k=first.k, **self._search_params(first))
             d, i = await self._search_task(task)
             searched = time.perf_counter()
             pairs = _hit_pairs(d, i)
@@ -355,9 +343,8 @@ class Gateway:
                 SearchTask(
                     vectors=prepared[n : n + 1],
                     k=req.k + len(excluded),
-                    nprobe=req.nprobe or defaults.get("nprobe"),
-                    ef_search=req.ef_search or defaults.get("efSearch"),
                     filter=req.filter,
+                    **self._search_params(req),
                 )
                 for n, (req, (_, excluded)) in enumerate(zip(reqs, queries, strict=True))
             ]
@@ -420,14 +407,11 @@ class Gateway:
         """One search for all the vectors of a batch that shares its parameters."""
         start = time.perf_counter()
         self._check_filter(body.filter)
-        matrix = self._batch_matrix(body)
-        defaults = self.manifest.get("search_params", {})
         task = SearchTask(
-            vectors=prepare_queries(matrix, dim=self.dim, metric=self.metric),
+            vectors=prepare_queries(self._batch_matrix(body), dim=self.dim, metric=self.metric),
             k=body.k,
-            nprobe=body.nprobe or defaults.get("nprobe"),
-            ef_search=body.ef_search or defaults.get("efSearch"),
             filter=body.filter,
+            **self._search_params(body),
         )
         decoded = time.perf_counter()
         pairs = _hit_pairs(*await self._search_task(task))
@@ -440,16 +424,28 @@ class Gateway:
         }
         return {"results": _split(rows, pairs), "metric": self.metric, "timing_ms": timing}
 
+    def _vector_rows(self, rows: list[list[float]]) -> np.ndarray:
+        """Query vectors given as rows of floats, checked for the index's dimension."""
+        dims = {len(v) for v in rows}
+        if dims != {self.dim}:
+            raise QueryError(
+                f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
+                f"index has {self.dim}"
+            )
+        return np.asarray(rows, dtype=np.float32)
+
+    def _search_params(self, req: SearchRequest | VectorBatchRequest) -> dict[str, Any]:
+        """A request's nprobe / efSearch, or the index's tuned defaults."""
+        defaults = self.manifest.get("search_params", {})
+        return {
+            "nprobe": req.nprobe or defaults.get("nprobe"),
+            "ef_search": req.ef_search or defaults.get("efSearch"),
+        }
+
     def _batch_matrix(self, body: VectorBatchRequest) -> np.ndarray:
         """The batch's query vectors as an (n, dim) float32 matrix."""
         if isinstance(body.vectors, list):
-            dims = {len(v) for v in body.vectors}
-            if dims != {self.dim}:
-                raise QueryError(
-                    f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
-                    f"index has {self.dim}"
-                )
-            return np.asarray(body.vectors, dtype=np.float32)
+            return self._vector_rows(body.vectors)
         try:
             raw = base64.b64decode(body.vectors, validate=True)
         except binascii.Error as e:
