@@ -27,10 +27,10 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy embedlib jobs
 
-test: lint typecheck
+test: lint typecheck  # the fast tier: everything but the tests marked slow
 	$(PY) -m pytest
 
-test-slow: setup
+test-slow: setup  # multi-node scenarios, benchmarks, fine-tuning, the lean install
 	$(PY) -m pytest -m slow
 
 bench: setup  # one Markdown table, side-by-side ratios; see docs/benchmarks.md

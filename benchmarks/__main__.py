@@ -104,7 +104,7 @@ def encode_rows(n: int, reps: int, work: Path) -> list[list[str]]:
     backends = ["torch", "openvino-fp32", "openvino"]
     # convert once before timing: the cached model is what later runs use
     _timed([PY, "-m", "embedlib.cli", "embed", str(corpus), str(work / "warm"), "--backend",
-            "openvino", "--local", "--no-progress", "--shard-rows", "100000"])  # fmt: skip
+            "openvino", "--local", "--no-progress", "--split-rows", "100000"])  # fmt: skip
     wall: dict[str, list[float]] = {b: [] for b in ["plain", *backends]}
     rate: dict[str, list[float]] = {b: [] for b in ["plain", *backends]}
     for rep in range(reps):
@@ -189,7 +189,7 @@ def index_rows(n_synth: int, n_glove: int, work: Path) -> list[list[str]]:
         report = build_index(str(path), str(work / f"idx-{len(x)}"),
                              options=IndexOptions(shards=2, metric="l2"), run=RunOptions(progress=False))  # fmt: skip
         ours = time.perf_counter() - start
-        nprobe = report.search_params.get("nprobe", 1)
+        nprobe = report.search_params.nprobe or 1
         start = time.perf_counter()  # the same factory, one process: read, train, add
         table = pq.read_table(path)
         xs = np.asarray(table.column("vector").combine_chunks().values, np.float32).reshape(x.shape)

@@ -67,9 +67,9 @@ def serve_rows(work: Path, n_vectors: int = 400_000, queries: int = 1000) -> lis
     from ray import serve
 
     from embedlib import EmbedOptions, RunOptions, embed_corpus
-    from embedlib.demo import stdlib_corpus
     from embedlib.index import IndexOptions, ShardedIndex, build_index
     from embedlib.serve.app import build_app, serve_index
+    from embedlib.stdlib_docs import stdlib_corpus
 
     if ray.is_initialized():  # serve_index must start Ray itself, with the HAProxy ingress
         ray.shutdown()
@@ -212,8 +212,8 @@ def _served_memory(index: ShardedIndex) -> list[str]:
         if "ServeReplica:embedlib:Gateway" in " ".join(p.info["cmdline"] or [])
     ]  # fmt: skip
     pss = sum(p.memory_full_info().pss for p in gateways) / 2**20
-    shards = sum(f.stat().st_size for f in Path(index.path).glob("shard-*.faiss")) / 2**20
-    budget = index.manifest.get("memory_budget")
+    shards = sum(f.stat().st_size for f in Path(index.version.path).glob("shard-*.faiss")) / 2**20
+    budget = index.manifest.memory_budget
     return [
         f"served GloVe index: {len(gateways)} gateway replica(s)", "", "",
         f"{pss:.0f} MB (PSS)", "", f"shard files {shards:.0f} MB; budget "

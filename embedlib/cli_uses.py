@@ -7,13 +7,33 @@ import argparse
 import os
 from typing import Any
 
+import pyarrow.csv as pcsv
+import pyarrow.parquet as pq
+
+from embedlib.cli_args import add_run_arguments, run_options
+from embedlib.client import Client
+from embedlib.clustering import cluster_vectors
+from embedlib.corpus.discover import FORMATS as CORPUS_FORMATS
+from embedlib.finetune import DEMO_PAIRS, finetune
+from embedlib.maps import PROJECTIONS, draw_map
+from embedlib.models import DEFAULT_MODEL
+from embedlib.recommend import Recommender, planted_interactions, train_recommender
+from embedlib.word2vec import train_word2vec
+from embedlib.word_vectors import (
+    FORMATS as VECTOR_FORMATS,
+)
+from embedlib.word_vectors import (
+    PACKAGED_GLOVE,
+    evaluate_analogies,
+    import_word_vectors,
+    read_analogies,
+)
+
 METRIC_CHOICES = ("cosine", "dot", "l2")
 
 
 def add_use_commands(sub: Any) -> None:
     """Register the sub-commands of this module on the `embedlib` parser."""
-    from embedlib.cli import add_run_arguments
-
     p = sub.add_parser(
         "import-vectors",
         help="word2vec / GloVe vectors (or the packaged glove-6b-50d) as an embedding set",
@@ -50,7 +70,7 @@ def add_use_commands(sub: Any) -> None:
     add_run_arguments(p)
     p.set_defaults(func=cmd_map)
     p = sub.add_parser("recommend", help="recommendations from interactions: train, query")
-    add_recommend_commands(p, add_run_arguments)
+    add_recommend_commands(p)
     p = sub.add_parser(
         "finetune", help="contrastive fine-tuning (in-batch negatives) on (anchor, positive) pairs"
     )
@@ -63,12 +83,10 @@ def add_use_commands(sub: Any) -> None:
 
 def add_import_vectors_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib import-vectors` and `jobs/import_vectors.py`."""
-    from embedlib.word_vectors import FORMATS, PACKAGED_GLOVE
-
     p.add_argument("source", help=f"a word2vec or GloVe file (any fsspec URL), or {PACKAGED_GLOVE}")
     p.add_argument("out", help="the embedding set to write (the word is the id)")
     p.add_argument(
-        "--format", choices=FORMATS, default="auto", help="file format (default: detect)"
+        "--format", choices=VECTOR_FORMATS, default="auto", help="file format (default: detect)"
     )
     p.add_argument("--limit", type=int, help="only the first N words (files list frequent first)")
     p.add_argument(
@@ -77,26 +95,22 @@ def add_import_vectors_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_import_vectors(args: argparse.Namespace) -> int:
-    from embedlib.word_vectors import import_word_vectors
-
     manifest = import_word_vectors(
         args.source, args.out, format=args.format, limit=args.limit, metric=args.metric
     )
     print(
-        f"embedding set: {args.out}\n  {manifest['counts']['documents']} words, dimension "
-        f"{manifest['dim']}, {manifest['source']['format']} vectors from {args.source}"
+        f"embedding set: {args.out}\n  {manifest.documents} words, dimension "
+        f"{manifest.dim}, {manifest.source['format']} vectors from {args.source}"
     )
     return 0
 
 
 def add_train_word2vec_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib train-word2vec` and `jobs/train_word2vec.py`."""
-    from embedlib.corpus.discover import FORMATS
-
     p.add_argument("source", help="corpus: a file, folder or glob on any fsspec URL")
     p.add_argument("out", help="the embedding set to write (the word is the id), with the model")
     p.add_argument("--text-column", default="text", help="column holding the text (default: text)")
-    p.add_argument("--format", choices=FORMATS, help="read every file as this format")
+    p.add_argument("--format", choices=CORPUS_FORMATS, help="read every file as this format")
     p.add_argument("--cbow", action="store_true", help="CBOW instead of skip-gram")
     p.add_argument("--dim", type=int, default=100, help="vector dimension (default 100)")
     p.add_argument("--window", type=int, default=5, help="context window (default 5)")
@@ -110,8 +124,6 @@ def add_train_word2vec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_word2vec(args: argparse.Namespace) -> int:
-    from embedlib.word2vec import train_word2vec
-
     report = train_word2vec(
         args.source, args.out, text_column=args.text_column, format=args.format,
         skip_gram=not args.cbow, dim=args.dim, window=args.window, min_count=args.min_count,
@@ -122,8 +134,6 @@ def cmd_train_word2vec(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_analogies(args: argparse.Namespace) -> int:
-    from embedlib.word_vectors import evaluate_analogies, read_analogies
-
     questions = read_analogies(args.file, lowercase=not args.case_sensitive)
     report = evaluate_analogies(
         questions,
@@ -156,9 +166,6 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
-    from embedlib.cli import run_options
-    from embedlib.clustering import cluster_vectors
-
     report = cluster_vectors(
         args.input, args.out, k=args.k, metric=args.metric, sample=args.sample,
         niter=args.niter, seed=args.seed, nearest=args.nearest, run=run_options(args),
@@ -169,8 +176,6 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def add_map_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib map` and `jobs/draw_map.py`."""
-    from embedlib.maps import PROJECTIONS
-
     p.add_argument("input", help="an embedding set, or Parquet with id and vector columns")
     p.add_argument("out", help="folder for map.png, map.html, points.parquet (and clustered/)")
     p.add_argument(
@@ -187,9 +192,6 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
-    from embedlib.cli import run_options
-    from embedlib.maps import draw_map
-
     report = draw_map(
         args.input, args.out, k=args.k, projection=args.projection,
         max_points=args.max_points, seed=args.seed, title=args.title, run=run_options(args),
@@ -201,7 +203,7 @@ def cmd_map(args: argparse.Namespace) -> int:
 # -- recommendations -----------------------------------------------------------------------
 
 
-def add_recommend_commands(p: argparse.ArgumentParser, add_run_arguments: Any) -> None:
+def add_recommend_commands(p: argparse.ArgumentParser) -> None:
     tasks = p.add_subparsers(dest="task", required=True)
     t = tasks.add_parser("train", help="learn user/item embeddings, report recall@k, index items")
     add_recommend_train_arguments(t)
@@ -246,9 +248,6 @@ def add_recommend_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_recommend_train(args: argparse.Namespace) -> int:
-    from embedlib.cli import run_options
-    from embedlib.recommend import train_recommender
-
     report = train_recommender(
         args.interactions, args.out, user_column=args.user_column,
         item_column=args.item_column, weight_column=args.weight_column, factors=args.factors,
@@ -262,13 +261,9 @@ def cmd_recommend_train(args: argparse.Namespace) -> int:
 
 def cmd_recommend_query(args: argparse.Namespace) -> int:
     if args.url:
-        from embedlib.client import Client
-
         key = args.api_key or os.environ.get("EMBEDLIB_API_KEY")
         answer = Client(args.url, api_key=key).recommend(args.user, k=args.k)
     else:
-        from embedlib.recommend import Recommender
-
         answer = Recommender(args.recommender).recommend(args.user, k=args.k)
     if answer.get("fallback"):
         print(f"({answer['reason']})")
@@ -278,11 +273,6 @@ def cmd_recommend_query(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend_example(args: argparse.Namespace) -> int:
-    import pyarrow.csv as pcsv
-    import pyarrow.parquet as pq
-
-    from embedlib.recommend import planted_interactions
-
     table, _, _ = planted_interactions(
         users=args.users, items=args.items, per_user=args.per_user, seed=args.seed
     )
@@ -301,9 +291,6 @@ def cmd_recommend_example(args: argparse.Namespace) -> int:
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib finetune` and `jobs/finetune.py`."""
-    from embedlib.finetune import DEMO_PAIRS
-    from embedlib.models import DEFAULT_MODEL
-
     p.add_argument(
         "pairs",
         help=f"Parquet, JSON Lines or CSV with anchor and positive columns, or {DEMO_PAIRS!r} "
@@ -322,8 +309,6 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from embedlib.finetune import finetune
-
     report = finetune(
         args.pairs, args.out, model=args.model, anchor_column=args.anchor_column,
         positive_column=args.positive_column, eval_pairs=args.eval_pairs, steps=args.steps,

@@ -11,15 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from embedlib.exceptions import EmbedlibError
-
-
-class ClientError(EmbedlibError):
-    """The server answered with an error status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
+from embedlib.exceptions import ClientError
 
 
 class Client:
@@ -59,11 +51,15 @@ class Client:
         include: Sequence[str] = ("text", "metadata"),
         nprobe: int | None = None,
         ef_search: int | None = None,
+        exclude: Sequence[str] = (),
     ) -> list[dict[str, Any]]:
-        """Top-k results, best first: dicts with id, score and the included fields."""
+        """Top-k results, best first: dicts with id, score and the included fields;
+        `exclude` leaves those ids out."""
         body = _search_body(
             query, vector, positive, negative, k, filter, include, nprobe, ef_search
         )
+        if exclude:
+            body["exclude"] = list(exclude)
         return list(self._call("/v1/search", body)["results"])
 
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:

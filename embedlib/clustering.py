@@ -23,14 +23,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from embedlib.distributed import map_tasks
 from embedlib.documents import ID, VECTOR
+from embedlib.embedding_set import EmbeddingSetManifest, PartEntry, part_file, refuse_existing_set
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.sources import Part, VectorSource, open_source, read_part
+from embedlib.index.sources import RowRange, VectorSource, open_source, read_range
+from embedlib.index.train import read_rows
 from embedlib.models import STATIC, ModelFingerprint
 from embedlib.options import RunOptions
-from embedlib.runner import map_tasks
-from embedlib.store import MANIFEST, file_sha256, manifest_header, write_json_atomic
+from embedlib.storage import file_sha256, write_json_atomic
 
 CLUSTER = "cluster"
 DISTANCE = "centroid_distance"
@@ -100,14 +102,13 @@ def cluster_vectors(
             f"k={k} clusters for {n} vectors: k must be between 1 and the number of vectors"
         )
     fs, path = url_to_fs(out, **run.storage_options)
-    if fs.exists(posixpath.join(path, MANIFEST)):
-        raise EmbedlibError(f"{out!r} already holds an embedding set; write to a new location")
+    refuse_existing_set(fs, path, out)
     centroids, trained_on = train_centroids(src, k, metric=metric, sample=sample, niter=niter,
                                             seed=seed, run=run)  # fmt: skip
     fs.makedirs(path, exist_ok=True)
     text_column = src.text_column or "text"  # Parquet brought by a user: a "text" column
     calls = [(part, src.dim, centroids, metric, out, i, nearest, text_column,
-              run.storage_options) for i, part in enumerate(src.parts)]  # fmt: skip
+              run.storage_options) for i, part in enumerate(src.ranges)]  # fmt: skip
     results: list[_Assigned] = map_tasks(_assign_part, calls, run, desc="assigning")
     sizes = np.sum([r.sizes for r in results], axis=0) if results else np.zeros(k, np.int64)
     summaries = [
@@ -131,27 +132,14 @@ def cluster_vectors(
          "clusters": [asdict(s) for s in summaries]},
     )  # fmt: skip
     fingerprint = src.fingerprint or _vectors_fingerprint(source, src, results)
-    manifest = {
-        **manifest_header(fingerprint),
-        "metric": metric,
-        "dtype": "float32",
-        "text_column": src.text_column,
-        "id_column": ID,
-        "source": {"url": source, "kind": "clustered", "k": k, "summary": SUMMARY},
-        "counts": {"documents": n},
-        "shards": [
-            {
-                "index": r.index,
-                "file": r.file,
-                "rows": r.rows,
-                "bytes": r.bytes,
-                "sha256": r.sha256,
-                "source": source,
-            }
-            for r in results
-        ],
-    }
-    write_json_atomic(fs, posixpath.join(path, MANIFEST), manifest)
+    EmbeddingSetManifest(
+        model=fingerprint,
+        metric=metric,  # type: ignore[arg-type]  # checked above
+        text_column=src.text_column,
+        source={"url": source, "kind": "clustered", "k": k, "summary": SUMMARY},
+        counts={"documents": n},
+        parts=tuple(PartEntry(r.index, r.file, r.rows, r.bytes, r.sha256, source) for r in results),
+    ).write(fs, path)
     return ClusterReport(out, k, n, metric, trained_on, time.perf_counter() - start, summaries)
 
 
@@ -167,8 +155,6 @@ def train_centroids(
 ) -> tuple[np.ndarray, int]:
     """K-means centroids (float32, unit length for cosine) trained with FAISS on a
     seeded uniform sample of at most `sample` vectors; and the sample's size."""
-    from embedlib.index.build import read_rows
-
     run = run or RunOptions()
     n = src.count
     size = min(n, max(sample, k))
@@ -214,7 +200,7 @@ def assign(
 
 
 def _assign_part(
-    part: Part,
+    part: RowRange,
     dim: int,
     centroids: np.ndarray,
     metric: str,
@@ -226,7 +212,7 @@ def _assign_part(
 ) -> _Assigned:
     """Task: label one part's vectors, write them with their cluster, and keep the
     part's `nearest` vectors closest to each centroid."""
-    data = read_part(part, dim=dim)
+    data = read_range(part, dim=dim)
     x = prepare_vectors(data.vectors, metric, data.ids)
     labels, distance = assign(x, centroids, metric)
     table = pa.table(
@@ -242,7 +228,7 @@ def _assign_part(
         DISTANCE, pa.array(distance)
     )
     fs, path = url_to_fs(out, **storage_options)
-    file = f"part-{number:05d}.parquet"
+    file = part_file(number)
     with fs.open(posixpath.join(path, file), "wb") as fh:
         pq.write_table(table, fh, row_group_size=50_000)
     has_text = text_column is not None and text_column in data.metadata.column_names

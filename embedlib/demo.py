@@ -1,34 +1,28 @@
 """The embedded default corpus and `embedlib demo`.
 
-The corpus is the documentation of the installed Python standard library (module, class
-and function docstrings, read from the sources with `ast`, so nothing is imported or
-run), the docstrings of its compiled modules, and the three documents of the classic
-example. It needs no download and is the same on every run of the same Python.
+The corpus is the documentation of the installed Python standard library
+(`stdlib_docs.stdlib_corpus`) and the three documents of the classic example.
 """
 
 from __future__ import annotations
 
-import ast
-import importlib
-import inspect
 import io
 import json
 import sys
-import sysconfig
-import warnings
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embedlib.client import Client
+from embedlib.embed_job import embed_corpus
+from embedlib.embedding_set import EmbeddingSet
+from embedlib.index.build import build_index
+from embedlib.index.layout import CURRENT
+from embedlib.index.reader import ShardedIndex
 from embedlib.options import EmbedOptions, RunOptions
+from embedlib.stdlib_docs import stdlib_corpus
 
-CLASSIC = {
-    "classic/cat-video": "cat video",
-    "classic/ml-tutorial": "machine learning tutorial",
-    "classic/cheap-shoes": "buy cheap shoes",
-}
 QUERIES = (
     "how to train a neural net",
     "compress a file",
@@ -36,116 +30,6 @@ QUERIES = (
     "parse command line arguments",
     "send an email",
 )
-_SKIP_PACKAGES = {
-    "test", "tests", "idlelib", "turtledemo", "tkinter", "lib2to3", "ensurepip", "site-packages",
-    "pydoc_data", "__pycache__", "distutils", "venv", "unittest", "msilib", "__phello__",
-}  # fmt: skip
-_MAX_CHARS = 600
-
-
-def _first_paragraph(doc: str) -> str:
-    para = inspect.cleandoc(doc).split("\n\n", 1)[0]
-    return " ".join(para.split())[:_MAX_CHARS]
-
-
-def _python_docs(
-    root: Path, shape: Callable[[str], str] = _first_paragraph
-) -> Iterator[tuple[str, str, str]]:
-    """(qualified name, kind, shape(docstring)) of the modules, classes and functions."""
-    for path in sorted(root.rglob("*.py")):
-        rel = path.relative_to(root)
-        if any(p in _SKIP_PACKAGES or p.startswith(("_", ".")) for p in rel.parts[:-1]):
-            continue
-        stem = rel.stem
-        if stem.startswith("_") and stem != "__init__":
-            continue
-        module = ".".join((*rel.parts[:-1], *(() if stem == "__init__" else (stem,))))
-        if not module:
-            continue
-        try:
-            tree = ast.parse(path.read_bytes())
-        except (SyntaxError, ValueError):
-            continue
-        doc = ast.get_docstring(tree)
-        if doc:
-            yield module, "module", shape(doc)
-        for node in tree.body:
-            if isinstance(
-                node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
-            ) and not node.name.startswith("_"):
-                doc = ast.get_docstring(node)
-                if doc:
-                    kind = "class" if isinstance(node, ast.ClassDef) else "function"
-                    yield f"{module}.{node.name}", kind, shape(doc)
-
-
-def _compiled_docs(root: Path) -> Iterator[tuple[str, str, str]]:
-    dynload = root / "lib-dynload"
-    names = set(sys.builtin_module_names)
-    if dynload.is_dir():
-        names |= {p.name.split(".", 1)[0] for p in dynload.iterdir() if p.suffix in (".so", ".pyd")}
-    for name in sorted(n for n in names if not n.startswith("_")):
-        try:
-            with warnings.catch_warnings():  # e.g. 'spwd' is deprecated: we only read docs
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if getattr(module, "__file__", "").endswith(".py"):
-            continue
-        if module.__doc__:
-            yield name, "module", _first_paragraph(module.__doc__)
-        for attr, obj in sorted(vars(module).items()):
-            if attr.startswith("_") or not (inspect.isbuiltin(obj) or inspect.isclass(obj)):
-                continue
-            if getattr(obj, "__module__", name) != name or not obj.__doc__:
-                continue
-            yield (
-                f"{name}.{attr}",
-                "class" if inspect.isclass(obj) else "function",
-                _first_paragraph(obj.__doc__),
-            )
-
-
-def stdlib_corpus() -> pa.Table:
-    """The demo corpus as a table: id, text, kind, module."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    rows: dict[str, tuple[str, str]] = {}
-    for qualname, kind, doc in (*_python_docs(root), *_compiled_docs(root)):
-        if doc and qualname not in rows:
-            rows[qualname] = (kind, f"{qualname}: {doc}")
-    for doc_id, text in CLASSIC.items():
-        rows[doc_id] = ("classic", text)
-    ids = sorted(rows)
-    return pa.table(
-        {
-            "id": ids,
-            "text": [rows[i][1] for i in ids],
-            "kind": [rows[i][0] for i in ids],
-            "module": [i.split("/", 1)[0].split(".", 1)[0] for i in ids],
-        }
-    )
-
-
-def docstring_pairs(min_words: int = 8) -> pa.Table:
-    """(id, anchor, positive) pairs from the standard library's docstrings, for
-    contrastive fine-tuning: the summary paragraph is the anchor, the rest of the
-    docstring (at least `min_words` words, at most 600 characters) its positive."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    rows: dict[str, tuple[str, str]] = {}
-    for qualname, _, doc in _python_docs(root, shape=inspect.cleandoc):
-        summary, _, rest = doc.partition("\n\n")
-        anchor, positive = " ".join(summary.split()), " ".join(rest.split())[:_MAX_CHARS]
-        if anchor and len(positive.split()) >= min_words and qualname not in rows:
-            rows[qualname] = (anchor, positive)
-    ids = sorted(rows)
-    return pa.table(
-        {
-            "id": ids,
-            "anchor": [rows[i][0] for i in ids],
-            "positive": [rows[i][1] for i in ids],
-        }
-    )
 
 
 def write_corpus(path: Path, table: pa.Table) -> None:
@@ -166,11 +50,6 @@ def run_demo(
 ) -> dict[str, list[tuple[str, float]]]:
     """Embed the standard-library corpus on Ray, build its index, print the nearest
     neighbours of a few queries from the index, and return them as {query: [(id, score)]}."""
-    from embedlib.embed_job import embed_corpus
-    from embedlib.index import ShardedIndex, build_index
-    from embedlib.index.layout import CURRENT
-    from embedlib.store import EmbeddingSet
-
     run = run or RunOptions()
     root = Path(out)
     corpus = root / "corpus" / "stdlib_docs.parquet"
@@ -180,10 +59,10 @@ def run_demo(
         f"demo corpus: {table.num_rows} documents from the Python {sys.version.split()[0]} standard library -> {corpus}"
     )
     embeddings = str(root / "embeddings")
-    print(embed_corpus(str(corpus), embeddings, options=EmbedOptions(shard_rows=500), run=run))
+    print(embed_corpus(str(corpus), embeddings, options=EmbedOptions(split_rows=500), run=run))
     eset = EmbeddingSet(embeddings)
     index_root = root / "index"
-    built_from = eset.manifest["created_at"]
+    built_from = eset.manifest.created_at
     stamp = index_root / "built-from.txt"
     if not (index_root / CURRENT).exists() or not stamp.exists() or stamp.read_text() != built_from:
         print(build_index(embeddings, str(index_root), run=run, echo=print))
@@ -200,8 +79,6 @@ def run_demo(
 
 def show_served(url: str) -> None:
     """Ask the served demo index a few questions over HTTP and print how to ask more."""
-    from embedlib.client import Client
-
     client = Client(url)
     print(f"\nthe demo index is served at {url}; asked over HTTP:")
     for query in QUERIES[:2]:

@@ -1,8 +1,8 @@
 """The embedding job: corpus -> embedding set, resumable, exactly once per row.
 
-Steps: find files and plan shards; compare with any earlier run at the same output;
-scan every shard (columns, counts, ids) so bad input fails before any encoding; embed
-the shards that are not committed yet; commit each one atomically; write the manifest.
+Steps: find files and plan splits; compare with any earlier run at the same output;
+scan every split (columns, counts, ids) so bad input fails before any encoding; embed
+the splits that are not committed yet; commit each one atomically; write the manifest.
 """
 
 from __future__ import annotations
@@ -19,25 +19,25 @@ from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
 from embedlib.corpus.discover import SourceFile, discover
-from embedlib.corpus.plan import Shard, plan_digest, plan_shards
+from embedlib.corpus.plan import Split, plan_digest, plan_splits
+from embedlib.distributed import check_reachable_by_workers, check_workers_reach
 from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
-from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
-from embedlib.models import ModelFingerprint
-from embedlib.options import EmbedOptions, RunOptions
-from embedlib.runner import Runner, check_reachable_by_workers, check_workers_reach, make_runner
-from embedlib.shard_work import ShardContext, ShardResult, ShardScan, iter_documents
-from embedlib.store import (
+from embedlib.embed_pool import Runner, make_runner
+from embedlib.embedding_set import (
     ATTEMPTS,
     COMMITS,
     FORMAT_NAME,
     JOB,
-    MANIFEST,
     QUARANTINE,
+    EmbeddingSetManifest,
+    PartEntry,
     join,
-    manifest_header,
-    read_json,
-    write_json_atomic,
 )
+from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
+from embedlib.models import ModelFingerprint
+from embedlib.options import EmbedOptions, RunOptions
+from embedlib.split_work import SplitContext, SplitResult, SplitScan, iter_documents
+from embedlib.storage import MANIFEST, read_json, write_json_atomic
 
 _DUPLICATES_SHOWN = 5
 
@@ -48,9 +48,9 @@ class EmbedReport:
 
     output: str
     documents: int
-    shards: int
-    shards_done_now: int
-    shards_already_committed: int
+    splits: int
+    splits_done_now: int
+    splits_already_committed: int
     documents_now: int
     seconds: float
     encode_seconds: float
@@ -70,8 +70,8 @@ class EmbedReport:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
         lines = [
             f"embedding set: {self.output}",
-            f"  documents:   {self.documents} in {self.shards} shards "
-            f"({self.shards_done_now} embedded now, {self.shards_already_committed} already committed)",
+            f"  documents:   {self.documents} in {self.splits} splits "
+            f"({self.splits_done_now} embedded now, {self.splits_already_committed} already committed)",
             f"  this run:    {self.documents_now} documents in {self.seconds:.1f}s; "
             f"embedding {self.encode_seconds:.1f}s ({self.documents_per_s:.1f} documents/s)",
             f"  rows read:   {self.rows_read}; skipped: {skipped}",
@@ -79,7 +79,7 @@ class EmbedReport:
         ]
         for node, stats in sorted(self.per_node.items()):
             lines.append(
-                f"  node {node[:12]}: {stats['shards']} shards, {stats['documents']} documents"
+                f"  node {node[:12]}: {stats['splits']} splits, {stats['documents']} documents"
             )
         if self.ignored_files:
             lines.append(f"  ignored (unknown format): {', '.join(self.ignored_files[:10])}")
@@ -94,15 +94,15 @@ def embed_corpus(
     run: RunOptions | None = None,
 ) -> EmbedReport:
     """Embed the corpus at `source` (file, folder or glob; any fsspec URL) into an
-    embedding set at `out`. Re-running the same call resumes: committed shards are kept."""
+    embedding set at `out`. Re-running the same call resumes: committed splits are kept."""
     options = options or EmbedOptions()
     run = run or RunOptions()
     start = time.perf_counter()
     fs_in, files, ignored = discover(
         source, format=options.format, storage_options=run.storage_options
     )
-    shards = plan_shards(fs_in, files, shard_rows=options.shard_rows)
-    digest = plan_digest(shards)
+    splits = plan_splits(fs_in, files, split_rows=options.split_rows)
+    digest = plan_digest(splits)
     fs_out, out_path = url_to_fs(out, **run.storage_options)
     if run.runner == "ray":
         check_reachable_by_workers(source, out)
@@ -112,19 +112,19 @@ def embed_corpus(
     try:
         if job is None:
             runner = make_runner(run)
-            job = _scan_and_validate(runner, fs_in, fs_out, out_path, shards, files, options, run)
+            job = _scan_and_validate(runner, fs_in, fs_out, out_path, splits, files, options, run)
             job.update(source=source, options=options.to_dict(), plan_digest=digest)
-            job["shards"] = [s.to_dict() for s in shards]
+            job["splits"] = [s.to_dict() for s in splits]
             fs_out.makedirs(out_path, exist_ok=True)
             write_json_atomic(fs_out, join(out_path, JOB), job)
         committed = _committed(fs_out, out_path)
-        todo = [s for s in shards if s.index not in committed]
+        todo = [s for s in splits if s.index not in committed]
         spec = DocumentSpec(
             text_column=options.text_column,
             id_column=job["id_column"],
             columns=options.columns,
         )
-        ctx = ShardContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
+        ctx = SplitContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
         drop_rows = {int(k): v for k, v in job.get("drop_rows", {}).items()}
         per_node: dict[str, Counter[str]] = defaultdict(Counter)
         encode_seconds = 0.0
@@ -132,13 +132,13 @@ def embed_corpus(
             runner = runner or make_runner(run)
             fingerprint = runner.start_encoders(options, len(todo))
             _check_fingerprint(fs_out, out_path, out, job, fingerprint)
-            total = sum(job["documents_per_shard"][s.index] for s in todo)
+            total = sum(job["documents_per_split"][s.index] for s in todo)
             encode_start = time.perf_counter()
             with tqdm(total=total, unit="doc", desc="embedding", disable=not run.progress) as bar:
                 for result in runner.embed(todo, ctx, drop_rows):
-                    record = _commit(fs_out, out_path, shards[result.index], result)
+                    record = _commit(fs_out, out_path, splits[result.index], result)
                     committed[result.index] = record
-                    per_node[result.node]["shards"] += 1
+                    per_node[result.node]["splits"] += 1
                     per_node[result.node]["documents"] += result.documents
                     bar.update(result.documents)
             encode_seconds = time.perf_counter() - encode_start
@@ -149,21 +149,21 @@ def embed_corpus(
             runner.close()
     manifest_path = join(out_path, MANIFEST)
     if not todo and fs_out.exists(manifest_path):
-        manifest = read_json(fs_out, manifest_path)  # a finished set: leave it as it is
+        # a finished set: leave it as it is
+        manifest = EmbeddingSetManifest.read(fs_out, out_path)
     else:
         manifest = _write_manifest(
-            fs_out, out_path, source, files, shards, committed, job, options, fingerprint
+            fs_out, out_path, source, files, splits, committed, job, options, fingerprint
         )
     if fs_out.exists(join(out_path, ATTEMPTS)):
         fs_out.rm(join(out_path, ATTEMPTS), recursive=True)
     now = [committed[s.index] for s in todo]
-    counts = manifest["counts"]
     return EmbedReport(
         output=out,
-        documents=counts["documents"],
-        shards=len(shards),
-        shards_done_now=len(todo),
-        shards_already_committed=len(shards) - len(todo),
+        documents=manifest.documents,
+        splits=len(splits),
+        splits_done_now=len(todo),
+        splits_already_committed=len(splits) - len(todo),
         documents_now=sum(r["documents"] for r in now),
         seconds=time.perf_counter() - start,
         encode_seconds=encode_seconds,
@@ -254,12 +254,12 @@ def _scan_and_validate(
     fs_in: fsspec.AbstractFileSystem,
     fs_out: fsspec.AbstractFileSystem,
     out_path: str,
-    shards: list[Shard],
+    splits: list[Split],
     files: list[SourceFile],
     options: EmbedOptions,
     run: RunOptions,
 ) -> dict[str, Any]:
-    """Read every shard once: check columns and ids before any encoding starts."""
+    """Read every split once: check columns and ids before any encoding starts."""
     explicit_id = options.id_column
     spec = DocumentSpec(
         text_column=options.text_column,
@@ -267,22 +267,22 @@ def _scan_and_validate(
         columns=options.columns,
         generate_missing_ids=explicit_id is None,
     )
-    ctx = ShardContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
-    scans: dict[int, ShardScan] = {}
-    with tqdm(total=len(shards), unit="shard", desc="scanning", disable=not run.progress) as bar:
-        for scan in runner.scan(shards, ctx):
+    ctx = SplitContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
+    scans: dict[int, SplitScan] = {}
+    with tqdm(total=len(splits), unit="split", desc="scanning", disable=not run.progress) as bar:
+        for scan in runner.scan(splits, ctx):
             scans[scan.index] = scan
             bar.update(1)
     columns_by_file: dict[str, dict[str, None]] = defaultdict(dict)
-    for s in shards:
+    for s in splits:
         columns_by_file[s.file.relpath].update(dict.fromkeys(scans[s.index].columns))
     id_column = _resolve_columns(columns_by_file, files, options)
-    drop = _find_duplicates(fs_in, shards, scans, spec, options, run)
+    drop = _find_duplicates(fs_in, splits, scans, spec, options, run)
     return {
         "format": FORMAT_NAME,
         "id_column": id_column,
-        "documents_per_shard": [scans[s.index].documents for s in shards],
-        "rows_per_shard": [scans[s.index].rows_read for s in shards],
+        "documents_per_split": [scans[s.index].documents for s in splits],
+        "rows_per_split": [scans[s.index].rows_read for s in splits],
         "drop_rows": {str(k): v for k, v in drop.items()},
         "fingerprint": None,
     }
@@ -341,21 +341,21 @@ def _resolve_columns(
 
 def _find_duplicates(
     fs_in: fsspec.AbstractFileSystem,
-    shards: list[Shard],
-    scans: Mapping[int, ShardScan],
+    splits: list[Split],
+    scans: Mapping[int, SplitScan],
     spec: DocumentSpec,
     options: EmbedOptions,
     run: RunOptions,
 ) -> dict[int, list[int]]:
     """Rows to drop as later duplicates (keep-first), or DuplicateIdError by default."""
-    hashes = [scans[s.index].id_hashes for s in shards]
+    hashes = [scans[s.index].id_hashes for s in splits]
     if not hashes:
         return {}
     all_hashes = np.concatenate(hashes)
-    shard_of = np.concatenate(
-        [np.full(len(h), s.index, np.int64) for s, h in zip(shards, hashes, strict=True)]
+    split_of = np.concatenate(
+        [np.full(len(h), s.index, np.int64) for s, h in zip(splits, hashes, strict=True)]
     )
-    row_of = np.concatenate([scans[s.index].id_rows for s in shards])
+    row_of = np.concatenate([scans[s.index].id_rows for s in splits])
     order = np.argsort(all_hashes, kind="stable")  # stable: first occurrence stays first
     sorted_hashes = all_hashes[order]
     later = np.zeros(len(order), dtype=bool)
@@ -366,7 +366,7 @@ def _find_duplicates(
     if options.on_duplicate == "error":
         dup_hashes = list(dict.fromkeys(int(h) for h in all_hashes[np.sort(dup_positions)]))
         names = _ids_for_hashes(
-            fs_in, shards, shard_of, all_hashes, dup_hashes[:_DUPLICATES_SHOWN], spec, run
+            fs_in, splits, split_of, all_hashes, dup_hashes[:_DUPLICATES_SHOWN], spec, run
         )
         if names:
             raise DuplicateIdError(
@@ -377,27 +377,27 @@ def _find_duplicates(
         return {}  # 64-bit hash collisions of distinct ids, not duplicates
     drop: dict[int, list[int]] = defaultdict(list)
     for pos in dup_positions:
-        drop[int(shard_of[pos])].append(int(row_of[pos]))
+        drop[int(split_of[pos])].append(int(row_of[pos]))
     return dict(drop)
 
 
 def _ids_for_hashes(
     fs_in: fsspec.AbstractFileSystem,
-    shards: list[Shard],
-    shard_of: np.ndarray,
+    splits: list[Split],
+    split_of: np.ndarray,
     all_hashes: np.ndarray,
     wanted: Iterable[int],
     spec: DocumentSpec,
     run: RunOptions,
 ) -> list[str]:
-    """The id strings behind some hashes, read back from the shards that hold them, and
+    """The id strings behind some hashes, read back from the splits that hold them, and
     confirmed to occur more than once."""
     wanted = set(wanted)
-    where = sorted({int(s) for s, h in zip(shard_of, all_hashes, strict=True) if int(h) in wanted})
+    where = sorted({int(s) for s, h in zip(split_of, all_hashes, strict=True) if int(h) in wanted})
     seen: Counter[str] = Counter()
     for index in where:
-        shard = shards[index]
-        for _, docs in iter_documents(fs_in, shard, spec, batch_rows=run.read_batch_rows):
+        split = splits[index]
+        for _, docs in iter_documents(fs_in, split, spec, batch_rows=run.read_batch_rows):
             for doc_id, h in zip(docs.ids, id_hashes(docs.ids), strict=True):
                 if int(h) in wanted:
                     seen[doc_id] += 1
@@ -418,24 +418,24 @@ def _committed(fs: fsspec.AbstractFileSystem, path: str) -> dict[int, dict[str, 
 
 
 def _commit(
-    fs: fsspec.AbstractFileSystem, path: str, shard: Shard, result: ShardResult
+    fs: fsspec.AbstractFileSystem, path: str, split: Split, result: SplitResult
 ) -> dict[str, Any]:
-    """Move the attempt into place, then write the commit record: the shard counts as
+    """Move the attempt into place, then write the commit record: the split counts as
     committed only once its record exists, so a crash in between just redoes it."""
     final = None
     if result.attempt is not None and result.file is not None:
-        final = f"{shard.name}.parquet"
+        final = f"{split.name}.parquet"
         fs.mv(result.attempt, join(path, final))
     if result.quarantine is not None:
         fs.makedirs(join(path, QUARANTINE), exist_ok=True)
-        fs.mv(result.quarantine, join(path, QUARANTINE, f"{shard.name}.jsonl"))
+        fs.mv(result.quarantine, join(path, QUARANTINE, f"{split.name}.jsonl"))
     record = {
-        "index": shard.index,
+        "index": split.index,
         "file": final,
         "rows": result.documents,
         "bytes": result.file.bytes if result.file else 0,
         "sha256": result.file.sha256 if result.file else None,
-        "source": shard.to_dict(),
+        "source": split.to_dict(),
         "rows_read": result.rows_read,
         "documents": result.documents,
         "skipped": dict(result.skipped),
@@ -445,7 +445,7 @@ def _commit(
         "node": result.node,
     }
     fs.makedirs(join(path, COMMITS), exist_ok=True)
-    write_json_atomic(fs, join(path, COMMITS, f"{shard.name}.json"), record)
+    write_json_atomic(fs, join(path, COMMITS, f"{split.name}.json"), record)
     return record
 
 
@@ -454,42 +454,39 @@ def _write_manifest(
     path: str,
     source: str,
     files: list[SourceFile],
-    shards: list[Shard],
+    splits: list[Split],
     committed: Mapping[int, Mapping[str, Any]],
     job: Mapping[str, Any],
     options: EmbedOptions,
     fingerprint: ModelFingerprint,
-) -> dict[str, Any]:
-    records = [committed[s.index] for s in shards]
+) -> EmbeddingSetManifest:
+    records = [committed[s.index] for s in splits]
     skipped: Counter[str] = Counter()
     for r in records:
         skipped.update(r["skipped"])
-    manifest = {
-        **manifest_header(fingerprint),
-        "metric": options.metric,
-        "dtype": options.dtype,
-        "text_column": options.text_column if _keeps_text(options) else None,
-        "id_column": job["id_column"],
-        "hash": {"column": "text_hash", "algorithm": "blake2b-128", "of": "the embedded text"},
-        "source": {
+    manifest = EmbeddingSetManifest(
+        model=fingerprint,
+        metric=options.metric,
+        dtype=options.dtype,
+        text_column=options.text_column if _keeps_text(options) else None,
+        id_column=job["id_column"],
+        hash={"column": "text_hash", "algorithm": "blake2b-128", "of": "the embedded text"},
+        source={
             "url": source,
             "plan_digest": job["plan_digest"],
             "files": [{"path": f.relpath, "format": f.format, "bytes": f.size} for f in files],
         },
-        "options": options.to_dict(),
-        "counts": {
+        options=options.to_dict(),
+        counts={
             "documents": sum(r["documents"] for r in records),
             "rows_read": sum(r["rows_read"] for r in records),
             "skipped": dict(skipped),
             "quarantined": sum(r["quarantined"] for r in records),
             "truncated": sum(r["truncated"] for r in records),
         },
-        "shards": [
-            {k: r[k] for k in ("index", "file", "rows", "bytes", "sha256", "source")}
-            for r in records
-        ],
-    }
-    write_json_atomic(fs, join(path, MANIFEST), manifest)
+        parts=tuple(PartEntry.from_dict(r) for r in records),
+    )
+    manifest.write(fs, path)
     return manifest
 
 

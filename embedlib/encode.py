@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 
 from embedlib.models import ModelFingerprint, fingerprint_of, load_model
-
-BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino-fp32", "openvino")
+from embedlib.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
+from embedlib.options import BACKENDS
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -27,8 +27,6 @@ def resolve_backend(backend: str, device: str) -> str:
 
 def backend_for(fingerprint: ModelFingerprint) -> str:
     """The backend that reproduces vectors of `fingerprint` (query encoders use it)."""
-    from embedlib.openvino_backend import INT8_PRECISION
-
     return "openvino" if fingerprint.precision == INT8_PRECISION else "auto"
 
 
@@ -69,8 +67,6 @@ class TextEncoder:
                 self.model, name=model, normalize=normalize
             )
             return
-        from embedlib.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
-
         int8 = self.backend == "openvino"
         converted = converted_model(model, "int8" if int8 else "fp32")
         self.ov = OpenVINOModel(converted, max_seq_length=max_seq_length, num_threads=num_threads)
@@ -128,3 +124,28 @@ class TextEncoder:
         out[order] = vectors
         truncated = int((lengths > self.max_seq_length).sum())
         return out, truncated
+
+
+def query_encoder(fingerprint: ModelFingerprint) -> TextEncoder:
+    """The model of an index or embedding set, for query text; refused when the model
+    found differs from the one the vectors were made with."""
+    encoder = TextEncoder(
+        fingerprint.name,
+        normalize=fingerprint.normalize,
+        max_seq_length=fingerprint.max_seq_length,
+        backend=backend_for(fingerprint),
+    )
+    fingerprint.require_compatible(
+        encoder.fingerprint, what="the index", other_what="the query encoder"
+    )
+    return encoder
+
+
+def encode_batches(encoder: TextEncoder, batches: list[list[str]]) -> list[np.ndarray]:
+    """One model call for the texts of several requests; each request gets its rows."""
+    vectors, _ = encoder.encode([t for batch in batches for t in batch])
+    out, start = [], 0
+    for batch in batches:
+        out.append(vectors[start : start + len(batch)])
+        start += len(batch)
+    return out

@@ -40,3 +40,55 @@ class IncompleteEmbeddingSetError(EmbedlibError):
 
 class ModelConversionError(EmbedlibError):
     """The model cannot be run by the OpenVINO backend (and the reason why)."""
+
+
+class MissingExtraError(EmbedlibError, ImportError):
+    """An optional part of embedlib is used without the packages it needs installed."""
+
+
+class VectorError(EmbedlibError, ValueError):
+    """Vectors that cannot be indexed: NaN/inf, zero for cosine, wrong dimension."""
+
+
+class IndexPlanError(EmbedlibError, ValueError):
+    """A factory FAISS rejects, or an index that cannot fit the memory budget."""
+
+
+class RecallError(EmbedlibError):
+    """The target recall could not be reached and --strict-recall was given."""
+
+
+class IndexLockedError(EmbedlibError):
+    """Another writer holds the index's lock."""
+
+
+class QueryError(EmbedlibError, ValueError):
+    """A query the index cannot answer (unknown id, wrong dimension, bad parameters)."""
+
+
+class NoTextModelError(QueryError):
+    """Text was given to an index built from vectors without a text model."""
+
+
+class FilterError(EmbedlibError, ValueError):
+    """A filter on a column that does not exist, or of a shape we do not understand."""
+
+
+class RecommendError(EmbedlibError, ValueError):
+    """A recommendation request that cannot be answered as asked."""
+
+
+class ClientError(EmbedlibError):
+    """The server answered with an error status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+class ApiError(Exception):
+    """An HTTP error answer of the gateway: status, a short code and a message."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message

@@ -9,6 +9,7 @@ index built with the base model refuses it until rebuilt.
 from __future__ import annotations
 
 import posixpath
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,9 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.extras import optional_import
+from embedlib.models import load_model
+from embedlib.stdlib_docs import docstring_pairs
 
 DEMO_PAIRS = "demo"  # pairs from the standard library's docstrings (summary -> the rest)
 
@@ -72,8 +76,6 @@ def read_pairs(
     """Anchors and positives from Parquet, JSON Lines or CSV, or `demo` for the
     standard library's docstring pairs. Rows with an empty side are dropped."""
     if source == DEMO_PAIRS:
-        from embedlib.demo import docstring_pairs
-
         table = docstring_pairs()
     else:
         fs, path = url_to_fs(source, **(storage_options or {}))
@@ -131,16 +133,16 @@ def finetune(
     """Fine-tune `model` on the pairs at `pairs` for `steps` optimizer steps (batches of
     `batch_size` pairs, the other positives of a batch are the negatives), evaluate on
     `eval_pairs` held-out pairs before and after, and save the model at `out`."""
+    what = "embedlib finetune"
+    datasets = optional_import("datasets", "train", what=what)
+    optional_import("accelerate", "train", what=what)  # the trainer's
     import torch
-    from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
     from sentence_transformers.sentence_transformer.training_args import BatchSamplers
-
-    from embedlib.models import load_model
 
     fs, path = url_to_fs(out)
     if fs.exists(posixpath.join(path, "modules.json")):
@@ -160,10 +162,10 @@ def finetune(
     torch.manual_seed(seed)
     st = load_model(model, max_seq_length=max_seq_length)
     before = retrieval_scores(st, eval_a, eval_p)
-    dataset = Dataset.from_dict(
+    dataset = datasets.Dataset.from_dict(
         {"anchor": [anchors[i] for i in train], "positive": [positives[i] for i in train]}
     )
-    with _temporary_dir() as tmp:
+    with tempfile.TemporaryDirectory(prefix="embedlib-finetune-") as tmp:
         args = SentenceTransformerTrainingArguments(
             output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch_size,
             learning_rate=learning_rate, warmup_steps=max(1, steps // 10), seed=seed,
@@ -180,9 +182,3 @@ def finetune(
     return FinetuneReport(
         out, model, len(train), len(held), steps, before, after, time.perf_counter() - start
     )
-
-
-def _temporary_dir() -> Any:
-    import tempfile
-
-    return tempfile.TemporaryDirectory(prefix="embedlib-finetune-")

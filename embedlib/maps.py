@@ -13,6 +13,7 @@ import io
 import posixpath
 import time
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import pyarrow as pa
@@ -22,8 +23,9 @@ from fsspec.core import url_to_fs
 from embedlib.clustering import CLUSTER, cluster_vectors
 from embedlib.documents import ID
 from embedlib.exceptions import EmbedlibError
+from embedlib.extras import optional_import
 from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.sources import VectorSource, open_source, read_part
+from embedlib.index.sources import VectorSource, open_source, read_range
 from embedlib.options import RunOptions
 
 PROJECTIONS = ("pca", "umap")
@@ -76,6 +78,14 @@ def draw_map(
         raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {projection!r}")
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2, got {max_points}")
+    what = "embedlib map"
+    figure = optional_import("matplotlib.figure", "maps", what=what)
+    plotly = optional_import("plotly.graph_objects", "maps", what=what)
+    umap = (
+        optional_import("umap", "maps", what=f"{what} --projection umap")
+        if projection == "umap"
+        else None
+    )
     run = run or RunOptions()
     start = time.perf_counter()
     fs, path = url_to_fs(out, **run.storage_options)
@@ -93,7 +103,7 @@ def draw_map(
         )
     metric = src.metric or "cosine"
     ids, vectors, clusters, texts = _sample(src, max_points, seed)
-    xy, explained = _project(prepare_vectors(vectors, metric, ids), projection, metric, seed)
+    xy, explained = _project(prepare_vectors(vectors, metric, ids), umap, metric, seed)
     heading = title or f"{posixpath.basename(source.rstrip('/'))}: {len(ids)} points"
     fs.makedirs(path, exist_ok=True)
     points = pa.table({ID: ids, "x": xy[:, 0], "y": xy[:, 1], CLUSTER: clusters})
@@ -102,9 +112,9 @@ def draw_map(
     with fs.open(posixpath.join(path, POINTS), "wb") as fh:
         pq.write_table(points, fh)
     with fs.open(posixpath.join(path, HTML), "w", encoding="utf-8") as fh:
-        fh.write(_html(points, heading, projection))
+        fh.write(_html(plotly, points, heading, projection))
     with fs.open(posixpath.join(path, PNG), "wb") as fh:
-        fh.write(_png(xy, clusters, heading, projection))
+        fh.write(_png(figure, xy, clusters, heading, projection))
     return MapReport(
         out, len(ids), src.count, len(np.unique(clusters)), projection, clustered_set,
         explained, time.perf_counter() - start,
@@ -112,9 +122,9 @@ def draw_map(
 
 
 def _has_cluster_column(src: VectorSource) -> bool:
-    if not src.parts or src.parts[0].kind != "parquet":
+    if not src.ranges or src.ranges[0].kind != "parquet":
         return False
-    part = src.parts[0]
+    part = src.ranges[0]
     with part.fs.open(part.path, "rb") as fh:
         return CLUSTER in pq.read_schema(fh).names
 
@@ -129,11 +139,11 @@ def _sample(
     blocks, clusters = [], []
     text_column = src.text_column or "text"  # Parquet brought by a user: a "text" column
     texts: list[str] | None = []
-    for part in src.parts:
+    for part in src.ranges:
         lo, hi = np.searchsorted(picks, [part.offset, part.offset + part.rows])
         if hi == lo:
             continue
-        data = read_part(part, dim=src.dim, rows=picks[lo:hi] - part.offset)
+        data = read_range(part, dim=src.dim, rows=picks[lo:hi] - part.offset)
         ids += data.ids
         blocks.append(data.vectors)
         clusters.append(np.asarray(data.metadata.column(CLUSTER).to_numpy(), np.int32))
@@ -145,17 +155,11 @@ def _sample(
 
 
 def _project(
-    x: np.ndarray, projection: str, metric: str, seed: int
+    x: np.ndarray, umap: ModuleType | None, metric: str, seed: int
 ) -> tuple[np.ndarray, float | None]:
-    """2-D coordinates; for PCA also the share of the variance they keep."""
-    if projection == "umap":
-        try:
-            import umap
-        except ImportError as e:
-            raise EmbedlibError(
-                "UMAP needs the umap-learn package: pip install 'embedlib[umap]' "
-                "(or draw with the default PCA projection)"
-            ) from e
+    """2-D coordinates, by UMAP when given, else by PCA with the share of the variance
+    they keep."""
+    if umap is not None:
         reducer = umap.UMAP(
             n_components=2,
             metric="cosine" if metric == "cosine" else "euclidean",
@@ -171,10 +175,11 @@ def _project(
     return (centered @ vt[:2].T).astype(np.float32), explained
 
 
-def _png(xy: np.ndarray, clusters: np.ndarray, title: str, projection: str) -> bytes:
-    from matplotlib.figure import Figure  # not pyplot: no global backend or figure state
-
-    fig = Figure(figsize=(10, 8), dpi=110)
+def _png(
+    figure: ModuleType, xy: np.ndarray, clusters: np.ndarray, title: str, projection: str
+) -> bytes:
+    # matplotlib's Figure, not pyplot: no global backend or figure state
+    fig = figure.Figure(figsize=(10, 8), dpi=110)
     ax = fig.subplots()
     size = 2 if len(xy) > 5000 else 8
     ax.scatter(xy[:, 0], xy[:, 1], c=clusters, cmap="tab20", s=size, alpha=0.7, linewidths=0)
@@ -189,10 +194,8 @@ def _png(xy: np.ndarray, clusters: np.ndarray, title: str, projection: str) -> b
     return buf.getvalue()
 
 
-def _html(points: pa.Table, title: str, projection: str) -> str:
+def _html(go: ModuleType, points: pa.Table, title: str, projection: str) -> str:
     """A self-contained page (plotly.js inlined: it opens offline), one trace per cluster."""
-    import plotly.graph_objects as go
-
     ids = points.column(ID).to_pylist()
     texts = points.column("text").to_pylist() if "text" in points.column_names else None
     clusters = points.column(CLUSTER).to_numpy()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -20,19 +19,16 @@ from typing import Any, Literal
 
 import numpy as np
 
+from embedlib.cache import cache_root
 from embedlib.exceptions import ModelConversionError
-from embedlib.models import ModelFingerprint, resolve_model_path
+from embedlib.models import ModelFingerprint, fingerprint_of, load_model, resolve_model_path
+from embedlib.stdlib_docs import stdlib_corpus
 
 Precision = Literal["fp32", "int8"]
 INT8_PRECISION = "int8-openvino"  # the fingerprint's precision for the quantized model
 POOLING_MODES = ("mean", "cls", "max")
 CALIBRATION_SENTENCES = 300
 _FORMAT = 2  # bump when the cached layout or the conversion recipe changes
-
-
-def cache_root() -> Path:
-    """Where converted models live: $EMBEDLIB_CACHE, else ~/.cache/embedlib."""
-    return Path(os.environ.get("EMBEDLIB_CACHE") or Path.home() / ".cache" / "embedlib")
 
 
 @dataclass(frozen=True)
@@ -104,8 +100,6 @@ def _convert(model: str, folder: Path, precision: Precision, dest: Path) -> None
     import openvino as ov
     import torch
 
-    from embedlib.models import fingerprint_of, load_model
-
     st = load_model(str(folder))
     kinds = [type(m).__name__ for m in st.children()]
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
@@ -154,9 +148,7 @@ def _convert(model: str, folder: Path, precision: Precision, dest: Path) -> None
 
 
 def _calibration_sentences() -> list[str]:
-    """Fixed, offline calibration text: first sentences of the demo corpus (stdlib docs)."""
-    from embedlib.demo import stdlib_corpus
-
+    """Fixed, offline calibration text: first sentences of the standard library's docs."""
     texts = [t for t in stdlib_corpus().column("text").to_pylist() if len(t.split()) >= 4]
     step = max(1, len(texts) // CALIBRATION_SENTENCES)
     return texts[::step][:CALIBRATION_SENTENCES]

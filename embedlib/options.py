@@ -13,6 +13,9 @@ Dtype = Literal["float32", "float16"]
 OnDuplicate = Literal["error", "keep-first"]
 RunnerKind = Literal["ray", "local"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
+# auto: OpenVINO fp32 on CPU, torch on a GPU; torch; openvino-fp32 (torch's vectors,
+# faster); openvino (int8 quantized, a fingerprint of its own)
+BACKENDS: tuple[str, ...] = ("auto", "torch", "openvino-fp32", "openvino")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +31,7 @@ class EmbedOptions:
     max_seq_length: int | None = None  # None: the model's own limit
     dtype: Dtype = "float32"
     metric: Metric = "cosine"
-    shard_rows: int = 1_000  # small enough that one machine's workers share a modest corpus
+    split_rows: int = 1_000  # small enough that one machine's workers share a modest corpus
     format: Format | None = None  # None: from each file's extension
     on_duplicate: OnDuplicate = "error"
     # auto: OpenVINO fp32 on CPU (torch's vectors, faster); torch; openvino-fp32; openvino
@@ -36,16 +39,14 @@ class EmbedOptions:
     backend: str = "auto"
 
     def __post_init__(self) -> None:
-        from embedlib.encode import BACKENDS
-
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {METRICS}, got {self.metric!r}")
-        if self.shard_rows < 1:
-            raise ValueError(f"shard_rows must be >= 1, got {self.shard_rows}")
+        if self.split_rows < 1:
+            raise ValueError(f"split_rows must be >= 1, got {self.split_rows}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
         if self.format is not None and self.format not in FORMATS:
@@ -72,7 +73,7 @@ class RunOptions:
     gpus_per_worker: float = 0.0
     batch_size: int = 64
     read_batch_rows: int = 2048  # rows read, length-sorted and encoded together
-    max_task_retries: int = 3  # re-runs of a shard whose worker or node died
+    max_task_retries: int = 3  # re-runs of a split whose worker or node died
     overwrite: bool = False
     progress: bool = True
     storage_options: dict[str, Any] = field(default_factory=dict)

@@ -32,18 +32,17 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.embedding_set import write_vector_set
+from embedlib.exceptions import EmbedlibError, RecommendError, SourceError
+from embedlib.extras import optional_import
+from embedlib.index.build import IndexOptions, build_index
+from embedlib.index.reader import ShardedIndex
 from embedlib.options import RunOptions
-from embedlib.store import read_json, write_json_atomic
-from embedlib.vector_sets import write_vector_set
+from embedlib.storage import read_json, write_json_atomic
 
 META, USERS, ITEMS, INDEX = "recommender.json", "users.parquet", "items", "index"
 WEIGHT_COLUMNS = ("rating", "count", "weight")  # looked for when no weight column is named
 POPULAR_KEPT = 1000
-
-
-class RecommendError(EmbedlibError, ValueError):
-    """A recommendation request that cannot be answered as asked."""
 
 
 @dataclass
@@ -158,6 +157,8 @@ def train_recommender(
     the held-out metrics and the item index to `out` (a new location)."""
     if not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    for module in ("implicit.cpu.als", "scipy.sparse", "threadpoolctl"):  # fail before any work
+        optional_import(module, "recommend", what="embedlib recommend train")
     run = run or RunOptions()
     fs, path = url_to_fs(out, **run.storage_options)
     if fs.exists(posixpath.join(path, META)):
@@ -203,8 +204,6 @@ def train_recommender(
         int((np.diff(test.indptr) > 0).sum()), 0.0,
     )  # fmt: skip
     if build_index_too:
-        from embedlib.index.build import IndexOptions, build_index
-
         build_index(posixpath.join(out.rstrip("/"), ITEMS), posixpath.join(out.rstrip("/"), INDEX),
                     options=IndexOptions(metric="dot", seed=seed), run=run)  # fmt: skip
     report.seconds = time.perf_counter() - start
@@ -222,9 +221,8 @@ def train_recommender(
 
 
 def _matrix(u: np.ndarray, i: np.ndarray, w: np.ndarray, n_users: int, n_items: int) -> Any:
-    from scipy.sparse import csr_matrix
-
-    m = csr_matrix((w.astype(np.float32), (u, i)), shape=(n_users, n_items))
+    sparse = optional_import("scipy.sparse", "recommend", what="embedlib recommend train")
+    m = sparse.csr_matrix((w.astype(np.float32), (u, i)), shape=(n_users, n_items))
     m.sum_duplicates()
     return m
 
@@ -232,8 +230,7 @@ def _matrix(u: np.ndarray, i: np.ndarray, w: np.ndarray, n_users: int, n_items: 
 def split_interactions(matrix: Any, test_fraction: float, seed: int) -> tuple[Any, Any]:
     """Hold out about `test_fraction` of each user's items (at least one, and never the
     user's last one): (train, test) matrices of the same shape."""
-    from scipy.sparse import csr_matrix
-
+    sparse = optional_import("scipy.sparse", "recommend", what="embedlib recommend train")
     rng = np.random.default_rng(seed)
     test_mask = np.zeros(matrix.nnz, dtype=bool)
     for r in range(matrix.shape[0]):
@@ -246,7 +243,7 @@ def split_interactions(matrix: Any, test_fraction: float, seed: int) -> tuple[An
     rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
 
     def part(mask: np.ndarray) -> Any:
-        return csr_matrix(
+        return sparse.csr_matrix(
             (matrix.data[mask], (rows[mask], matrix.indices[mask])), shape=matrix.shape
         )
 
@@ -258,11 +255,11 @@ def fit_factors(
 ) -> tuple[np.ndarray, np.ndarray]:
     """User and item factors (float32) by implicit's ALS, one BLAS thread (implicit's
     advice: it parallelizes itself)."""
-    from implicit.cpu.als import AlternatingLeastSquares
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
+    what = "embedlib recommend train"
+    als = optional_import("implicit.cpu.als", "recommend", what=what)
+    threadpoolctl = optional_import("threadpoolctl", "recommend", what=what)
+    with threadpoolctl.threadpool_limits(1, "blas"):
+        model = als.AlternatingLeastSquares(
             factors=factors, regularization=regularization, alpha=alpha, iterations=iterations,
             random_state=seed,
         )  # fmt: skip
@@ -333,13 +330,9 @@ class Recommender:
         found = self.user(user)
         if found is None:
             return self.popular_answer(user, k)
-        if index is None:
-            from embedlib.index.reader import ShardedIndex
-
-            index = ShardedIndex(self.index_path)
+        index = index or ShardedIndex(self.index_path)
         vector, seen = found
-        excluded = {index.lookup.iid_of(i) for i in seen}
-        hits = index.search(vector[None, :], k, include=(), exclude=[excluded])[0]
+        hits = index.search(vector[None, :], k, include=(), exclude=seen)[0]
         return {"user": user, "results": [{"id": h.id, "score": h.score} for h in hits],
                 "fallback": None}  # fmt: skip
 

@@ -15,9 +15,10 @@ from fsspec.core import url_to_fs
 
 from embedlib.corpus import read_corpus
 from embedlib.corpus.discover import Format
+from embedlib.embedding_set import write_vector_set
 from embedlib.exceptions import SourceError
-from embedlib.store import MANIFEST, is_local
-from embedlib.vector_sets import write_vector_set
+from embedlib.extras import optional_import
+from embedlib.storage import MANIFEST, is_local
 
 MODEL_FILE = "word2vec.model"  # gensim's full model: load it to train further
 
@@ -42,9 +43,8 @@ class Word2VecReport:
 
 def tokenize(text: str) -> list[str]:
     """Lower-cased word tokens without punctuation (gensim's simple_preprocess, any length)."""
-    from gensim.utils import simple_preprocess
-
-    return simple_preprocess(text, min_len=1, max_len=40)
+    utils = optional_import("gensim.utils", "words", what="tokenizing for word2vec")
+    return list(utils.simple_preprocess(text, min_len=1, max_len=40))
 
 
 def train_word2vec(
@@ -68,8 +68,7 @@ def train_word2vec(
 
     The texts are tokenized once into a local file that gensim reads in parallel
     (`corpus_file` mode). With `workers=1` the result is the same for the same seed."""
-    from gensim.models import Word2Vec
-
+    models = optional_import("gensim.models", "words", what="embedlib train-word2vec")
     fs_out, out_path = url_to_fs(out, **(storage_options or {}))
     if fs_out.exists(posixpath.join(out_path, MANIFEST)):
         raise SourceError(f"{out!r} already holds an embedding set; train into a new location")
@@ -81,7 +80,7 @@ def train_word2vec(
         )
         if tokens == 0:
             raise SourceError(f"{source!r} holds no words in column {text_column!r}")
-        model = Word2Vec(
+        model = models.Word2Vec(
             sg=int(skip_gram),
             vector_size=dim,
             window=window,

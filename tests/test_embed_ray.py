@@ -10,7 +10,7 @@ from embedlib import EmbeddingSet, EmbedOptions, RunOptions, SourceError, embed_
 from tests import corpora
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-OPTIONS = EmbedOptions(text_column="body", shard_rows=40)
+OPTIONS = EmbedOptions(text_column="body", split_rows=40)
 
 
 def _corpus(root) -> str:
@@ -47,8 +47,8 @@ def test_ray_job_equals_local_run(tmp_path):
         options=OPTIONS,
         run=RunOptions(runner="local", progress=False),
     )
-    assert ray_report.shards == 8 and ray_report.documents == 330
-    assert sum(n["shards"] for n in ray_report.per_node.values()) == 8
+    assert ray_report.splits == 8 and ray_report.documents == 330
+    assert sum(n["splits"] for n in ray_report.per_node.values()) == 8
     a, b = _rows(str(tmp_path / "ray")), _rows(str(tmp_path / "local"))
     assert a.keys() == b.keys() and len(a) == 330
     for doc_id, (h, v) in a.items():
@@ -56,8 +56,8 @@ def test_ray_job_equals_local_run(tmp_path):
         assert float(v @ b[doc_id][1]) >= 0.9999
     ma = EmbeddingSet(str(tmp_path / "ray")).manifest
     mb = EmbeddingSet(str(tmp_path / "local")).manifest
-    assert [s["sha256"] for s in ma["shards"]] != [] and ma["model"] == mb["model"]
-    assert [s["rows"] for s in ma["shards"]] == [s["rows"] for s in mb["shards"]]
+    assert [p.sha256 for p in ma.parts] != [] and ma.model == mb.model
+    assert [p.rows for p in ma.parts] == [p.rows for p in mb.parts]
 
 
 def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
@@ -80,7 +80,7 @@ def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
     assert len(committed) == 3 and not (tmp_path / "out" / "manifest.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in committed}
     report = embed_corpus(src, out, options=OPTIONS, run=RunOptions(workers=2, progress=False))
-    assert report.shards_already_committed == 3 and report.shards_done_now == 5
+    assert report.splits_already_committed == 3 and report.splits_done_now == 5
     assert {p.name: p.stat().st_mtime_ns for p in committed} == mtimes  # committed shards untouched
     rows = _rows(out)
     assert len(rows) == 330 == report.documents  # every row exactly once
@@ -109,7 +109,7 @@ def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monk
 
     monkeypatch.setattr(embed_job, "_scan_and_validate", scan_then_break_b)
     out = str(tmp_path / "out")
-    options = EmbedOptions(text_column="body", shard_rows=40)  # ids: path:row
+    options = EmbedOptions(text_column="body", split_rows=40)  # ids: path:row
     with pytest.raises(SourceError, match=r"b\.jsonl\.gz"):
         embed_corpus(str(src), out, options=options, run=RunOptions(workers=1, progress=False))
     monkeypatch.setattr(embed_job, "_scan_and_validate", real_scan)
@@ -120,7 +120,7 @@ def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monk
     b.write_bytes(good)
     os.utime(b, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # the same file as planned
     report = embed_corpus(str(src), out, options=options, run=RunOptions(workers=1, progress=False))
-    assert report.shards_already_committed == 3 and report.documents == 160
+    assert report.splits_already_committed == 3 and report.documents == 160
     assert {p: (tmp_path / "out" / p).stat().st_mtime_ns for p in committed} == committed
     rows = _rows(out)
     assert len(rows) == 160 and {i.split(":")[0] for i in rows} == {"a.jsonl", "b.jsonl.gz"}
@@ -131,7 +131,7 @@ def test_a_dead_recorded_cluster_is_detected(tmp_path, ray_cluster):
     instead of waiting for it forever."""
     import socket
 
-    from embedlib.runner import dead_recorded_cluster, raylet_running
+    from embedlib.distributed import dead_recorded_cluster, raylet_running
 
     assert raylet_running()  # the session's Ray instance: the address decides
 
@@ -150,7 +150,7 @@ def test_a_submitted_jobs_own_env_vars_win(monkeypatch):
     job's runtime env sets too: those are left out, the others kept."""
     import json
 
-    from embedlib.runner import _beside_job_env
+    from embedlib.distributed import _beside_job_env
 
     ours = {"env_vars": {"HF_HUB_OFFLINE": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
     assert _beside_job_env(ours) == ours  # not a submitted job

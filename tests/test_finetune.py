@@ -25,6 +25,7 @@ def tuned(tmp_path_factory):
     return out, report
 
 
+@pytest.mark.slow  # training
 def test_held_out_retrieval_improves(tuned):
     _, report = tuned
     assert report.eval_pairs == 200 and report.train_pairs > 500 and report.steps == 20
@@ -32,6 +33,7 @@ def test_held_out_retrieval_improves(tuned):
     assert report.after.recall_at_10 >= report.before.recall_at_10
 
 
+@pytest.mark.slow  # training
 def test_the_embed_job_takes_the_model_and_the_guard_refuses_mixing(tuned, tmp_path):
     model, _ = tuned
     (tmp_path / "c.jsonl").write_text(

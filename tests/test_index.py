@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import ModelMismatchError, RunOptions
+from embedlib.exceptions import IndexPlanError, VectorError
 from embedlib.index import IndexOptions, ShardedIndex, build_index, plan_index
-from embedlib.index.plan import IndexPlanError, parse_bytes
-from embedlib.index.sources import VectorError
+from embedlib.index.plan import parse_bytes
+from embedlib.index.version import SearchParams
 
 LOCAL = RunOptions(runner="local", progress=False)
 RAY = RunOptions(progress=False)
@@ -88,15 +89,15 @@ def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n, s
     report = build_index(srcs, str(tmp_path / "idx"), options=IndexOptions(shards=shards), run=RAY)
     assert sum(s["tasks"] for s in report.per_node.values()) == max(shards, files)
     index = ShardedIndex(str(tmp_path / "idx"))
-    assert index.ntotal == n and len(index.shards) == shards
-    counts = [s["count"] for s in index.manifest["shards"]]
+    assert index.ntotal == n and len(index.manifest.shards) == shards
+    counts = [s.count for s in index.manifest.shards]
     assert sum(counts) == n and max(counts) - min(counts) <= 1  # balanced
     # the single-process twin: the same trained index, all vectors added in one go
     single = faiss.read_index(str(tmp_path / "idx" / "versions" / report.version / "trained.faiss"))
     single.add_with_ids(_normalized(x), np.arange(n, dtype=np.int64))
     queries = _normalized(vectors[n : n + 200])
     params = index.default_params
-    kw = {"nprobe": params["nprobe"]} if "nprobe" in params else {}
+    kw = {"nprobe": params.nprobe} if params.nprobe is not None else {}
     want_d, want_i = single.search(
         queries, 10, params=faiss.SearchParametersIVF(**kw) if kw else None
     )
@@ -211,7 +212,7 @@ def test_hnsw_shards_are_built_directly(tmp_path, glove):
         src, str(tmp_path / "idx"), options=IndexOptions(factory="HNSW16", shards=2), run=LOCAL
     )
     index = ShardedIndex(str(tmp_path / "idx"))
-    assert report.factory == "IDMap2,HNSW16" and "efSearch" in report.search_params
+    assert report.factory == "IDMap2,HNSW16" and report.search_params.ef_search is not None
     assert index.ntotal == 8000 and report.recall_at_10 >= 0.95
     hit = index.search(vectors[words.index("paris")][None, :], 3)[0]
     assert hit[0].id == "paris"
@@ -291,7 +292,7 @@ def test_a_killed_add_task_is_retried_and_the_index_is_unchanged(tmp_path, glove
             out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
             for line in out.splitlines():
                 pid, _, args = line.strip().partition(" ")
-                if args.startswith("ray::_add_units"):
+                if args.startswith("ray::add_units"):
                     os.kill(int(pid), signal.SIGKILL)
                     killed.append(int(pid))
                     return
@@ -315,9 +316,9 @@ def test_missed_recall_warns_or_fails_with_strict_recall(tmp_path, glove):
     lossy = IndexOptions(factory="IVF64,PQ5", target_recall=0.999)
     report = build_index(src, str(tmp_path / "idx"), options=lossy, run=LOCAL)
     assert not report.recall_met and "WARNING: recall@10" in str(report)
-    assert report.search_params == {"nprobe": 64}  # it tried up to every list
+    assert report.search_params == SearchParams(nprobe=64)  # it tried up to every list
     strict = IndexOptions(factory="IVF64,PQ5", target_recall=0.999, strict_recall=True)
-    from embedlib.index.build import RecallError
+    from embedlib.exceptions import RecallError
 
     with pytest.raises(RecallError, match=r"below the target 0\.999"):
         build_index(src, str(tmp_path / "idx"), options=strict, run=LOCAL)
@@ -350,7 +351,7 @@ def test_merge_on_an_object_store_equals_the_local_one(memfs, tmp_path, glove):
 
 def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
     from embedlib import EmbedOptions, embed_corpus
-    from embedlib.index.reader import QueryError
+    from embedlib.exceptions import QueryError
 
     fs, url = memfs
     fs.pipe(
@@ -360,7 +361,7 @@ def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
     embed_corpus(f"{url}/c.jsonl", f"{url}/emb", options=EmbedOptions(), run=LOCAL)
     build_index(f"{url}/emb", f"{url}/idx", run=LOCAL)
     index = ShardedIndex(f"{url}/idx", cache_dir=str(tmp_path / "cache"))
-    assert index.manifest["text_model"] is True
+    assert index.manifest.text_model is True
     hits = index.search_text(["how to train a neural net"], 1)[0]
     assert hits[0].text == "machine learning tutorial" and hits[0].id == "c.jsonl:1"
     np.save(tmp_path / "v.npy", np.eye(4, dtype=np.float32))

@@ -53,6 +53,7 @@ def _stop(proc: subprocess.Popen) -> None:
         time.sleep(3)
 
 
+@pytest.mark.slow  # multi-node
 def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeypatch):
     import fsspec
 

@@ -12,10 +12,9 @@ import pytest
 
 from embedlib import RunOptions
 from embedlib.cli import main
-from embedlib.exceptions import SourceError
+from embedlib.exceptions import RecommendError, SourceError
 from embedlib.recommend import (
     Recommender,
-    RecommendError,
     planted_interactions,
     read_interactions,
     recall_at_k,

@@ -8,7 +8,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,6 +122,89 @@ def test_classic_example_and_equality_with_the_library(served):
         "/v1/search/batch", {"queries": [{"query": "cats"}, {"query": "shoes", "k": 1}]}
     )
     assert status == 200 and len(body["results"]) == 2 and body["results"][1][0]["id"] == "2"
+
+
+def _same(http_rows: list[dict], hits: list, docs: bool = False) -> bool:
+    """An HTTP answer and the library's hits: same ids, scores within 1e-5 (and the same
+    text and metadata when asked)."""
+    if [r["id"] for r in http_rows] != [h.id for h in hits]:
+        return False
+    if not np.allclose([r["score"] for r in http_rows], [h.score for h in hits], atol=1e-5):
+        return False
+    return not docs or all(
+        (r.get("text"), r.get("metadata") or {}) == (h.text, h.metadata)
+        for r, h in zip(http_rows, hits, strict=True)
+    )
+
+
+def _library_answers(index: ShardedIndex, bodies: list[dict]) -> list[list]:
+    """The library's answer to each /v1/search body, through its own facade methods."""
+    answers = []
+    for b in bodies:
+        kw = {k: b[k] for k in ("filter", "include", "exclude") if k in b}
+        if "query" in b:
+            answers.append(index.search_text([b["query"]], b["k"], **kw)[0])
+        elif "vector" in b:
+            answers.append(index.search(np.array([b["vector"]]), b["k"], **kw)[0])
+        else:
+            answers.append(index.most_similar(b["positive"], b.get("negative", []), b["k"], **kw))
+    return answers
+
+
+QUERY_PATH_CASES = [
+    {"query": "learning about neural networks", "k": 4, "filter": {"lang": "en"}},
+    {"query": "learning about neural networks", "k": 4, "filter": {"year": {"in": [2020, 2022]}}},
+    {"query": "pets", "k": 3, "include": ["text"], "exclude": ["6"]},
+    {"query": "bread", "k": 7, "include": []},
+    {"positive": ["1", "4"], "negative": ["2"], "k": 3},
+    {"positive": ["0"], "k": 2, "filter": {"lang": "de"}},
+]
+
+
+def test_every_query_kind_answers_alike_through_the_library_and_http(served):
+    """The one query path: text, vectors, arithmetic by id, filters, include, exclude,
+    and both batch forms give the library's ids and scores (1e-5) over HTTP."""
+    index = ShardedIndex(str(served))
+    kittens = index.encode_text(["kittens"])[0].tolist()
+    bodies = [*QUERY_PATH_CASES, {"vector": kittens, "k": 5, "filter": {"lang": "de"}}]
+    for body, hits in zip(bodies, _library_answers(index, bodies), strict=True):
+        status, answer = _request("/v1/search", body)
+        assert status == 200, (body, answer)
+        assert _same(answer["results"], hits, docs=True), (body, answer["results"], hits)
+    status, answer = _request("/v1/search/batch", {"queries": bodies})
+    assert status == 200 and len(answer["results"]) == len(bodies)
+    for rows, hits in zip(answer["results"], _library_answers(index, bodies), strict=True):
+        assert _same(rows, hits, docs=True)
+    vectors = index.encode_text(["kittens", "learning", "shoes"])
+    status, answer = _request(
+        "/v1/search/batch", {"vectors": vectors.tolist(), "k": 3, "filter": {"year": 2020}}
+    )
+    local = index.search(vectors, 3, filter={"year": 2020}, include=())
+    assert status == 200 and all(
+        _same(rows, hits) for rows, hits in zip(answer["results"], local, strict=True)
+    )
+
+
+def test_the_openapi_document_declares_every_body(served):
+    """/openapi.json declares each POST route's JSON body and answers, and /docs serves
+    the page that uses it."""
+    status, spec = _request("/openapi.json", key=None)
+    assert status == 200
+    posts = {p: ops["post"] for p, ops in spec["paths"].items() if "post" in ops}
+    assert {"/v1/search", "/v1/search/batch", "/v1/embeddings", "/v1/upsert"} <= set(posts)
+    for path, op in posts.items():
+        body = op.get("requestBody", {}).get("content", {}).get("application/json", {})
+        assert "schema" in body, f"{path} declares no JSON body"
+        assert "200" in op["responses"] or "202" in op["responses"], path
+        assert "422" in op["responses"], path
+    search = spec["components"]["schemas"]["SearchRequest"]["properties"]
+    assert {"query", "vector", "positive", "negative", "k", "filter", "include", "exclude"} <= set(
+        search
+    )
+    assert "HTTPBearer" in spec["components"]["securitySchemes"]
+    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/docs")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        assert r.status == 200 and b"openapi.json" in r.read()
 
 
 def test_filtered_search_equals_exact_search_over_the_matching_rows(served):
@@ -290,24 +372,47 @@ def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
         assert failures == []
         answer = _request("/grouped/v1/search", {"query": "cheap shoes", "k": 1})[1]
         assert answer["results"][0]["id"] == "2"
+        _assert_answers_like_the_library(served, "/grouped")
     finally:
         serve.delete("grouped")
 
 
+def _assert_answers_like_the_library(served, prefix: str) -> None:
+    index = ShardedIndex(str(served))
+    for body, hits in zip(QUERY_PATH_CASES, _library_answers(index, QUERY_PATH_CASES), strict=True):
+        status, answer = _request(f"{prefix}/v1/search", body)
+        assert status == 200 and _same(answer["results"], hits, docs=True), (prefix, body, answer)
+
+
+def test_the_per_shard_placement_answers_like_the_library(served):
+    """Shard searcher replicas (one per shard) and an encoder replica behind the
+    gateway: the same query path, the same answers."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    serve.run(
+        build_app(str(served), api_key=KEY, placement="per-shard", searcher_cpus=0.1,
+                  encoder_cpus=0.1),
+        name="pershard", route_prefix="/pershard",
+    )  # fmt: skip
+    try:
+        _assert_answers_like_the_library(served, "/pershard")
+        status, body = _request("/pershard/v1/embeddings", {"input": "cat video"})
+        assert status == 200 and len(body["data"][0]["embedding"]) == 384
+    finally:
+        serve.delete("pershard")
+
+
 def test_an_index_without_a_text_model_refuses_text_queries(tmp_path):
-    from embedlib.serve.gateway import Gateway
+    from embedlib import NoTextModelError
 
     np.save(tmp_path / "v.npy", np.eye(4, dtype=np.float32))
     build_index(str(tmp_path / "v.npy"), str(tmp_path / "idx"), run=LOCAL)
-    version = str(tmp_path / "idx" / "versions" / "v-00001")
-    gateway = Gateway(version, searchers=[], encoder=None, config={})
-    import asyncio
-
-    from embedlib.serve.gateway import ApiError
-
-    with pytest.raises(ApiError, match="without a text model") as e:
-        asyncio.run(gateway._encode(["x"]))
-    assert e.value.status == 400 and Path(version).exists()
+    index = ShardedIndex(str(tmp_path / "idx"))
+    with pytest.raises(NoTextModelError, match="without a text model"):
+        index.search_text(["x"])
+    assert [h.id for h in index.search(np.eye(4, dtype=np.float32)[:1], 1)[0]] == ["0"]
 
 
 def test_glove_arithmetic_and_analogies_over_http(served, tmp_path):
@@ -542,10 +647,12 @@ def test_python_client_and_query_command(served):
     import subprocess
     import sys
 
-    from embedlib import Client, ClientError
+    from embedlib import Client
+    from embedlib.exceptions import ClientError
 
     client = Client(f"http://127.0.0.1:{PORT}", api_key=KEY)
     assert client.search("buy cheap shoes", k=1)[0]["id"] == "2"
+    assert client.search("buy cheap shoes", k=1, exclude=["2"])[0]["id"] != "2"
     assert [
         r[0]["id"]
         for r in client.search_batch(
@@ -593,8 +700,7 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    import embedlib.serve.deployments as deployments
-    from embedlib.serve.deployments import SearchTask, ShardSet
+    import embedlib.index.shards
 
     _, words, vectors = glove
     n = 60_000
@@ -603,25 +709,22 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     pq.write_table(
         pa.table({"id": words[:n], "vector": vec, "bucket": bucket}), tmp_path / "g.parquet"
     )
-    report = build_index(
+    build_index(
         str(tmp_path / "g.parquet"),
         str(tmp_path / "idx"),
         options=__import__("embedlib").index.IndexOptions(shards=2),
         run=LOCAL,
     )
-    monkeypatch.setattr(deployments, "EXACT_FILTER_LIMIT", 0)
-    searcher = ShardSet(str(tmp_path / "idx" / "versions" / report.version), [0, 1])
+    monkeypatch.setattr(embedlib.index.shards, "EXACT_FILTER_LIMIT", 0)
+    index = ShardedIndex(str(tmp_path / "idx"))
     xn = vectors[:n] / np.linalg.norm(vectors[:n], axis=1, keepdims=True)
     rng = np.random.default_rng(1)
     queries = xn[rng.choice(n, 100, replace=False)]
-    task = SearchTask(
-        vectors=queries, k=10, nprobe=report.search_params["nprobe"], filter={"bucket": {"in": [3]}}
-    )
-    from embedlib.index.reader import merge_topk
-
-    _, found = merge_topk([s.search(queries, task) for s in searcher.shards], 10, "cosine")
+    hits = index.search(queries, 10, filter={"bucket": {"in": [3]}}, include=("metadata",))
+    assert all(h.metadata["bucket"] == 3 for row in hits for h in row)
+    position = {w: i for i, w in enumerate(words[:n])}
+    found = [[position[h.id] for h in row] for row in hits]
     allowed = np.flatnonzero(bucket == 3)
     truth = allowed[np.argsort(-(queries @ xn[allowed].T), axis=1)[:, :10]]
-    assert all(bucket[i] == 3 for i in found.reshape(-1) if i >= 0)
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     assert recall >= 0.95, recall

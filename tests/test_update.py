@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from embedlib import EmbedOptions, RunOptions, embed_corpus
-from embedlib.exceptions import ModelMismatchError, SourceError
+from embedlib.embedding_set import EmbeddingSet
+from embedlib.exceptions import EmbedlibError, IndexLockedError, ModelMismatchError, SourceError
 from embedlib.index import ShardedIndex, build_index
 from embedlib.index.build import IndexOptions
-from embedlib.index.lock import LOCK, IndexLockedError, index_lock
+from embedlib.index.lock import LOCK, index_lock
 from embedlib.index.update import Drift, gc_versions, update_index
-from embedlib.store import EmbeddingSet
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -63,7 +63,7 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
     assert (report.added, report.changed, report.deleted, report.kept) == (40, 25, 25, 310)
     assert report.embedded == 65 and report.version == "v-00002"
     updated = ShardedIndex(index)
-    assert updated.manifest["ntotal"] == 375 and updated.manifest["updated_from"] == "v-00001"
+    assert updated.manifest.ntotal == 375 and updated.manifest.updated_from == "v-00001"
     # unchanged documents were not embedded again: their vectors are v1's, bit for bit
     old = ShardedIndex(str(tmp_path / "idx" / "versions" / "v-00001"))
     for doc_id in ("d60", "d200", "d359"):
@@ -76,7 +76,7 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
     names = sorted(final)
     x = np.stack([final[i] for i in names]).astype(np.float32)
     twin.add_with_ids(x / np.linalg.norm(x, axis=1, keepdims=True), np.arange(len(names)))
-    nprobe = updated.manifest["search_params"].get("nprobe")
+    nprobe = updated.manifest.search_params.nprobe
     q = updated.encode_text(QUERIES)
     if nprobe:
         faiss.extract_index_ivf(twin).nprobe = nprobe
@@ -116,7 +116,7 @@ def test_a_crash_before_publishing_leaves_the_served_version_and_a_rerun_complet
     with pytest.raises(KeyboardInterrupt):
         update_index(index, v2, run=LOCAL)
     assert (tmp_path / "idx" / "CURRENT").read_text().strip() == "v-00001"
-    assert ShardedIndex(index).manifest["ntotal"] == 360
+    assert ShardedIndex(index).manifest.ntotal == 360
     assert not list((tmp_path / "idx" / "versions").glob(".staging-*"))
     assert not (tmp_path / "idx" / LOCK).exists()  # the lock went with the failed update
     work = list((tmp_path / "idx" / "_updates").glob("*/embedded/manifest.json"))
@@ -124,7 +124,7 @@ def test_a_crash_before_publishing_leaves_the_served_version_and_a_rerun_complet
     committed = {p: p.stat().st_mtime_ns for p in work[0].parent.glob("part-*.parquet")}
     monkeypatch.undo()
     report = update_index(index, v2, run=LOCAL)
-    assert report.version == "v-00002" and ShardedIndex(index).manifest["ntotal"] == 375
+    assert report.version == "v-00002" and ShardedIndex(index).manifest.ntotal == 375
     assert all(p.stat().st_mtime_ns == t for p, t in committed.items() if p.exists())
     assert not (tmp_path / "idx" / "_updates").exists()
 
@@ -179,7 +179,7 @@ def test_gc_keeps_current_and_the_newest(versions, tmp_path):
     update_index(index, v1, run=LOCAL)
     assert gc_versions(index, keep=1) == ["v-00001", "v-00002"]
     assert [p.name for p in (tmp_path / "idx" / "versions").iterdir()] == ["v-00003"]
-    assert ShardedIndex(index).manifest["ntotal"] == 360
+    assert ShardedIndex(index).manifest.ntotal == 360
 
 
 def test_drift_flags_vectors_far_from_the_quantizer():
@@ -201,8 +201,8 @@ def test_retrain_rebuilds_from_the_documents_the_index_holds(versions, tmp_path,
     assert "v-00003" in capsys.readouterr().out
     retrained = ShardedIndex(index)
     m = retrained.manifest
-    assert (m["ntotal"], m["factory"], len(m["shards"])) == (375, "IVF8,Flat", 2)
-    assert m["text_model"] and m["sources"][0]["kind"] == "retrain"
+    assert (m.ntotal, m.factory, len(m.shards)) == (375, "IVF8,Flat", 2)
+    assert m.text_model and m.sources[0]["kind"] == "retrain"
     updated = ShardedIndex(str(tmp_path / "idx" / "versions" / "v-00002"))
     for doc_id in ("n3", "d30", "d300"):  # added, changed and kept documents, same vectors
         assert np.allclose(retrained.vector(doc_id), updated.vector(doc_id), atol=1e-6)
@@ -237,3 +237,15 @@ def test_the_lock_is_exclusive_on_an_object_store(monkeypatch):
             assert fs.exists(f"bucket/idx/{LOCK}")
     finally:
         server.stop()
+
+
+def test_an_hnsw_index_is_refused_before_any_work(versions, tmp_path):
+    """HNSW cannot remove vectors: the update says so and what to do, and embeds nothing
+    (the plan in the typed manifest knows it is not mergeable)."""
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="HNSW16"), run=LOCAL)
+    with pytest.raises(EmbedlibError, match="HNSW16, whose vectors cannot be removed in place"):
+        update_index(index, v2, run=LOCAL)
+    assert not (tmp_path / "idx" / "_updates").exists()
+    assert ShardedIndex(index).version.name == "v-00001"

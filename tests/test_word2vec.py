@@ -58,7 +58,7 @@ def test_cli_trains_skip_gram_or_cbow_from_a_text_column(tmp_path, capsys):
     assert main(argv) == 0
     assert "vocabulary" in capsys.readouterr().out
     manifest = EmbeddingSet(str(tmp_path / "cbow")).manifest
-    assert manifest["dim"] == 20 and manifest["source"]["params"]["skip_gram"] is False
+    assert manifest.dim == 20 and manifest.source["params"]["skip_gram"] is False
 
 
 def test_bad_inputs_are_refused_with_what_to_do(lee, tmp_path):

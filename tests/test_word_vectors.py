@@ -9,9 +9,8 @@ from gensim.models import KeyedVectors
 from gensim.test.utils import datapath
 
 from embedlib import EmbeddingSet, RunOptions
-from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.exceptions import EmbedlibError, QueryError, SourceError
 from embedlib.index import IndexOptions, ShardedIndex, build_index
-from embedlib.index.reader import QueryError
 from embedlib.word_vectors import (
     PACKAGED_GLOVE,
     evaluate_analogies,
@@ -32,7 +31,7 @@ LOCAL = RunOptions(runner="local", progress=False)
 )
 def test_files_import_as_gensim_reads_them(tmp_path, name, fmt, binary, no_header):
     manifest = import_word_vectors(datapath(name), str(tmp_path / "set"))
-    assert manifest["source"]["format"] == fmt  # detected
+    assert manifest.source["format"] == fmt  # detected
     kv = KeyedVectors.load_word2vec_format(datapath(name), binary=binary, no_header=no_header)
     ids, vectors = EmbeddingSet(str(tmp_path / "set")).read_vectors()
     assert ids == list(kv.index_to_key)
@@ -48,7 +47,7 @@ def test_packaged_glove_answers_king_man_woman_and_analogies(tmp_path):
     hits = index.most_similar(positive=["king", "woman"], negative=["man"], k=3)
     assert hits[0].id == "queen"
     assert {"king", "woman", "man"}.isdisjoint(h.id for h in hits)
-    assert index.manifest["text_model"] is False
+    assert index.manifest.text_model is False
     with pytest.raises(QueryError, match="without a text model"):
         index.encode_text(["royalty"])
     questions = read_analogies(datapath("questions-words.txt"))[:700]

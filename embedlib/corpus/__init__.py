@@ -1,16 +1,16 @@
-"""Reading a corpus: find its files, plan deterministic shards, read a shard in batches."""
+"""Reading a corpus: find its files, plan deterministic splits, read a split in batches."""
 
 from embedlib.corpus.discover import SourceFile, discover
-from embedlib.corpus.plan import Shard, plan_shards
-from embedlib.corpus.read import QuarantineRecord, RawBatch, read_corpus, read_shard
+from embedlib.corpus.plan import Split, plan_splits
+from embedlib.corpus.read import QuarantineRecord, RawBatch, read_corpus, read_split
 
 __all__ = [
     "QuarantineRecord",
     "RawBatch",
-    "Shard",
     "SourceFile",
+    "Split",
     "discover",
-    "plan_shards",
+    "plan_splits",
     "read_corpus",
-    "read_shard",
+    "read_split",
 ]

@@ -1,4 +1,4 @@
-"""Deterministic shard planning: the same input gives the same shards, whatever the
+"""Deterministic split planning: the same input gives the same splits, whatever the
 number of workers. Large files are split (Parquet by row groups, JSON Lines and plain text
 by byte ranges at line boundaries); CSV and compressed files are read whole."""
 
@@ -16,22 +16,22 @@ import pyarrow.parquet as pq
 from embedlib.corpus.discover import SourceFile
 from embedlib.exceptions import SourceError
 
-ShardKind = Literal["row_groups", "bytes", "whole"]
+SplitKind = Literal["row_groups", "bytes", "whole"]
 _SCAN_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
-class Shard:
+class Split:
     """A contiguous piece of one file.
 
     `start`/`stop` are row-group indices (kind "row_groups"), byte offsets at line starts
-    ("bytes"), or 0/0 ("whole"). `first_row` is the file-level index of the shard's first
+    ("bytes"), or 0/0 ("whole"). `first_row` is the file-level index of the split's first
     row or line, used for stable generated ids.
     """
 
     index: int
     file: SourceFile
-    kind: ShardKind
+    kind: SplitKind
     start: int
     stop: int
     first_row: int
@@ -50,39 +50,39 @@ class Shard:
         return asdict(self)
 
 
-def plan_shards(
-    fs: fsspec.AbstractFileSystem, files: list[SourceFile], *, shard_rows: int
-) -> list[Shard]:
-    """Split `files` into shards of about `shard_rows` rows each (never fewer than one row
+def plan_splits(
+    fs: fsspec.AbstractFileSystem, files: list[SourceFile], *, split_rows: int
+) -> list[Split]:
+    """Split `files` into splits of about `split_rows` rows each (never fewer than one row
     group or one line), numbered in file order."""
-    if shard_rows < 1:
-        raise ValueError(f"shard_rows must be >= 1, got {shard_rows}")
-    pieces: list[tuple[SourceFile, ShardKind, int, int, int]] = []
+    if split_rows < 1:
+        raise ValueError(f"split_rows must be >= 1, got {split_rows}")
+    pieces: list[tuple[SourceFile, SplitKind, int, int, int]] = []
     for f in files:
         if f.size == 0:
             continue
         if f.format == "parquet" and not f.compression:
             pieces.extend(
-                (f, "row_groups", a, b, r) for a, b, r in _parquet_ranges(fs, f, shard_rows)
+                (f, "row_groups", a, b, r) for a, b, r in _parquet_ranges(fs, f, split_rows)
             )
         elif f.format in ("jsonl", "text") and not f.compression:
-            pieces.extend((f, "bytes", a, b, r) for a, b, r in _line_ranges(fs, f, shard_rows))
+            pieces.extend((f, "bytes", a, b, r) for a, b, r in _line_ranges(fs, f, split_rows))
         else:
             pieces.append((f, "whole", 0, 0, 0))
     return [
-        Shard(index=i, file=f, kind=k, start=a, stop=b, first_row=r)
+        Split(index=i, file=f, kind=k, start=a, stop=b, first_row=r)
         for i, (f, k, a, b, r) in enumerate(pieces)
     ]
 
 
-def plan_digest(shards: list[Shard]) -> str:
-    """A digest of the plan and the versions of its files: equal digests, equal shards."""
-    payload = json.dumps([s.to_dict() for s in shards], sort_keys=True, default=str)
+def plan_digest(splits: list[Split]) -> str:
+    """A digest of the plan and the versions of its files: equal digests, equal splits."""
+    payload = json.dumps([s.to_dict() for s in splits], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _parquet_ranges(
-    fs: fsspec.AbstractFileSystem, f: SourceFile, shard_rows: int
+    fs: fsspec.AbstractFileSystem, f: SourceFile, split_rows: int
 ) -> Iterator[tuple[int, int, int]]:
     try:
         with fs.open(f.path, "rb") as fh:
@@ -92,7 +92,7 @@ def _parquet_ranges(
     start, rows, first = 0, 0, 0
     for g in range(meta.num_row_groups):
         rows += meta.row_group(g).num_rows
-        if rows >= shard_rows:
+        if rows >= split_rows:
             yield start, g + 1, first
             start, first, rows = g + 1, first + rows, 0
     if start < meta.num_row_groups:
@@ -100,25 +100,25 @@ def _parquet_ranges(
 
 
 def _line_ranges(
-    fs: fsspec.AbstractFileSystem, f: SourceFile, shard_rows: int
+    fs: fsspec.AbstractFileSystem, f: SourceFile, split_rows: int
 ) -> Iterator[tuple[int, int, int]]:
-    """Byte ranges holding `shard_rows` lines each, found by one streaming pass."""
-    start = 0  # byte offset of the current shard's first line
-    first = 0  # index of the current shard's first line
-    lines = 0  # complete lines in the current shard
+    """Byte ranges holding `split_rows` lines each, found by one streaming pass."""
+    start = 0  # byte offset of the current split's first line
+    first = 0  # index of the current split's first line
+    lines = 0  # complete lines in the current split
     offset = 0  # byte offset of the block being scanned
     with fs.open(f.path, "rb") as fh:
         while block := fh.read(_SCAN_BLOCK):
             pos = 0
             while True:
-                need = shard_rows - lines
+                need = split_rows - lines
                 end = _nth_newline(block, pos, need)
                 if end < 0:
                     lines += block.count(b"\n", pos)
                     break
                 cut = offset + end + 1
                 yield start, cut, first
-                first += shard_rows
+                first += split_rows
                 start, lines, pos = cut, 0, end + 1
             offset += len(block)
     if start < f.size:

@@ -1,4 +1,4 @@
-"""Read one shard as Arrow batches. Malformed rows (bad UTF-8, bad JSON, broken CSV rows)
+"""Read one split as Arrow batches. Malformed rows (bad UTF-8, bad JSON, broken CSV rows)
 go to quarantine records with their position; a file that cannot be read at all raises
 SourceError naming it."""
 
@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from embedlib.corpus.discover import Format, discover
-from embedlib.corpus.plan import Shard, plan_shards
+from embedlib.corpus.plan import Split, plan_splits
 from embedlib.exceptions import SourceError
 
 ROW = "__row"
@@ -52,35 +52,35 @@ class RawBatch:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def read_shard(
+def read_split(
     fs: fsspec.AbstractFileSystem,
-    shard: Shard,
+    split: Split,
     *,
     batch_rows: int,
     text_column: str,
     binary_columns: tuple[str, ...] = (),
 ) -> Iterator[RawBatch]:
-    """Yield the rows of `shard` in batches of at most `batch_rows`.
+    """Yield the rows of `split` in batches of at most `batch_rows`.
 
     `text_column` names the column that plain-text lines are put in. `binary_columns`
     (CSV only) are read as bytes, so that bad UTF-8 in them quarantines one row instead
     of failing the file.
     """
-    f = shard.file
+    f = split.file
     try:
         with fs.open(f.path, "rb", compression=f.compression) as fh:
             if f.format == "parquet":
-                yield from _read_parquet(fh, shard, batch_rows)
+                yield from _read_parquet(fh, split, batch_rows)
             elif f.format in ("csv", "tsv"):
-                yield from _read_csv(fh, shard, batch_rows, binary_columns)
+                yield from _read_csv(fh, split, batch_rows, binary_columns)
             else:
-                yield from _read_lines(fh, shard, batch_rows, text_column)
+                yield from _read_lines(fh, split, batch_rows, text_column)
     except SourceError:
         raise
     except (OSError, pa.ArrowException, EOFError, ValueError) as e:
         raise SourceError(
-            f"cannot read {f.path!r} ({shard.describe()}): {type(e).__name__}: {e}. Fix or "
-            "remove the file and re-run the same command: committed shards are kept."
+            f"cannot read {f.path!r} ({split.describe()}): {type(e).__name__}: {e}. Fix or "
+            "remove the file and re-run the same command: committed splits are kept."
         ) from e
 
 
@@ -91,23 +91,23 @@ def read_corpus(
     format: Format | None = None,
     storage_options: dict[str, Any] | None = None,
     batch_rows: int = 8192,
-) -> Iterator[tuple[Shard, RawBatch]]:
+) -> Iterator[tuple[Split, RawBatch]]:
     """Every batch of a whole corpus, in one process, in file order (for steps that
     read a corpus once in the driver: word2vec training, index updates)."""
     fs, files, _ = discover(source, format=format, storage_options=storage_options)
-    for shard in plan_shards(fs, files, shard_rows=50_000):
-        for raw in read_shard(fs, shard, batch_rows=batch_rows, text_column=text_column):
-            yield shard, raw
+    for split in plan_splits(fs, files, split_rows=50_000):
+        for raw in read_split(fs, split, batch_rows=batch_rows, text_column=text_column):
+            yield split, raw
 
 
 def _with_rows(table: pa.Table, first: int) -> pa.Table:
     return table.add_column(0, ROW, pa.array(range(first, first + table.num_rows), pa.int64()))
 
 
-def _read_parquet(fh: IO[bytes], shard: Shard, batch_rows: int) -> Iterator[RawBatch]:
+def _read_parquet(fh: IO[bytes], split: Split, batch_rows: int) -> Iterator[RawBatch]:
     pf = pq.ParquetFile(fh)
-    row = shard.first_row
-    groups = list(range(shard.start, shard.stop)) if shard.kind == "row_groups" else None
+    row = split.first_row
+    groups = list(range(split.start, split.stop)) if split.kind == "row_groups" else None
     for batch in pf.iter_batches(batch_size=batch_rows, row_groups=groups):
         table = pa.Table.from_batches([batch])
         yield RawBatch(_with_rows(table, row))
@@ -115,14 +115,14 @@ def _read_parquet(fh: IO[bytes], shard: Shard, batch_rows: int) -> Iterator[RawB
 
 
 def _read_csv(
-    fh: IO[bytes], shard: Shard, batch_rows: int, binary_columns: tuple[str, ...]
+    fh: IO[bytes], split: Split, batch_rows: int, binary_columns: tuple[str, ...]
 ) -> Iterator[RawBatch]:
     bad: list[QuarantineRecord] = []
 
     def on_invalid(row: Any) -> str:
         bad.append(
             QuarantineRecord(
-                file=shard.file.relpath,
+                file=split.file.relpath,
                 row=None,  # records before it are counted by the parser, not by us
                 reason="malformed_csv_row",
                 detail=f"expected {row.expected_columns} columns, got {row.actual_columns}"
@@ -136,7 +136,7 @@ def _read_csv(
         fh,
         read_options=pacsv.ReadOptions(block_size=1 << 22, use_threads=False),
         parse_options=pacsv.ParseOptions(
-            delimiter="\t" if shard.file.format == "tsv" else ",",
+            delimiter="\t" if split.file.format == "tsv" else ",",
             newlines_in_values=True,
             invalid_row_handler=on_invalid,
         ),
@@ -156,14 +156,14 @@ def _read_csv(
         yield RawBatch(_with_rows(pa.table({}), row).slice(0, 0), quarantined=bad[:])
 
 
-def _lines(fh: IO[bytes], shard: Shard) -> Iterator[tuple[int, bytes]]:
-    """(line index, line without its newline) for the shard's lines."""
-    if shard.kind == "bytes":
-        fh.seek(shard.start)
-        remaining = shard.stop - shard.start
+def _lines(fh: IO[bytes], split: Split) -> Iterator[tuple[int, bytes]]:
+    """(line index, line without its newline) for the split's lines."""
+    if split.kind == "bytes":
+        fh.seek(split.start)
+        remaining = split.stop - split.start
     else:
         remaining = -1
-    index = shard.first_row
+    index = split.first_row
     for line in fh:
         if remaining >= 0:
             if remaining == 0:
@@ -174,17 +174,17 @@ def _lines(fh: IO[bytes], shard: Shard) -> Iterator[tuple[int, bytes]]:
 
 
 def _read_lines(
-    fh: IO[bytes], shard: Shard, batch_rows: int, text_column: str
+    fh: IO[bytes], split: Split, batch_rows: int, text_column: str
 ) -> Iterator[RawBatch]:
-    jsonl = shard.file.format == "jsonl"
+    jsonl = split.file.format == "jsonl"
     rows: list[int] = []
     records: list[Any] = []
     batch = RawBatch(pa.table({}))
-    for index, line in _lines(fh, shard):
+    for index, line in _lines(fh, split):
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as e:
-            batch.quarantined.append(_bad(shard, index, "bad_utf8", str(e), line))
+            batch.quarantined.append(_bad(split, index, "bad_utf8", str(e), line))
             continue
         if jsonl:
             if not text.strip():
@@ -193,26 +193,26 @@ def _read_lines(
             try:
                 record = json.loads(text)
             except json.JSONDecodeError as e:
-                batch.quarantined.append(_bad(shard, index, "bad_json", str(e), line))
+                batch.quarantined.append(_bad(split, index, "bad_json", str(e), line))
                 continue
             if not isinstance(record, dict):
                 detail = f"a JSON {type(record).__name__}, not an object"
-                batch.quarantined.append(_bad(shard, index, "not_an_object", detail, line))
+                batch.quarantined.append(_bad(split, index, "not_an_object", detail, line))
                 continue
             value = record.get(text_column)
             if value is not None and not isinstance(value, str):
                 detail = f"{text_column!r} holds a JSON {type(value).__name__}, not a string"
-                batch.quarantined.append(_bad(shard, index, "text_not_string", detail, line))
+                batch.quarantined.append(_bad(split, index, "text_not_string", detail, line))
                 continue
             records.append(record)
         else:
             records.append(text)
         rows.append(index)
         if len(rows) >= batch_rows:
-            yield _finish(batch, rows, records, jsonl, text_column, shard)
+            yield _finish(batch, rows, records, jsonl, text_column, split)
             rows, records, batch = [], [], RawBatch(pa.table({}))
     if rows or batch.quarantined or batch.skipped:
-        yield _finish(batch, rows, records, jsonl, text_column, shard)
+        yield _finish(batch, rows, records, jsonl, text_column, split)
 
 
 def _as_text(value: Any) -> str | None:
@@ -223,9 +223,9 @@ def _as_text(value: Any) -> str | None:
     return json.dumps(value)
 
 
-def _bad(shard: Shard, index: int, reason: str, detail: str, line: bytes) -> QuarantineRecord:
+def _bad(split: Split, index: int, reason: str, detail: str, line: bytes) -> QuarantineRecord:
     raw = line[:_RAW_LIMIT].decode("utf-8", errors="backslashreplace")
-    return QuarantineRecord(shard.file.relpath, index, reason, detail, raw)
+    return QuarantineRecord(split.file.relpath, index, reason, detail, raw)
 
 
 def _finish(
@@ -234,7 +234,7 @@ def _finish(
     records: list[Any],
     jsonl: bool,
     text_column: str,
-    shard: Shard,
+    split: Split,
 ) -> RawBatch:
     if jsonl:
         keys: dict[str, None] = {}

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Sequence
 from typing import Any
 
 import faiss
 import fsspec
 import numpy as np
 
-from embedlib.index.sources import VectorError
-from embedlib.store import is_local
+from embedlib.exceptions import VectorError
+from embedlib.storage import is_local
 
 
 def use_task_cpus() -> None:
@@ -70,6 +71,20 @@ def read_index_mmap(local_path: str) -> faiss.Index:
     16x the search itself on a 200k-vector IVF shard.) Other index types ignore the flag
     and are read whole."""
     return faiss.read_index(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+
+
+def merge_topk(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]], k: int, metric: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-shard (scores, ids) into the overall top-k, best first; missing results
+    (id -1 or a NaN score) sort last."""
+    d = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    worst = np.inf if metric == "l2" else -np.inf
+    d = np.where((i < 0) | np.isnan(d), worst, d)
+    key = d if metric == "l2" else -d
+    order = np.argsort(key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
 def merge_into(target: faiss.Index, other: faiss.Index) -> None:

@@ -16,15 +16,16 @@ from __future__ import annotations
 import posixpath
 import re
 import uuid
+from typing import Any
 
 import fsspec
+from fsspec.core import url_to_fs
 
 from embedlib.exceptions import SourceError
-from embedlib.store import is_local
+from embedlib.storage import MANIFEST, is_local
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
-INDEX_MANIFEST = "manifest.json"
 _VERSION = re.compile(r"^v-(\d{5,})$")
 
 
@@ -65,9 +66,23 @@ def current_version(fs: fsspec.AbstractFileSystem, root: str) -> str:
 
 def resolve(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """The version folder for an index root (via CURRENT) or a version folder itself."""
-    if fs.exists(posixpath.join(path, INDEX_MANIFEST)):
+    if fs.exists(posixpath.join(path, MANIFEST)):
         return path
     return posixpath.join(versions_dir(path), current_version(fs, path))
+
+
+def published_version(index: str, storage_options: dict[str, Any] | None = None) -> str:
+    """The name of the version an index path (root or version folder) resolves to now."""
+    fs, root = url_to_fs(index, **(storage_options or {}))
+    return posixpath.basename(resolve(fs, root.rstrip("/")).rstrip("/"))
+
+
+def has_version(index: str, name: str, storage_options: dict[str, Any] | None = None) -> bool:
+    """Whether the index root holds a complete version of that name."""
+    fs, root = url_to_fs(index, **(storage_options or {}))
+    return bool(_VERSION.match(name)) and fs.exists(
+        posixpath.join(versions_dir(root.rstrip("/")), name, MANIFEST)
+    )
 
 
 def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:

@@ -22,15 +22,11 @@ from contextlib import contextmanager
 
 import fsspec
 
-from embedlib.exceptions import EmbedlibError
-from embedlib.store import is_local
+from embedlib.exceptions import EmbedlibError, IndexLockedError
+from embedlib.storage import is_local
 
 LOCK = ".lock"
 log = logging.getLogger(__name__)
-
-
-class IndexLockedError(EmbedlibError):
-    """Another update holds the index's lock."""
 
 
 @contextmanager

@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import faiss
 
-from embedlib.exceptions import EmbedlibError
+from embedlib.exceptions import IndexPlanError
 from embedlib.options import Metric
 
 TINY = 10_000  # below this many vectors, exact search is fast enough
 MIN_POINTS_PER_CENTROID = 39
 TRAIN_POINTS_PER_CENTROID = 64
 ID_BYTES = 8
-
-
-class IndexPlanError(EmbedlibError, ValueError):
-    """A factory FAISS rejects, or an index that cannot fit the memory budget."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +44,10 @@ class IndexPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexPlan:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
 
 
 def faiss_metric(metric: Metric) -> int:

@@ -1,7 +1,7 @@
 """Vectors to index: an embedding set, a Parquet of id + vector, or a .npy with ids.
 
-Every source is cut into `Part`s (a file and a row range) that a task can read alone,
-and each row has a global int64 id: the part's offset plus the row's position. Reading
+Every source is cut into `RowRange`s (a file and a row range) that a task can read alone,
+and each row has a global int64 id: the span's offset plus the row's position. Reading
 returns float32 vectors, string ids and the metadata columns that pass to the docs table.
 """
 
@@ -19,19 +19,17 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.documents import ID, VECTOR
-from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.embedding_set import EmbeddingSetManifest
+from embedlib.exceptions import SourceError, VectorError
 from embedlib.models import ModelFingerprint
-from embedlib.store import MANIFEST, read_json, vectors_of
+from embedlib.storage import MANIFEST
+from embedlib.tables import vectors_of
 
-PART_ROWS = 50_000  # rows per unit of add work
-
-
-class VectorError(EmbedlibError, ValueError):
-    """Vectors that cannot be indexed: NaN/inf, zero for cosine, wrong dimension."""
+RANGE_ROWS = 50_000  # rows per unit of add work
 
 
 @dataclass(frozen=True)
-class Part:
+class RowRange:
     """Rows [start, stop) of one file; global ids are offset + row."""
 
     fs: fsspec.AbstractFileSystem
@@ -55,7 +53,7 @@ class VectorSource:
 
     urls: list[str]
     dim: int
-    parts: list[Part]
+    ranges: list[RowRange]
     fingerprint: ModelFingerprint | None  # None: vectors a user brought, no text model
     metric: str | None  # the embedding set's metric hint
     text_column: str | None
@@ -63,15 +61,15 @@ class VectorSource:
 
     @property
     def count(self) -> int:
-        return sum(p.rows for p in self.parts)
+        return sum(r.rows for r in self.ranges)
 
 
-def _split(
+def _spans(
     fs: fsspec.AbstractFileSystem, path: str, rows: int, offset: int, **kw: Any
-) -> list[Part]:
+) -> list[RowRange]:
     return [
-        Part(fs, path, start=a, stop=min(a + PART_ROWS, rows), offset=offset + a, **kw)
-        for a in range(0, rows, PART_ROWS)
+        RowRange(fs, path, start=a, stop=min(a + RANGE_ROWS, rows), offset=offset + a, **kw)
+        for a in range(0, rows, RANGE_ROWS)
     ]
 
 
@@ -128,7 +126,7 @@ def open_source(
         raise SourceError(
             f"no vectors at {url!r}: give an embedding set, Parquet files with id and vector columns, or a .npy"
         )
-    parts: list[Part] = []
+    spans: list[RowRange] = []
     dim = None
     for f in files:
         d = _parquet_dim(fs, f, vector_column, id_column)
@@ -144,11 +142,11 @@ def open_source(
             raise VectorError(
                 f"{f!r} holds vectors of dimension {d}, the other files {dim}; index one dimension at a time"
             )
-        parts += _split(
+        spans += _spans(
             fs,
             f,
             rows,
-            offset + sum(p.rows for p in parts),
+            offset + sum(p.rows for p in spans),
             kind="parquet",
             id_column=id_column,
             vector_column=vector_column,
@@ -156,7 +154,7 @@ def open_source(
     return VectorSource(
         [url],
         int(dim or 0),
-        parts,
+        spans,
         None,
         None,
         None,
@@ -165,26 +163,25 @@ def open_source(
 
 
 def _embedding_set(url: str, fs: fsspec.AbstractFileSystem, path: str, offset: int) -> VectorSource:
-    manifest = read_json(fs, posixpath.join(path, MANIFEST))
-    parts: list[Part] = []
-    for shard in manifest["shards"]:
-        if shard.get("file"):
-            parts += _split(
+    manifest = EmbeddingSetManifest.read(fs, path)
+    spans: list[RowRange] = []
+    for part in manifest.parts:
+        if part.file:
+            spans += _spans(
                 fs,
-                posixpath.join(path, shard["file"]),
-                shard["rows"],
-                offset + sum(p.rows for p in parts),
+                posixpath.join(path, part.file),
+                part.rows,
+                offset + sum(p.rows for p in spans),
                 kind="parquet",
             )
-    fp = ModelFingerprint.from_dict(manifest["model"])
-    source = {"url": url, "kind": "embedding-set", "documents": manifest["counts"]["documents"]}
+    source = {"url": url, "kind": "embedding-set", "documents": manifest.documents}
     return VectorSource(
         [url],
-        int(manifest["dim"]),
-        parts,
-        fp,
-        manifest.get("metric"),
-        manifest.get("text_column"),
+        manifest.dim,
+        spans,
+        manifest.model,
+        manifest.metric,
+        manifest.text_column,
         [source],
     )
 
@@ -207,11 +204,11 @@ def _npy(
             raise VectorError(
                 f"{ids!r} lists {n_ids} ids for {shape[0]} vectors in {url!r}; give one id per row"
             )
-    parts = _split(fs, path, shape[0], offset, kind="npy", ids_path=ids_path)
+    spans = _spans(fs, path, shape[0], offset, kind="npy", ids_path=ids_path)
     return VectorSource(
         [url],
         int(shape[1]),
-        parts,
+        spans,
         None,
         None,
         None,
@@ -240,7 +237,7 @@ def open_sources(urls: Sequence[str], **kw: Any) -> VectorSource:
                 src.fingerprint, what=repr(merged.urls[0]), other_what=repr(url)
             )
         merged.urls += src.urls
-        merged.parts += src.parts
+        merged.ranges += src.ranges
         merged.sources += src.sources
     if merged is None:
         raise SourceError("no inputs given")
@@ -248,35 +245,35 @@ def open_sources(urls: Sequence[str], **kw: Any) -> VectorSource:
 
 
 @dataclass
-class PartData:
+class RangeData:
     ids: list[str]
     vectors: np.ndarray  # float32 (n, d)
     metadata: pa.Table  # passthrough columns (text included)
 
 
-def read_part(part: Part, *, dim: int, rows: np.ndarray | None = None) -> PartData:
-    """Read a part (or only `rows`, positions within the part) and check its vectors."""
-    data = _read_npy(part) if part.kind == "npy" else _read_parquet(part)
+def read_range(span: RowRange, *, dim: int, rows: np.ndarray | None = None) -> RangeData:
+    """Read a span (or only `rows`, positions within the span) and check its vectors."""
+    data = _read_npy(span) if span.kind == "npy" else _read_parquet(span)
     if rows is not None:
-        data = PartData(
+        data = RangeData(
             [data.ids[i] for i in rows], data.vectors[rows], data.metadata.take(pa.array(rows))
         )
     if data.vectors.shape[1:] != (dim,):
         raise VectorError(
-            f"{part.path!r} holds vectors of dimension {data.vectors.shape[1]}, the index has {dim}"
+            f"{span.path!r} holds vectors of dimension {data.vectors.shape[1]}, the index has {dim}"
         )
     bad = ~np.isfinite(data.vectors).all(axis=1)
     if bad.any():
         names = [data.ids[i] for i in np.flatnonzero(bad)[:5]]
         raise VectorError(
-            f"{int(bad.sum())} vectors in {part.path!r} hold NaN or infinite values (ids "
+            f"{int(bad.sum())} vectors in {span.path!r} hold NaN or infinite values (ids "
             f"{', '.join(map(repr, names))}); fix or drop them and build again"
         )
     return data
 
 
-def _read_parquet(part: Part) -> PartData:
-    with part.fs.open(part.path, "rb") as fh:
+def _read_parquet(span: RowRange) -> RangeData:
+    with span.fs.open(span.path, "rb") as fh:
         pf = pq.ParquetFile(fh)
         starts = np.cumsum(
             [0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
@@ -284,50 +281,50 @@ def _read_parquet(part: Part) -> PartData:
         groups = [
             g
             for g in range(pf.num_row_groups)
-            if starts[g] < part.stop and starts[g + 1] > part.start
+            if starts[g] < span.stop and starts[g + 1] > span.start
         ]
         table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
-    first = int(starts[groups[0]]) if groups else part.start
-    table = table.slice(part.start - first, part.rows)
-    column = table.column(part.vector_column)
+    first = int(starts[groups[0]]) if groups else span.start
+    table = table.slice(span.start - first, span.rows)
+    column = table.column(span.vector_column)
     if pa.types.is_fixed_size_list(column.type):
         vectors = vectors_of(column)
     else:
         lengths = {len(v) for v in column.to_pylist() if v is not None}
         if len(lengths) > 1:
             raise VectorError(
-                f"{part.path!r} holds vectors of different lengths {sorted(lengths)[:5]}"
+                f"{span.path!r} holds vectors of different lengths {sorted(lengths)[:5]}"
             )
         vectors = np.asarray(column.to_pylist(), dtype=np.float32)
-    ids = [str(i) for i in table.column(part.id_column).to_pylist()]
+    ids = [str(i) for i in table.column(span.id_column).to_pylist()]
     if any(i == "None" for i in ids):
-        raise VectorError(f"{part.path!r} has rows without an id in column {part.id_column!r}")
+        raise VectorError(f"{span.path!r} has rows without an id in column {span.id_column!r}")
     # the content hash stays with the document: index updates compare it
     metadata = table.drop_columns(  # "_iid": an index's own ids, when its docs are rebuilt
-        [c for c in (part.id_column, part.vector_column, "_iid") if c in table.column_names]
+        [c for c in (span.id_column, span.vector_column, "_iid") if c in table.column_names]
     )
-    return PartData(ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata)
+    return RangeData(ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata)
 
 
-def _read_npy(part: Part) -> PartData:
-    with part.fs.open(part.path, "rb") as fh:
+def _read_npy(span: RowRange) -> RangeData:
+    with span.fs.open(span.path, "rb") as fh:
         shape, fortran, dtype = _npy_header(fh)
         if fortran:
             raise VectorError(
-                f"{part.path!r} is stored in Fortran order; save it with np.save(np.ascontiguousarray(x))"
+                f"{span.path!r} is stored in Fortran order; save it with np.save(np.ascontiguousarray(x))"
             )
         header = fh.tell()
-        fh.seek(header + part.start * shape[1] * dtype.itemsize)
-        raw = fh.read(part.rows * shape[1] * dtype.itemsize)
-    vectors = np.frombuffer(raw, dtype=dtype).reshape(part.rows, shape[1]).astype(np.float32)
-    if part.ids_path is None:
-        ids = [str(i) for i in range(part.start, part.stop)]
+        fh.seek(header + span.start * shape[1] * dtype.itemsize)
+        raw = fh.read(span.rows * shape[1] * dtype.itemsize)
+    vectors = np.frombuffer(raw, dtype=dtype).reshape(span.rows, shape[1]).astype(np.float32)
+    if span.ids_path is None:
+        ids = [str(i) for i in range(span.start, span.stop)]
     else:
-        fs, path = url_to_fs(part.ids_path)
+        fs, path = url_to_fs(span.ids_path)
         with fs.open(path, "r") as fh:
-            ids = [line.rstrip("\n") for n, line in enumerate(fh) if part.start <= n < part.stop]
-    return PartData(
-        ids, vectors, pa.table({"__rows": pa.array(range(part.rows))}).drop_columns(["__rows"])
+            ids = [line.rstrip("\n") for n, line in enumerate(fh) if span.start <= n < span.stop]
+    return RangeData(
+        ids, vectors, pa.table({"__rows": pa.array(range(span.rows))}).drop_columns(["__rows"])
     )
 
 

@@ -26,7 +26,7 @@ import posixpath
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import faiss
@@ -38,32 +38,23 @@ from fsspec.core import url_to_fs
 
 from embedlib.corpus import read_corpus
 from embedlib.corpus.discover import Format
+from embedlib.corpus.read import ROW, RawBatch
 from embedlib.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
+from embedlib.embed_job import embed_corpus
+from embedlib.embedding_set import EmbeddingSet
+from embedlib.encode import backend_for
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
-from embedlib.index.build import IID, IndexOptions, IndexReport, build_from_source
+from embedlib.index.build import IndexOptions, IndexReport, build_from_source
+from embedlib.index.docs import IID
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
-from embedlib.index.layout import (
-    INDEX_MANIFEST,
-    list_versions,
-    publish,
-    resolve,
-    staging_path,
-    versions_dir,
-)
+from embedlib.index.layout import list_versions, publish, resolve, staging_path, versions_dir
 from embedlib.index.lock import index_lock
-from embedlib.index.sources import PART_ROWS, Part, VectorSource
+from embedlib.index.sources import RANGE_ROWS, RowRange, VectorSource
+from embedlib.index.version import TRAINED, IndexManifest, ShardEntry
 from embedlib.models import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.store import (
-    EmbeddingSet,
-    conform_table,
-    file_sha256,
-    read_json,
-    unify_schemas,
-    vector_array,
-    vectors_of,
-    write_json_atomic,
-)
+from embedlib.storage import file_sha256
+from embedlib.tables import conform_table, unify_schemas, vector_array, vectors_of
 
 UPDATES = "_updates"
 DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
@@ -152,9 +143,9 @@ def update_index(
     with index_lock(fs, root, wait_s=wait_s):
         version_path = resolve(fs, root)
         previous = posixpath.basename(version_path)
-        manifest = read_json(fs, posixpath.join(version_path, INDEX_MANIFEST))
+        manifest = IndexManifest.read(fs, version_path)
         fingerprint = _updatable(manifest, index, model)
-        text_column = text_column or manifest.get("text_column") or "text"
+        text_column = text_column or manifest.text_column or "text"
         current = _current_docs(fs, version_path, manifest, text_column)
         spec = DocumentSpec(text_column=text_column, id_column=id_column)
         incoming = _read_incoming(source, upserts, spec, format, run)
@@ -180,7 +171,7 @@ def update_index(
         vectors, rows = (
             _embed(fs, root, index, incoming, todo, spec, fingerprint, manifest, run)
             if todo
-            else (np.zeros((0, int(manifest["dim"])), np.float32), None)
+            else (np.zeros((0, manifest.dim), np.float32), None)
         )
         remove = {current[i][0] for i in [*deleted, *changed]}
         next_iid = 1 + max((iid for iid, _ in current.values()), default=-1)
@@ -191,9 +182,7 @@ def update_index(
             )
             stats = {"added": len(added), "changed": len(changed), "deleted": len(deleted),
                      "kept": kept}  # fmt: skip
-            new_manifest.update(updated_from=previous, update=stats,
-                                created_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))  # fmt: skip
-            write_json_atomic(fs, posixpath.join(staging, INDEX_MANIFEST), new_manifest)
+            replace(new_manifest, updated_from=previous, update=stats).write(fs, staging)
             version = publish(fs, root, staging)
         except BaseException:
             if fs.exists(staging):
@@ -211,35 +200,35 @@ def update_index(
     return report
 
 
-def _updatable(manifest: dict[str, Any], index: str, model: str | None) -> ModelFingerprint:
+def _updatable(manifest: IndexManifest, index: str, model: str | None) -> ModelFingerprint:
     """The index's fingerprint; refuse indexes an update cannot extend."""
-    if not manifest.get("text_model") or not manifest.get("model"):
+    if manifest.model is None or not manifest.text_model:
         raise EmbedlibError(
             f"{index!r} was built from vectors without a text model; update its vectors and "
             "rebuild it with `embedlib index`"
         )
-    fingerprint = ModelFingerprint.from_dict(manifest["model"])
+    fingerprint = manifest.model
     if model is not None and canonical_model_name(model) != fingerprint.name:
         raise ModelMismatchError(
             f"the index {index!r} holds vectors of model {fingerprint.name!r}; this update "
             f"asks for {canonical_model_name(model)!r}. Vectors of two models cannot share an "
             "index: update with the index's model, or embed and index the corpus anew."
         )
-    if not manifest["plan"].get("mergeable", True):
+    if not manifest.plan.mergeable:
         raise EmbedlibError(
-            f"{index!r} is {manifest['factory']}, whose vectors cannot be removed in place; "
+            f"{index!r} is {manifest.factory}, whose vectors cannot be removed in place; "
             "rebuild it with `embedlib index`"
         )
     return fingerprint
 
 
 def _current_docs(
-    fs: fsspec.AbstractFileSystem, version_path: str, manifest: dict[str, Any], text_column: str
+    fs: fsspec.AbstractFileSystem, version_path: str, manifest: IndexManifest, text_column: str
 ) -> dict[str, tuple[int, str]]:
     """id -> (int64 id, content hash) of every indexed document."""
     out: dict[str, tuple[int, str]] = {}
-    for shard in manifest["shards"]:
-        with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
+    for shard in manifest.shards:
+        with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
             names = pq.read_schema(fh).names
             fh.seek(0)
             if TEXT_HASH in names:
@@ -299,15 +288,13 @@ def _raw_batches(
     format: Format | None,
     run: RunOptions,
 ) -> Iterator[tuple[str, Any]]:
-    from embedlib.corpus.read import ROW, RawBatch
-
     if upserts is not None:
         table = upserts.add_column(0, ROW, pa.array(range(upserts.num_rows), pa.int64()))
         yield "request", RawBatch(table)
     if source is not None:
-        for shard, raw in read_corpus(source, text_column=spec.text_column, format=format,
+        for split, raw in read_corpus(source, text_column=spec.text_column, format=format,
                                       storage_options=run.storage_options):  # fmt: skip
-            yield shard.file.relpath, raw
+            yield split.file.relpath, raw
 
 
 def _embed(
@@ -318,14 +305,11 @@ def _embed(
     todo: set[str],
     spec: DocumentSpec,
     fingerprint: ModelFingerprint,
-    manifest: dict[str, Any],
+    manifest: IndexManifest,
     run: RunOptions,
 ) -> tuple[np.ndarray, pa.Table]:
     """Embed the documents in `todo` with the index's model (resumable); their vectors
     (as the index stores them) and docs rows (id, text hash, passthrough)."""
-    from embedlib.embed_job import embed_corpus
-    from embedlib.encode import backend_for
-
     table = pa.concat_tables(incoming.rows, promote_options="permissive")
     table = table.filter(pa.array([i in todo for i in table.column(ID).to_pylist()]))
     digest = hashlib.sha256()
@@ -342,7 +326,7 @@ def _embed(
     options = EmbedOptions(
         model=fingerprint.name, text_column=spec.text_column, id_column=ID,
         normalize=fingerprint.normalize, max_seq_length=fingerprint.max_seq_length,
-        backend=backend_for(fingerprint), metric=manifest["metric"],
+        backend=backend_for(fingerprint), metric=manifest.metric,
     )  # fmt: skip
     url = fs.unstrip_protocol(work)
     embed_corpus(posixpath.join(url, "rows.parquet"), posixpath.join(url, "embedded"),
@@ -352,7 +336,7 @@ def _embed(
         embedded.fingerprint, what=f"the index {index!r}", other_what="the update's vectors"
     )
     rows = embedded.read_table()
-    vectors = prepare_vectors(vectors_of(rows.column(VECTOR)), manifest["metric"],
+    vectors = prepare_vectors(vectors_of(rows.column(VECTOR)), manifest.metric,
                               rows.column(ID).to_pylist())  # fmt: skip
     at = rows.column_names.index(VECTOR)  # the docs keep the vector as indexed
     return vectors, rows.set_column(at, VECTOR, vector_array(vectors, "float32"))
@@ -362,20 +346,19 @@ def _write_version(
     fs: fsspec.AbstractFileSystem,
     version_path: str,
     staging: str,
-    manifest: dict[str, Any],
+    manifest: IndexManifest,
     remove: set[int],
     vectors: np.ndarray,
     rows: pa.Table | None,
     next_iid: int,
-) -> tuple[dict[str, Any], Drift | None]:
+) -> tuple[IndexManifest, Drift | None]:
     """The new version's files in `staging`: every shard without `remove`, the new
     vectors added to the smallest shards (int64 ids from `next_iid`), the docs tables to
     match; returns its manifest (for the caller to write) and the drift figures."""
     fs.makedirs(staging, exist_ok=True)
-    fs.copy(posixpath.join(version_path, manifest["trained"]),
-            posixpath.join(staging, manifest["trained"]))  # fmt: skip
-    shards = manifest["shards"]
-    indexes = [read_index_file(fs, posixpath.join(version_path, s["file"])) for s in shards]
+    fs.copy(posixpath.join(version_path, TRAINED), posixpath.join(staging, TRAINED))
+    shards = manifest.shards
+    indexes = [read_index_file(fs, posixpath.join(version_path, s.file)) for s in shards]
     before = [_imbalance(ix) for ix in indexes]
     ivf = faiss.try_extract_index_ivf(indexes[0]) is not None
     kept_sample = _kept_sample(fs, version_path, shards, remove) if ivf and len(vectors) else None
@@ -384,24 +367,24 @@ def _write_version(
                if remove else 0 for ix in indexes]  # fmt: skip
     target = _assign_to_shards([int(ix.ntotal) for ix in indexes], len(vectors))
     new_shards = []
-    for s, (info, ix) in enumerate(zip(shards, indexes, strict=True)):
+    for s, (entry, ix) in enumerate(zip(shards, indexes, strict=True)):
         mine = np.flatnonzero(target == s)
         if not len(mine) and not removed[s]:  # untouched: the same files
-            for name in (info["file"], info["docs"]):
+            for name in (entry.file, entry.docs):
                 fs.copy(posixpath.join(version_path, name), posixpath.join(staging, name))
-            new_shards.append(info)
+            new_shards.append(entry)
             continue
         if len(mine):
             ix.add_with_ids(vectors[mine], iids[mine])
-        write_index(ix, fs, posixpath.join(staging, info["file"]))
+        write_index(ix, fs, posixpath.join(staging, entry.file))
         new_rows = rows.take(pa.array(mine, pa.int64())) if rows is not None else None
-        _write_docs(fs, version_path, staging, info["docs"], remove, new_rows, iids[mine])
-        new_shards.append({
-            **info, "count": int(ix.ntotal),
-            "sha256": file_sha256(fs, posixpath.join(staging, info["file"])),
-            "docs_sha256": file_sha256(fs, posixpath.join(staging, info["docs"])),
-        })  # fmt: skip
-    new = {**manifest, "shards": new_shards, "ntotal": sum(s["count"] for s in new_shards)}
+        _write_docs(fs, version_path, staging, entry.docs, remove, new_rows, iids[mine])
+        new_shards.append(replace(
+            entry, count=int(ix.ntotal),
+            sha256=file_sha256(fs, posixpath.join(staging, entry.file)),
+            docs_sha256=file_sha256(fs, posixpath.join(staging, entry.docs)),
+        ))  # fmt: skip
+    new = manifest.with_shards(new_shards, ntotal=sum(s.count for s in new_shards))
     drift = None if kept_sample is None else _drift(indexes, vectors, kept_sample, before)
     return new, drift
 
@@ -442,13 +425,16 @@ def _write_docs(
 
 
 def _kept_sample(
-    fs: fsspec.AbstractFileSystem, version_path: str, shards: list[dict[str, Any]], remove: set[int]
+    fs: fsspec.AbstractFileSystem,
+    version_path: str,
+    shards: Sequence[ShardEntry],
+    remove: set[int],
 ) -> np.ndarray:
     """Up to 10,000 of the vectors that stay (for the drift comparison), read until
     there are enough."""
     blocks, have = [], 0
     for shard in shards:
-        with fs.open(posixpath.join(version_path, shard["docs"]), "rb") as fh:
+        with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
             for batch in pq.ParquetFile(fh).iter_batches(columns=[IID, VECTOR]):
                 keep = ~np.isin(batch.column(IID).to_numpy(), np.fromiter(remove, np.int64))
                 blocks.append(vectors_of(batch.column(VECTOR))[keep])
@@ -503,25 +489,23 @@ def retrain_index(
     root = root.rstrip("/")
     with index_lock(fs, root, what="retrain"):
         version_path = resolve(fs, root)
-        manifest = read_json(fs, posixpath.join(version_path, INDEX_MANIFEST))
+        manifest = IndexManifest.read(fs, version_path)
         options = options or IndexOptions(
-            factory=manifest["factory"], metric=manifest["metric"], shards=len(manifest["shards"]),
-            seed=int(manifest.get("seed", 0)), memory_budget=int(manifest.get("memory_budget", 4e9)),
+            factory=manifest.factory, metric=manifest.metric, shards=len(manifest.shards),
+            seed=manifest.seed, memory_budget=manifest.memory_budget,
         )  # fmt: skip
-        parts: list[Part] = []
-        for shard in manifest["shards"]:
-            path = posixpath.join(version_path, shard["docs"])
+        spans: list[RowRange] = []
+        for shard in manifest.shards:
+            path = posixpath.join(version_path, shard.docs)
             with fs.open(path, "rb") as fh:
                 rows = pq.ParquetFile(fh).metadata.num_rows
-            parts += [Part(fs, path, "parquet", a, min(a + PART_ROWS, rows), sum(p.rows for p in parts) + a)
-                      for a in range(0, rows, PART_ROWS)]  # fmt: skip
-        fingerprint = (
-            ModelFingerprint.from_dict(manifest["model"]) if manifest.get("model") else None
-        )
+            offset = sum(p.rows for p in spans)
+            spans += [RowRange(fs, path, "parquet", a, min(a + RANGE_ROWS, rows), offset + a)
+                      for a in range(0, rows, RANGE_ROWS)]  # fmt: skip
         source = {"url": fs.unstrip_protocol(version_path), "kind": "retrain",
-                  "documents": int(manifest["ntotal"])}  # fmt: skip
-        src = VectorSource([source["url"]], int(manifest["dim"]), parts, fingerprint,
-                           manifest["metric"], manifest.get("text_column"), [source])  # fmt: skip
+                  "documents": manifest.ntotal}  # fmt: skip
+        src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
+                           manifest.metric, manifest.text_column, [source])  # fmt: skip
         return build_from_source(src, index, options=options, run=run, echo=echo)
 
 

@@ -1,6 +1,10 @@
-"""The HTTP ingress: validation, auth, fan-out to the shard searchers, merge, docs join.
+"""The HTTP API: FastAPI routes over one index version, and nothing else.
 
-Every error is JSON `{"error": {"code", "message"}}` with a 4xx/5xx status.
+Each route validates its declared body (schemas.py), asks the one `Searcher` through the
+replica's placement (placement.py), and renders the answer. The API key, body limits,
+timeouts, metrics and the JSON error format are applied to every route by
+`http.GatewayRoute`; index writes run as Ray work (writes.py); switching to another
+version is the `switch` callable the application builder hands in.
 """
 
 from __future__ import annotations
@@ -8,722 +12,316 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hmac
-import logging
 import posixpath
 import threading
-import time
-from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from fsspec.core import url_to_fs
-from pydantic import ValidationError
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError
 
-from embedlib import __version__
-from embedlib.documents import TEXT_HASH
-from embedlib.index.reader import (
-    DocsLookup,
-    Hit,
+from embedlib._version import __version__
+from embedlib.exceptions import (
+    ApiError,
+    EmbedlibError,
+    IndexLockedError,
     QueryError,
-    combine,
-    merge_topk,
-    prepare_queries,
+    RecommendError,
 )
-from embedlib.recommend import Recommender, RecommendError
-from embedlib.serve.deployments import (
-    SearchTask,
-    ShardSet,
-    encode_batches,
-    group_tasks,
-    query_encoder,
-    scatter,
-)
-from embedlib.serve.filters import FilterError
+from embedlib.index.layout import has_version, published_version
+from embedlib.index.query import Query
+from embedlib.index.reader import ShardedIndex
+from embedlib.index.searcher import Answers
+from embedlib.index.version import IndexVersion
+from embedlib.recommend import Recommender
+from embedlib.serve.config import GatewayConfig
+from embedlib.serve.http import FastJSONResponse, GatewayRoute, Metrics, bearer_scheme
+from embedlib.serve.placement import LocalPlacement, Placement, RemotePlacement
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
-    BatchSearchRequest,
+    BatchRequest,
+    BatchSearchResponse,
     DeleteRequest,
     EmbeddingsRequest,
+    EmbeddingsResponse,
+    ErrorResponse,
+    IndexesResponse,
+    Ready,
     RecommendRequest,
+    RecommendResponse,
+    ReloadRequest,
+    ReloadResponse,
     SearchRequest,
-    TextItem,
+    SearchResponse,
+    Status,
+    UpsertDocument,
     UpsertRequest,
     VectorBatchRequest,
-    VectorItem,
-    parse_batch,
+    WriteResponse,
 )
-from embedlib.store import read_json
+from embedlib.serve.writes import submit_write
 
-log = logging.getLogger(__name__)
-api = FastAPI(title="embedlib", version=__version__, docs_url="/docs", openapi_url="/openapi.json")
-OPEN_ROUTES = {"/healthz", "/readyz"}
-ROW_FIELDS = {"text", "metadata", "vector"}  # fields read from the docs tables' rows
-INLINE_SEARCH_ROWS = 16  # smaller searches run on the event loop, larger ones in a thread
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-class FastJSONResponse(JSONResponse):
-    """JSON rendered by orjson: a 250-query batch answer in ~0.3 ms instead of ~2 ms."""
-
-    def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def error_response(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-def _validation_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:5]:
-        where = ".".join(str(x) for x in err.get("loc", ()) if x != "__root__")
-        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
-    return "; ".join(parts)
-
-
-class Metrics:
-    """Request counts and latency per route, in Prometheus text format."""
-
-    def __init__(self) -> None:
-        self.count: dict[tuple[str, int], int] = defaultdict(int)
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.requests: dict[str, int] = defaultdict(int)
-
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self.count[(route, status)] += 1
-        self.seconds[route] += seconds
-        self.requests[route] += 1
-
-    def render(self) -> str:
-        lines = [
-            "# HELP embedlib_requests_total Requests by route and status.",
-            "# TYPE embedlib_requests_total counter",
-        ]
-        for (route, status), n in sorted(self.count.items()):
-            lines.append(f'embedlib_requests_total{{route="{route}",status="{status}"}} {n}')
-        lines += [
-            "# HELP embedlib_request_seconds Time spent answering requests, by route.",
-            "# TYPE embedlib_request_seconds summary",
-        ]
-        for route in sorted(self.requests):
-            lines.append(
-                f'embedlib_request_seconds_sum{{route="{route}"}} {self.seconds[route]:.6f}'
-            )
-            lines.append(
-                f'embedlib_request_seconds_count{{route="{route}"}} {self.requests[route]}'
-            )
-        return "\n".join(lines) + "\n"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": what}
+    for status, what in (
+        (400, "the body is not JSON, or text sent to an index without a text model"),
+        (401, "a valid API key is required"),
+        (413, "the body is over the size limit"),
+        (415, "the body is not sent as application/json"),
+        (422, "the request does not validate, or asks what the index cannot answer"),
+        (504, "the request took longer than the timeout"),
+    )
+}
+api = FastAPI(
+    title="embedlib",
+    version=__version__,
+    description="k-NN search over a sharded FAISS index, served by Ray Serve.",
+    docs_url="/docs",
+    openapi_url="/openapi.json",
+)
+open_routes = APIRouter(route_class=GatewayRoute)
+routes = APIRouter(
+    route_class=GatewayRoute, dependencies=[Depends(bearer_scheme)], responses=ERRORS
+)
 
 
 class Gateway:
-    """FastAPI ingress over the searcher (and encoder) deployments of one index version."""
+    """The ingress of a served index version (one per replica)."""
 
     def __init__(
-        self, version_path: str, searchers: list[Any], encoder: Any | None, config: dict[str, Any]
+        self,
+        config: GatewayConfig,
+        searchers: list[Any],
+        encoder: Any | None,
+        switch: Callable[[str], None] | None = None,
     ) -> None:
-        fs, path = url_to_fs(version_path, **config.get("storage_options", {}))
-        self.manifest: dict[str, Any] = read_json(fs, posixpath.join(path, "manifest.json"))
-        self.lookup = DocsLookup(fs, path, self.manifest)
-        self.metadata_columns = self._metadata_columns()
-        self.searchers = searchers
-        local = config.get("local_shards")  # placement "gateway": shards and model live here
-        self.local = (
-            ShardSet(version_path, list(local), config.get("storage_options"))
-            if local is not None
-            else None
-        )
-        model = self.manifest.get("model") if self.manifest.get("text_model") else None
-        self.local_encoder = query_encoder(model) if local is not None and model else None
-        self.encoder = encoder
-        self.api_key: str | None = config.get("api_key") or None
-        self.timeout_s = float(config.get("request_timeout_s", 30.0))
-        self.max_body_bytes = int(config.get("max_body_bytes", 16 * 1024 * 1024))
-        self.metric = str(self.manifest["metric"])
-        self.dim = int(self.manifest["dim"])
-        self.stats = Metrics()
-        self.version = str(config.get("version", ""))
-        self.app_options: dict[str, Any] | None = config.get("app")
-        recommender = config.get("recommender")
-        self.recommender = (
-            Recommender(recommender, config.get("storage_options")) if recommender else None
-        )
-        model = self.manifest.get("model") or {}
-        self.model_name = model.get("name")
-        self.model_names = {
-            n for n in (self.model_name, posixpath.basename(self.model_name or "")) if n
-        }
-
-    def _metadata_columns(self) -> set[str]:
-        text = self.manifest.get("text_column")
-        cols: set[str] = set()
-        for docs in self.lookup.docs:
-            cols |= {c for c in docs.columns if c not in ("_iid", "vector", TEXT_HASH, text)}
-        return cols
-
-    # -- plumbing ---------------------------------------------------------------------------
-
-    async def _answer(
-        self,
-        request: Request,
-        route: str,
-        work: Callable[[Any], Awaitable[Any]],
-        parse: Callable[[Any], Any] | None = None,
-    ) -> Any:
-        start = time.perf_counter()
-        try:
-            self._authorize(request, route)
-            body = await self._body(request, parse) if parse is not None else None
-            result = await asyncio.wait_for(work(body), timeout=self.timeout_s)
-            response = (
-                result
-                if isinstance(result, JSONResponse | PlainTextResponse)
-                else FastJSONResponse(result)
+        o = config.options
+        self.config = config
+        self.version = config.version
+        self.api_key = o.api_key
+        self.request_timeout_s = o.request_timeout_s
+        self.max_body_bytes = o.max_body_bytes
+        self.metrics = Metrics()
+        self.placement: Placement = (
+            LocalPlacement(ShardedIndex(config.version_url, storage_options=o.storage_options))
+            if o.placement == "gateway"
+            else RemotePlacement(
+                IndexVersion(config.version_url, storage_options=o.storage_options),
+                searchers,
+                encoder,
             )
-        except ApiError as e:
-            response = error_response(e.status, e.code, e.message)
-        except TimeoutError:
-            response = error_response(
-                504, "timeout", f"the request took longer than {self.timeout_s:.0f}s"
-            )
-        except (QueryError, FilterError) as e:
-            cause = getattr(e, "cause", None) or e  # raised in a searcher: Ray wraps it
-            response = error_response(422, "invalid_query", str(cause))
-        except Exception as e:
-            log.exception("request to %s failed", route)
-            response = error_response(500, "internal_error", f"{type(e).__name__}: {e}")
-        self.stats.observe(route, response.status_code, time.perf_counter() - start)
-        return response
-
-    def _authorize(self, request: Request, route: str) -> None:
-        if self.api_key is None or route in OPEN_ROUTES:
-            return
-        header = request.headers.get("authorization", "")
-        token = (
-            header[7:]
-            if header.lower().startswith("bearer ")
-            else request.headers.get("x-api-key", "")
         )
-        if not token or not hmac.compare_digest(token.encode(), self.api_key.encode()):
-            raise ApiError(
-                401,
-                "unauthorized",
-                "a valid API key is required: send 'Authorization: Bearer <key>'",
-            )
+        self.searcher = self.placement.searcher
+        self.manifest = self.searcher.manifest
+        self.metric = self.manifest.metric
+        self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
+        self.switch = switch  # deploys another version of this application
+        name = self.manifest.model.name if self.manifest.model else ""
+        self.model_names = {n for n in (name, posixpath.basename(name)) if n}
 
-    async def _body(self, request: Request, parse: Callable[[Any], Any]) -> Any:
-        chunks, size = [], 0
-        async for chunk in request.stream():  # read it all, keep at most the limit
-            size += len(chunk)
-            if size <= self.max_body_bytes:
-                chunks.append(chunk)
-        if size > self.max_body_bytes:
-            raise ApiError(
-                413,
-                "body_too_large",
-                f"the body is {size} bytes, over the limit of {self.max_body_bytes}",
-            )
-        raw = b"".join(chunks)
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise ApiError(400, "invalid_json", f"the body is not valid JSON: {e}") from e
-        try:
-            return parse(data)
-        except ValidationError as e:
-            raise ApiError(422, "validation_error", _validation_message(e)) from e
+    async def _run(self, queries: list[Query]) -> Answers:
+        return await self.searcher.run_async(queries, self.placement.encode, self.placement.search)
 
-    # -- search -----------------------------------------------------------------------------
+    # -- search ---------------------------------------------------------------------------
 
-    async def _encode(self, texts: list[str]) -> np.ndarray:
-        if self.local_encoder is not None:
-            return await self._encode_here(texts)
-        if self.encoder is None:
-            raise ApiError(
-                400, "no_text_model",
-                "this index was built from vectors without a text model: query it with 'vector' or ids, not text",
-            )  # fmt: skip
-        return await self.encoder.encode.remote(texts)
-
-    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0)
-    async def _encode_here(self, batches: list[list[str]]) -> list[np.ndarray]:
-        """The texts of requests that arrived while the model was busy, in one call, off
-        the event loop (vector queries go on meanwhile); one call at a time."""
-        return await asyncio.to_thread(encode_batches, self.local_encoder, batches)
-
-    async def _count_tokens(self, texts: list[str]) -> int:
-        if self.local_encoder is not None:
-            return int(self.local_encoder.token_lengths(texts).sum())
-        assert self.encoder is not None  # _encode refused otherwise
-        return int(await self.encoder.count_tokens.remote(texts))
-
-    async def _query_vector(self, req: SearchRequest) -> tuple[np.ndarray, set[int]]:
-        if req.query is not None:
-            return (await self._encode([req.query]))[0], set()
-        if req.vector is not None:
-            return np.asarray(req.vector, dtype=np.float32), set()
-        vectors, weights, excluded = [], [], set()
-        for items, weight in ((req.positive, 1.0), (req.negative, -1.0)):
-            for item in items:
-                if isinstance(item, str):
-                    iid = self.lookup.iid_of(item)
-                    excluded.add(iid)
-                    vectors.append(self.lookup.vector_of_iid(iid))
-                elif isinstance(item, TextItem):
-                    vectors.append((await self._encode([item.text]))[0])
-                else:
-                    assert isinstance(item, VectorItem)
-                    vectors.append(
-                        prepare_queries(np.asarray(item.vector), dim=self.dim, metric="dot")[0]
-                    )
-                weights.append(weight)
-        return combine(vectors, weights), excluded
-
-    def _check_filter(self, spec: dict[str, Any] | None) -> None:
-        for column in spec or {}:
-            if column not in self.metadata_columns:
-                known = ", ".join(sorted(map(repr, self.metadata_columns))) or "none"
-                raise FilterError(
-                    f"cannot filter on {column!r}: the index has no such metadata column (it has {known})"
-                )
-
-    async def _search_many(self, reqs: list[SearchRequest]) -> list[dict[str, Any]]:
-        """Answer queries together: one search per group of queries with the same
-        parameters, one docs lookup per group of queries that want the same fields."""
-        start = time.perf_counter()
-        for req in reqs:
-            self._check_filter(req.filter)
-        if any(req.vector is None for req in reqs):  # text to encode: let it batch
-            queries = list(await asyncio.gather(*(self._query_vector(r) for r in reqs)))
-        else:  # vectors only: no task per query, one conversion for the batch
-            matrix = self._vector_rows([r.vector or [] for r in reqs])
-            queries = [(row, set()) for row in matrix]
-        return await self._search_queries(reqs, queries, start)
-
-    async def _search_queries(
-        self,
-        reqs: list[SearchRequest],
-        queries: list[tuple[np.ndarray, set[int]]],
-        start: float,
-    ) -> list[dict[str, Any]]:
-        """Search each request's query vector, leaving out its excluded internal ids."""
-        encoded = time.perf_counter()
-        for vector, _ in queries:
-            if np.shape(vector) != (self.dim,):
-                raise QueryError(
-                    f"query vectors have dimension {np.size(vector)}; the index has {self.dim}"
-                )
-        prepared = prepare_queries(  # all at once: vectorized over the batch
-            np.stack([np.asarray(vector, dtype=np.float32) for vector, _ in queries]),
-            dim=self.dim,
-            metric=self.metric,
+    @routes.post("/v1/search", response_model=SearchResponse)
+    async def search(self, body: SearchRequest) -> Response:
+        """The k nearest documents of one query: text, a vector, or vector arithmetic."""
+        answers = await self._run([body.to_query()])
+        return FastJSONResponse(
+            {"results": answers.rows[0], "metric": self.metric, "timing_ms": answers.timing_ms}
         )
-        first = reqs[0]
-        if all(  # the common batch: one search for all, no per-query task to group
-            not r.filter and not excluded and (r.k, r.nprobe, r.ef_search) == (first.k, first.nprobe, first.ef_search)
-            for r, (_, excluded) in zip(reqs, queries, strict=True)
-        ):  # fmt: skip
-            task = SearchTask(vectors=prepared, k=first.k, **self._search_params(first))
-            d, i = await self._search_task(task)
-            searched = time.perf_counter()
-            pairs = _hit_pairs(d, i)
+
+    @routes.post("/v1/search/batch", response_model=BatchSearchResponse)
+    async def search_batch(self, body: BatchRequest) -> Response:
+        """Many searches in one request: `queries` (each with its own parameters), or
+        `vectors` (one search for all, sharing one set of parameters)."""
+        if isinstance(body, VectorBatchRequest):
+            answers = await self.searcher.run_batch_async(
+                self._batch_matrix(body), body.search_options(), self.placement.search
+            )
+            timing: dict[str, float] | None = answers.timing_ms
         else:
-            tasks = [
-                SearchTask(
-                    vectors=prepared[n : n + 1],
-                    k=req.k + len(excluded),
-                    filter=req.filter,
-                    **self._search_params(req),
-                )
-                for n, (req, (_, excluded)) in enumerate(zip(reqs, queries, strict=True))
-            ]
-            groups = group_tasks(tasks)
-            found = scatter(
-                tasks, groups, await asyncio.gather(*(self._search_task(t) for _, t in groups))
-            )
-            searched = time.perf_counter()
-            pairs = [
-                [
-                    (s, n)
-                    for s, n in zip(d[0].tolist(), i[0].tolist(), strict=True)
-                    if n >= 0 and n not in excluded
-                ][: req.k]
-                for req, (_, excluded), (d, i) in zip(reqs, queries, found, strict=True)
-            ]
-        results = self._results(reqs, pairs)
-        end = time.perf_counter()
-        timing = {
-            "encode": round((encoded - start) * 1000, 3),
-            "search": round((searched - encoded) * 1000, 3),
-            "total": round((end - start) * 1000, 3),
-        }
-        return [{"results": r, "metric": self.metric, "timing_ms": timing} for r in results]
-
-    async def _search_task(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
-        """Every shard searched for one (stacked) task, the top k merged."""
-        if self.local is not None:
-            if len(task.vectors) <= INLINE_SEARCH_ROWS and not task.filter:
-                return self.local.search_one(task)  # microseconds: no thread hop
-            return await asyncio.to_thread(self.local.search_one, task)
-        parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
-        return merge_topk(parts, task.k, self.metric)
-
-    def _results(
-        self, reqs: list[SearchRequest], pairs: list[list[tuple[float, int]]]
-    ) -> list[list[dict[str, Any]]]:
-        """The result rows of each query; the docs are read once per set of fields asked."""
-        by_include: dict[tuple[str, ...], list[int]] = {}
-        for n, req in enumerate(reqs):
-            by_include.setdefault(tuple(sorted(set(req.include))), []).append(n)
-        out: list[list[dict[str, Any]]] = [[] for _ in reqs]
-        for include, members in by_include.items():
-            rows = self._rows([p for m in members for p in pairs[m]], include)
-            for m, part in zip(members, _split(rows, [pairs[m] for m in members]), strict=True):
-                out[m] = part
-        return out
-
-    def _rows(
-        self, flat: list[tuple[float, int]], include: tuple[str, ...]
-    ) -> list[dict[str, Any]]:
-        """Result rows of (score, internal id) hits, the docs read once for them all."""
-        if ROW_FIELDS & set(include):
-            return [_row(h, include) for h in self.lookup.hits(flat, include)]
-        # ids only: from the ids held in memory, no Hit objects
-        ids = self.lookup.string_ids(np.array([i for _, i in flat], dtype=np.int64))
-        return [{"id": i, "score": s} for i, (s, _) in zip(ids, flat, strict=True)]
-
-    async def _search_vector_batch(self, body: VectorBatchRequest) -> dict[str, Any]:
-        """One search for all the vectors of a batch that shares its parameters."""
-        start = time.perf_counter()
-        self._check_filter(body.filter)
-        task = SearchTask(
-            vectors=prepare_queries(self._batch_matrix(body), dim=self.dim, metric=self.metric),
-            k=body.k,
-            filter=body.filter,
-            **self._search_params(body),
-        )
-        decoded = time.perf_counter()
-        pairs = _hit_pairs(*await self._search_task(task))
-        searched = time.perf_counter()
-        rows = self._rows([p for ps in pairs for p in ps], tuple(sorted(set(body.include))))
-        timing = {
-            "decode": round((decoded - start) * 1000, 3),
-            "search": round((searched - decoded) * 1000, 3),
-            "total": round((time.perf_counter() - start) * 1000, 3),
-        }
-        return {"results": _split(rows, pairs), "metric": self.metric, "timing_ms": timing}
-
-    def _vector_rows(self, rows: list[list[float]]) -> np.ndarray:
-        """Query vectors given as rows of floats, checked for the index's dimension."""
-        dims = {len(v) for v in rows}
-        if dims != {self.dim}:
-            raise QueryError(
-                f"query vectors have dimension {', '.join(map(str, sorted(dims)))}; the "
-                f"index has {self.dim}"
-            )
-        return np.asarray(rows, dtype=np.float32)
-
-    def _search_params(self, req: SearchRequest | VectorBatchRequest) -> dict[str, Any]:
-        """A request's nprobe / efSearch, or the index's tuned defaults."""
-        defaults = self.manifest.get("search_params", {})
-        return {
-            "nprobe": req.nprobe or defaults.get("nprobe"),
-            "ef_search": req.ef_search or defaults.get("efSearch"),
-        }
+            answers = await self._run([q.to_query() for q in body.queries])
+            timing = None
+        return FastJSONResponse({"results": answers.rows, "metric": self.metric,
+                                 **({"timing_ms": timing} if timing else {})})  # fmt: skip
 
     def _batch_matrix(self, body: VectorBatchRequest) -> np.ndarray:
         """The batch's query vectors as an (n, dim) float32 matrix."""
         if isinstance(body.vectors, list):
-            return self._vector_rows(body.vectors)
+            return self.searcher.vector_rows(body.vectors)
         try:
             raw = base64.b64decode(body.vectors, validate=True)
         except binascii.Error as e:
             raise QueryError(f"vectors is not valid base64: {e}") from None
-        row_bytes = 4 * self.dim
+        dim = self.manifest.dim
+        row_bytes = 4 * dim
         if not raw or len(raw) % row_bytes:
             raise QueryError(
-                f"vectors holds {len(raw)} bytes, not a whole number of {self.dim}-d float32 "
+                f"vectors holds {len(raw)} bytes, not a whole number of {dim}-d float32 "
                 f"rows ({row_bytes} bytes each): send little-endian float32 values, row after row"
             )
         if len(raw) // row_bytes > MAX_BATCH_VECTORS:
             raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request")
-        return np.frombuffer(raw, dtype="<f4").reshape(-1, self.dim)
+        return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
-    # -- other routes -----------------------------------------------------------------------
-
-    async def _ready(self) -> bool:
-        calls = [s.ping.remote() for s in self.searchers]
-        if self.encoder is not None:
-            calls.append(self.encoder.ping.remote())
+    @routes.post("/v1/recommend", response_model=RecommendResponse)
+    async def recommend(self, body: RecommendRequest) -> Response:
+        """Items for a user, the items the user already has left out; an unknown user
+        gets the popular items, and is told so."""
+        rec = self.recommender
+        if rec is None:
+            raise ApiError(404, "no_recommender", "this server has no recommender: serve a "
+                           "recommender's index with `embedlib serve OUT/index --recommender OUT`")  # fmt: skip
         try:
-            await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
-        except (TimeoutError, RuntimeError):
-            return False
-        return True
+            rec.check_k(body.k)
+        except RecommendError as e:
+            raise ApiError(422, "validation_error", str(e)) from e
+        found = rec.user(body.user)
+        if found is None:
+            return FastJSONResponse(rec.popular_answer(body.user, body.k))
+        vector, seen = found
+        query = Query(vector=vector, k=body.k, include=body.include, exclude=seen)
+        answers = await self._run([query])
+        return FastJSONResponse({"user": body.user, "results": answers.rows[0], "fallback": None,
+                                 "timing_ms": answers.timing_ms})  # fmt: skip
 
-    def info(self) -> dict[str, Any]:
-        m = self.manifest
-        return {
-            "indexes": [
-                {
-                    "model": self.model_name,
-                    "text_model": bool(m.get("text_model")),
-                    "dim": m["dim"],
-                    "metric": m["metric"],
-                    "ntotal": m["ntotal"],
-                    "shards": len(m["shards"]),
-                    "factory": m["factory"],
-                    "search_params": m.get("search_params", {}),
-                    "recall_at_10": m.get("recall_at_10"),
-                    "created_at": m.get("created_at"),
-                    "version": self.version,
-                    "metadata_columns": sorted(self.metadata_columns),
-                }
-            ]
-        }
+    # -- embeddings -----------------------------------------------------------------------
 
-    async def _embeddings(self, req: EmbeddingsRequest) -> dict[str, Any]:
-        if req.model is not None and req.model not in self.model_names:
+    @routes.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    async def embeddings(self, body: EmbeddingsRequest) -> Response:
+        """OpenAI's embeddings API, with the index's own model."""
+        if body.model is not None and body.model not in self.model_names:
             known = ", ".join(sorted(self.model_names)) or "none (this index has no text model)"
             raise ApiError(
-                404, "model_not_found", f"model {req.model!r} is not served here; known: {known}"
+                404, "model_not_found", f"model {body.model!r} is not served here; known: {known}"
             )
-        if req.dimensions is not None and req.dimensions != self.dim:
-            raise ApiError(422, "validation_error", f"dimensions must be {self.dim} for this model")
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        vectors = await self._encode(texts)
-        tokens = await self._count_tokens(texts)
+        if body.dimensions is not None and body.dimensions != self.manifest.dim:
+            raise ApiError(
+                422, "validation_error", f"dimensions must be {self.manifest.dim} for this model"
+            )
+        texts = [body.input] if isinstance(body.input, str) else list(body.input)
+        vectors = await self.placement.encode(texts)
+        tokens = await self.placement.count_tokens(texts)
         data = []
         for n, v in enumerate(vectors):
             v32 = np.asarray(v, dtype="<f4")
             embedding: Any = (
                 base64.b64encode(v32.tobytes()).decode()
-                if req.encoding_format == "base64"
+                if body.encoding_format == "base64"
                 else v32.tolist()
             )
             data.append({"object": "embedding", "index": n, "embedding": embedding})
-        return {
-            "object": "list",
-            "data": data,
-            "model": req.model or posixpath.basename(self.model_name or ""),
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
+        model = body.model or posixpath.basename(
+            self.manifest.model.name if self.manifest.model else ""
+        )
+        return FastJSONResponse({"object": "list", "data": data, "model": model,
+                                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
 
-    async def _recommend(self, req: RecommendRequest) -> dict[str, Any]:
-        """Items for a user: the item index searched with the user's vector, the items
-        the user has left out; an unknown user gets the popular items, said so."""
-        rec = self.recommender
-        if rec is None:
-            raise ApiError(
-                404,
-                "no_recommender",
-                "this server has no recommender: serve a recommender's index with "
-                "`embedlib serve OUT/index --recommender OUT`",
-            )
-        try:
-            rec.check_k(req.k)
-        except RecommendError as e:
-            raise ApiError(422, "validation_error", str(e)) from e
-        found = rec.user(req.user)
-        if found is None:
-            return rec.popular_answer(req.user, req.k)
-        vector, seen = found
-        excluded = {self.lookup.iid_of(item) for item in seen}
-        search = SearchRequest(vector=vector.tolist(), k=req.k, include=req.include)
-        start = time.perf_counter()
-        answer = (await self._search_queries([search], [(vector, excluded)], start))[0]
-        return {"user": req.user, "results": answer["results"], "fallback": None,
-                "timing_ms": answer["timing_ms"]}  # fmt: skip
+    # -- writes and versions --------------------------------------------------------------
 
-    async def _write(self, upserts: list[Any], deletes: list[str]) -> Any:
-        """Apply small changes through the versioned update path (`update_index`, the lock
-        included), then switch the app to the new version as /v1/admin/reload does."""
-        import pyarrow as pa
+    @routes.post("/v1/upsert", response_model=WriteResponse, status_code=202)
+    async def upsert(self, body: UpsertRequest) -> Response:
+        """Add or replace documents (by id): a new version, then the app switches to it."""
+        return await self._write(body.documents, [])
 
-        from embedlib.exceptions import EmbedlibError
-        from embedlib.index.lock import IndexLockedError
-        from embedlib.index.update import update_index
-        from embedlib.options import RunOptions
-        from embedlib.serve.app import redeploy
+    @routes.post("/v1/delete", response_model=WriteResponse, status_code=202)
+    async def delete(self, body: DeleteRequest) -> Response:
+        """Remove documents: a new version, then the app switches to it."""
+        return await self._write([], body.ids)
 
+    async def _write(self, documents: list[UpsertDocument], deletes: list[str]) -> Response:
+        """The update runs as a Ray task (embedding included), then the app switches to
+        the version it published, as /v1/admin/reload does."""
         if self.api_key is None:
             raise ApiError(403, "writes_disabled", "writes need an API key: start the server "
                            "with EMBEDLIB_API_KEY set")  # fmt: skip
-        if self.app_options is None:
+        if self.switch is None:
             raise ApiError(
                 409, "not_updatable", "this application was not started by embedlib serve"
             )
-        text = self.manifest.get("text_column") or "text"
-        table = (
-            pa.Table.from_pylist([{"id": d.id, text: d.text, **d.metadata} for d in upserts])
-            if upserts
-            else None
-        )
-        options = self.app_options.get("storage_options") or {}
+        options = self.config.options
         try:
-            report = await asyncio.to_thread(
-                update_index, self.app_options["index"], upserts=table, delete_ids=deletes,
-                delta=True, wait_s=min(30.0, self.timeout_s / 2),
-                run=RunOptions(runner="local", progress=False, storage_options=options),
+            report = await submit_write(
+                options, [d.model_dump() for d in documents], deletes,
+                self.manifest.text_column or "text", min(30.0, self.request_timeout_s / 2),
             )  # fmt: skip
         except IndexLockedError as e:
             raise ApiError(409, "locked", str(e)) from e
         except EmbedlibError as e:
             raise ApiError(422, "invalid_update", str(e)) from e
-        if report.version is not None:  # in the background: this replica is being replaced
-            threading.Thread(target=redeploy, args=(self.app_options, report.version),
-                             daemon=True).start()  # fmt: skip
-        body = {"version": report.version, "previous": report.previous, "added": report.added,
-                "changed": report.changed, "deleted": report.deleted,
-                "switching": report.version is not None, "warnings": report.warnings}  # fmt: skip
-        return JSONResponse(body, status_code=202 if report.version else 200)
+        if report.version is not None:
+            self._switch_soon(report.version)
+        answer = {"version": report.version, "previous": report.previous, "added": report.added,
+                  "changed": report.changed, "deleted": report.deleted,
+                  "switching": report.version is not None, "warnings": report.warnings}  # fmt: skip
+        return JSONResponse(answer, status_code=202 if report.version else 200)
 
-    # -- routes -----------------------------------------------------------------------------
-
-    @api.get("/healthz")
-    async def healthz(self, request: Request) -> Any:
-        return await self._answer(request, "/healthz", lambda _: _const({"status": "ok"}))
-
-    @api.get("/readyz")
-    async def readyz(self, request: Request) -> Any:
-        async def work(_: Any) -> Any:
-            if await self._ready():
-                return {"ready": True}
-            raise ApiError(503, "not_ready", "not every shard answers yet")
-
-        return await self._answer(request, "/readyz", work)
-
-    @api.get("/v1/indexes")
-    async def indexes(self, request: Request) -> Any:
-        return await self._answer(request, "/v1/indexes", lambda _: _const(self.info()))
-
-    @api.post("/v1/search")
-    async def search(self, request: Request) -> Any:
-        async def work(body: SearchRequest) -> Any:
-            return (await self._search_many([body]))[0]
-
-        return await self._answer(request, "/v1/search", work, SearchRequest.model_validate)
-
-    @api.post("/v1/search/batch")
-    async def search_batch(self, request: Request) -> Any:
-        async def work(body: BatchSearchRequest | VectorBatchRequest) -> Any:
-            if isinstance(body, VectorBatchRequest):
-                return await self._search_vector_batch(body)
-            answers = await self._search_many(body.queries)
-            return {"results": [a["results"] for a in answers], "metric": self.metric}
-
-        return await self._answer(request, "/v1/search/batch", work, parse_batch)
-
-    @api.post("/v1/recommend")
-    async def recommend(self, request: Request) -> Any:
-        return await self._answer(
-            request, "/v1/recommend", self._recommend, RecommendRequest.model_validate
-        )
-
-    @api.post("/v1/embeddings")
-    async def embeddings(self, request: Request) -> Any:
-        return await self._answer(
-            request, "/v1/embeddings", self._embeddings, EmbeddingsRequest.model_validate
-        )
-
-    @api.post("/v1/upsert")
-    async def upsert(self, request: Request) -> Any:
-        async def work(body: UpsertRequest) -> Any:
-            return await self._write(body.documents, [])
-
-        return await self._answer(request, "/v1/upsert", work, UpsertRequest.model_validate)
-
-    @api.post("/v1/delete")
-    async def delete(self, request: Request) -> Any:
-        async def work(body: DeleteRequest) -> Any:
-            return await self._write([], body.ids)
-
-        return await self._answer(request, "/v1/delete", work, DeleteRequest.model_validate)
-
-    @api.post("/v1/admin/reload")
-    async def reload(self, request: Request) -> Any:
-        async def work(_: Any) -> Any:
-            from embedlib.serve.app import current_version, redeploy
-
-            if self.app_options is None:
-                raise ApiError(
-                    409, "not_reloadable", "this application was not started by embedlib serve"
-                )
-            now = await asyncio.to_thread(
-                current_version, self.app_options["index"], self.app_options.get("storage_options")
+    @routes.post("/v1/admin/reload", response_model=ReloadResponse)
+    async def reload(self, body: ReloadRequest | None = None) -> Response:
+        """Serve another version without downtime: the one named, else CURRENT's."""
+        if self.switch is None:
+            raise ApiError(
+                409, "not_reloadable", "this application was not started by embedlib serve"
             )
-            if now == self.version:
-                return {"reloading": False, "version": now}
-            # deploy in the background: this replica is among those being replaced
-            threading.Thread(target=redeploy, args=(self.app_options, now), daemon=True).start()
-            return JSONResponse(
-                {"reloading": True, "from": self.version, "to": now}, status_code=202
-            )
-
-        return await self._answer(request, "/v1/admin/reload", work)
-
-    @api.get("/metrics")
-    async def metrics(self, request: Request) -> Any:
-        return await self._answer(
-            request, "/metrics", lambda _: _const(PlainTextResponse(self.stats.render()))
+        o = self.config.options
+        if body is not None and body.version is not None:
+            target = body.version
+            if not await asyncio.to_thread(has_version, o.index, target, o.storage_options):
+                raise ApiError(404, "no_such_version", f"{o.index!r} holds no version {target!r}")
+        else:
+            target = await asyncio.to_thread(published_version, o.index, o.storage_options)
+        if target == self.version:
+            return JSONResponse({"reloading": False, "version": target})
+        self._switch_soon(target)
+        return JSONResponse(
+            {"reloading": True, "from": self.version, "to": target}, status_code=202
         )
 
+    def _switch_soon(self, version: str) -> None:
+        """Deploy `version` in the background: this replica is among those replaced."""
+        assert self.switch is not None
+        threading.Thread(target=self.switch, args=(version,), daemon=True).start()
 
-async def _with_retry(method: Any, *args: Any, attempts: int = 3) -> Any:
-    """Call a deployment; when the replica died mid-call, Serve routes the retry to a live one."""
-    for attempt in range(attempts):
-        try:
-            return await method.remote(*args)
-        except RayActorError:
-            if attempt == attempts - 1:
-                raise
-            await asyncio.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
+    # -- about the server -----------------------------------------------------------------
 
+    @routes.get("/v1/indexes", response_model=IndexesResponse)
+    async def indexes(self) -> dict[str, Any]:
+        """What is served: model, dimension, metric, size, shards, tuned parameters."""
+        m = self.manifest
+        return {"indexes": [{
+            "model": m.model.name if m.model else None, "text_model": m.text_model,
+            "dim": m.dim, "metric": m.metric, "ntotal": m.ntotal, "shards": len(m.shards),
+            "factory": m.factory, "search_params": m.search_params.to_dict(),
+            "recall_at_10": m.tuning.recall_at_10, "created_at": m.created_at,
+            "version": self.version,
+            "metadata_columns": sorted(self.searcher.docs.metadata_columns),
+        }]}  # fmt: skip
 
-def _hit_pairs(d: np.ndarray, i: np.ndarray) -> list[list[tuple[float, int]]]:
-    """Each query's (score, internal id) hits; tolist converts them all at once."""
-    return [
-        [(s, n) for s, n in zip(ds, ns, strict=True) if n >= 0]
-        for ds, ns in zip(d.tolist(), i.tolist(), strict=True)
-    ]
+    @routes.get("/metrics", response_class=PlainTextResponse)
+    async def metrics_text(self) -> Response:
+        """Request counts and time by route and status, in Prometheus' text format."""
+        return PlainTextResponse(self.metrics.render())
 
+    @open_routes.get("/healthz", response_model=Status)
+    async def healthz(self) -> dict[str, str]:
+        """The replica answers (no key needed)."""
+        return {"status": "ok"}
 
-def _split(rows: list[dict[str, Any]], pairs: list[list[Any]]) -> list[list[dict[str, Any]]]:
-    """Flat result rows cut back into one list per query."""
-    out, start = [], 0
-    for hits in pairs:
-        out.append(rows[start : start + len(hits)])
-        start += len(hits)
-    return out
-
-
-def _row(hit: Hit, include: tuple[str, ...]) -> dict[str, Any]:
-    row: dict[str, Any] = {"id": hit.id, "score": hit.score}
-    if "text" in include and hit.text is not None:
-        row["text"] = hit.text
-    if "metadata" in include:
-        row["metadata"] = hit.metadata
-    if "vector" in include:
-        row["vector"] = hit.vector
-    return row
+    @open_routes.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}})
+    async def readyz(self) -> dict[str, bool]:
+        """Every shard and the encoder answer (no key needed)."""
+        if await self.placement.ready():
+            return {"ready": True}
+        raise ApiError(503, "not_ready", "not every shard answers yet")
 
 
-async def _const(value: Any) -> Any:
-    return value
+api.include_router(open_routes)
+api.include_router(routes)
 
-
-# The routes above become methods of the deployment at import time, in the driver and in
-# every replica alike (Serve's class-based views).
+# The routes above become methods of the deployment (Serve's class-based views), in the
+# driver and in every replica alike.
 GatewayIngress = serve.ingress(api)(Gateway)

@@ -1,17 +1,37 @@
-"""Request bodies of the HTTP API, validated by pydantic (422 on failure)."""
+"""Request and response bodies of the HTTP API. FastAPI validates requests against them
+(422 on failure) and /openapi.json declares them, so /docs can send real requests and
+clients can be generated from the schema."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from embedlib.index.query import DEFAULT_INCLUDE, Include, Query, SearchOptions, TextItem
 
 MAX_K = 1000
-Include = Literal["text", "metadata", "vector"]
-DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
-
+MAX_BATCH_QUERIES = 1000
+MAX_BATCH_VECTORS = 10_000
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # checked in pydantic-core
+Filter = Annotated[
+    dict[str, Any],
+    Field(
+        description='metadata conditions, all of which must hold: {"lang": "en", '
+        '"year": {"in": [2020, 2021]}}',
+        examples=[{"lang": "en"}],
+    ),
+]
 
 
 class VectorItem(BaseModel):
@@ -19,28 +39,50 @@ class VectorItem(BaseModel):
     vector: list[FiniteFloat] = Field(min_length=1)
 
 
-class TextItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class TextArithmeticItem(BaseModel):
+    model_config = ConfigDict(extra="forbid", title="TextItem")
     text: str = Field(min_length=1)
 
 
-ArithmeticItem = str | TextItem | VectorItem
+ArithmeticItem = Annotated[
+    str | TextArithmeticItem | VectorItem,
+    Field(description="a document id, {'text': ...} to embed, or {'vector': [...]}"),
+]
 
 
-class SearchRequest(BaseModel):
-    """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
+class SearchFields(BaseModel):
+    """How to search, whatever the query."""
 
     model_config = ConfigDict(extra="forbid")
 
-    query: str | None = None
+    k: int = Field(default=10, ge=1, le=MAX_K, description="how many hits")
+    nprobe: int | None = Field(default=None, ge=1, description="IVF lists probed")
+    ef_search: int | None = Field(default=None, ge=1, description="HNSW search breadth")
+    filter: Filter | None = None
+    include: list[Include] = Field(
+        default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
+    )
+    exclude: list[str] = Field(default_factory=list, description="document ids to leave out")
+
+    def options(self) -> dict[str, Any]:
+        return {
+            "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
+            "filter": self.filter, "include": self.include, "exclude": self.exclude,
+        }  # fmt: skip
+
+
+class SearchRequest(SearchFields):
+    """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
+
+    query: str | None = Field(default=None, description="text, embedded with the index's model")
     vector: list[FiniteFloat] | None = Field(default=None, min_length=1)
     positive: list[ArithmeticItem] = Field(default_factory=list)
     negative: list[ArithmeticItem] = Field(default_factory=list)
-    k: int = Field(default=10, ge=1, le=MAX_K)
-    nprobe: int | None = Field(default=None, ge=1)
-    ef_search: int | None = Field(default=None, ge=1)
-    filter: dict[str, Any] | None = None
-    include: list[Include] = Field(default_factory=lambda: list(DEFAULT_INCLUDE))
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"query": "machine learning tutorial", "k": 5}]},
+    )
 
     @field_validator("query")
     @classmethod
@@ -60,29 +102,39 @@ class SearchRequest(BaseModel):
             raise ValueError("give exactly one of: query (text), vector, or positive/negative")
         return self
 
+    def to_query(self) -> Query:
+        return Query(
+            text=self.query,
+            vector=self.vector,
+            positive=[_item(i) for i in self.positive],
+            negative=[_item(i) for i in self.negative],
+            **self.options(),
+        )
+
+
+def _item(item: str | TextArithmeticItem | VectorItem) -> Any:
+    if isinstance(item, str):
+        return item
+    if isinstance(item, TextArithmeticItem):
+        return TextItem(item.text)
+    return np.asarray(item.vector, dtype=np.float32)
+
 
 class BatchSearchRequest(BaseModel):
+    """Several searches, each with its own parameters."""
+
     model_config = ConfigDict(extra="forbid")
-    queries: list[SearchRequest] = Field(min_length=1, max_length=1000)
+    queries: list[SearchRequest] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
 
 
-MAX_BATCH_VECTORS = 10_000
-
-
-class VectorBatchRequest(BaseModel):
+class VectorBatchRequest(SearchFields):
     """Many query vectors sharing one set of parameters: `vectors` as rows of floats, or
     with `encoding_format` "base64" one base64 string of little-endian float32 values,
     row after row (as the OpenAI embeddings API returns them): no JSON numbers to parse."""
 
-    model_config = ConfigDict(extra="forbid")
-
     vectors: str | list[list[FiniteFloat]] = Field(min_length=1)
     encoding_format: Literal["float", "base64"] = "float"
-    k: int = Field(default=10, ge=1, le=MAX_K)
-    nprobe: int | None = Field(default=None, ge=1)
-    ef_search: int | None = Field(default=None, ge=1)
-    filter: dict[str, Any] | None = None
-    include: list[Include] = Field(default_factory=list)
+    include: list[Include] = Field(default_factory=list, description="fields of each hit")
 
     @model_validator(mode="after")
     def _format_matches(self) -> VectorBatchRequest:
@@ -95,12 +147,20 @@ class VectorBatchRequest(BaseModel):
             raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
         return self
 
+    def search_options(self) -> SearchOptions:
+        return SearchOptions(**self.options())
 
-def parse_batch(data: Any) -> BatchSearchRequest | VectorBatchRequest:
-    """A /v1/search/batch body: `queries` (each its own search) or `vectors` (one search)."""
-    if isinstance(data, dict) and "vectors" in data:
-        return VectorBatchRequest.model_validate(data)
-    return BatchSearchRequest.model_validate(data)
+
+def _batch_kind(data: Any) -> str:
+    if isinstance(data, dict):
+        return "vectors" if "vectors" in data else "queries"
+    return "vectors" if isinstance(data, VectorBatchRequest) else "queries"
+
+
+BatchRequest = Annotated[
+    Annotated[BatchSearchRequest, Tag("queries")] | Annotated[VectorBatchRequest, Tag("vectors")],
+    Discriminator(_batch_kind),
+]
 
 
 class EmbeddingsRequest(BaseModel):
@@ -157,3 +217,109 @@ class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[str] = Field(min_length=1, max_length=10_000)
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="similarity (cosine, dot: higher first) or squared L2")
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+    vector: list[float] | None = None
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    metric: str
+    timing_ms: dict[str, float]
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[list[Hit]]
+    metric: str
+    timing_ms: dict[str, float] | None = None
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: dict[str, int]
+
+
+class RecommendResponse(BaseModel):
+    user: str
+    results: list[Hit]
+    fallback: Literal["popular"] | None
+    reason: str | None = None
+    timing_ms: dict[str, float] | None = None
+
+
+class WriteResponse(BaseModel):
+    version: str | None = Field(description="the version published; null when nothing changed")
+    previous: str
+    added: int
+    changed: int
+    deleted: int
+    switching: bool
+    warnings: list[str]
+
+
+class ReloadRequest(BaseModel):
+    """Which version to serve: the one named (a rollback, or a version published by
+    hand), else the one CURRENT names now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: str | None = Field(default=None, pattern=r"^v-\d{5,}$", examples=["v-00002"])
+
+
+class ReloadResponse(BaseModel):
+    reloading: bool
+    version: str | None = None
+    to: str | None = None
+    from_: str | None = Field(default=None, alias="from")
+
+
+class IndexInfo(BaseModel):
+    model: str | None
+    text_model: bool
+    dim: int
+    metric: str
+    ntotal: int
+    shards: int
+    factory: str
+    search_params: dict[str, int]
+    recall_at_10: float | None
+    created_at: str
+    version: str
+    metadata_columns: list[str]
+
+
+class IndexesResponse(BaseModel):
+    indexes: list[IndexInfo]
+
+
+class Status(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    ready: bool
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail

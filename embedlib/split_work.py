@@ -1,4 +1,4 @@
-"""The work done on one shard, with no Ray in it: scan (validate, count, hash ids) and
+"""The work done on one split, with no Ray in it: scan (validate, count, hash ids) and
 embed (read, encode, write an attempt file). Runners call these locally or on Ray."""
 
 from __future__ import annotations
@@ -14,16 +14,16 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 
-from embedlib.corpus.plan import Shard
-from embedlib.corpus.read import QuarantineRecord, read_shard
+from embedlib.corpus.plan import Split
+from embedlib.corpus.read import QuarantineRecord, read_split
 from embedlib.documents import Documents, DocumentSpec, id_hashes, prepare
+from embedlib.embedding_set import ATTEMPTS, PartFile, PartWriter, join
 from embedlib.encode import TextEncoder
-from embedlib.store import ATTEMPTS, ShardFile, ShardWriter, join
 
 
 @dataclass
-class ShardScan:
-    """What a shard holds, found without encoding."""
+class SplitScan:
+    """What a split holds, found without encoding."""
 
     index: int
     columns: list[str]
@@ -36,12 +36,12 @@ class ShardScan:
 
 
 @dataclass
-class ShardResult:
-    """An embedded shard, written to an attempt file that the driver commits."""
+class SplitResult:
+    """An embedded split, written to an attempt file that the driver commits."""
 
     index: int
     attempt: str | None  # attempt Parquet file; None when no document survived
-    file: ShardFile | None
+    file: PartFile | None
     quarantine: str | None  # attempt quarantine file, when rows were quarantined
     rows_read: int
     documents: int
@@ -53,8 +53,8 @@ class ShardResult:
 
 
 @dataclass(frozen=True)
-class ShardContext:
-    """Everything a worker needs besides the shard and the model."""
+class SplitContext:
+    """Everything a worker needs besides the split and the model."""
 
     fs_in: fsspec.AbstractFileSystem
     fs_out: fsspec.AbstractFileSystem
@@ -66,42 +66,42 @@ class ShardContext:
 
 def iter_documents(
     fs: fsspec.AbstractFileSystem,
-    shard: Shard,
+    split: Split,
     spec: DocumentSpec,
     *,
     batch_rows: int,
     drop_rows: Collection[int] = (),
 ) -> Iterator[tuple[int, Documents]]:
-    """(rows read, documents) for each batch of `shard`. The text column of a CSV is read
+    """(rows read, documents) for each batch of `split`. The text column of a CSV is read
     as bytes, so bad UTF-8 quarantines one row instead of failing the file."""
-    for raw in read_shard(
+    for raw in read_split(
         fs,
-        shard,
+        split,
         batch_rows=batch_rows,
         text_column=spec.text_column,
         binary_columns=(spec.text_column,),
     ):
-        docs = prepare(raw, spec, relpath=shard.file.relpath, drop_rows=drop_rows)
+        docs = prepare(raw, spec, relpath=split.file.relpath, drop_rows=drop_rows)
         yield raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values()), docs
 
 
-def scan_shard(shard: Shard, ctx: ShardContext) -> ShardScan:
-    """Read `shard` once to learn its columns, counts and document ids."""
+def scan_split(split: Split, ctx: SplitContext) -> SplitScan:
+    """Read `split` once to learn its columns, counts and document ids."""
     columns: dict[str, None] = {}
     rows_read = 0
     skipped: Counter[str] = Counter()
     quarantined = 0
     hashes: list[np.ndarray] = []
     rows: list[np.ndarray] = []
-    for n, docs in iter_documents(ctx.fs_in, shard, ctx.spec, batch_rows=ctx.read_batch_rows):
+    for n, docs in iter_documents(ctx.fs_in, split, ctx.spec, batch_rows=ctx.read_batch_rows):
         columns.update(dict.fromkeys(docs.source_columns))
         rows_read += n
         skipped.update(docs.skipped)
         quarantined += len(docs.quarantined)
         hashes.append(id_hashes(docs.ids))
         rows.append(docs.rows)
-    return ShardScan(
-        index=shard.index,
+    return SplitScan(
+        index=split.index,
         columns=list(columns),
         rows_read=rows_read,
         documents=int(sum(len(h) for h in hashes)),
@@ -112,25 +112,25 @@ def scan_shard(shard: Shard, ctx: ShardContext) -> ShardScan:
     )
 
 
-def embed_shard(
-    shard: Shard,
-    ctx: ShardContext,
+def embed_split(
+    split: Split,
+    ctx: SplitContext,
     encoder: TextEncoder,
     *,
     drop_rows: Collection[int] = (),
     node: str | None = None,
-) -> ShardResult:
-    """Read, encode and write `shard` to a fresh attempt file under `_attempts/`."""
+) -> SplitResult:
+    """Read, encode and write `split` to a fresh attempt file under `_attempts/`."""
     start = time.perf_counter()
-    attempt_base = join(ctx.out_path, ATTEMPTS, f"{shard.name}.{uuid.uuid4().hex}")
+    attempt_base = join(ctx.out_path, ATTEMPTS, f"{split.name}.{uuid.uuid4().hex}")
     ctx.fs_out.makedirs(join(ctx.out_path, ATTEMPTS), exist_ok=True)
-    writer = ShardWriter(ctx.fs_out, f"{attempt_base}.parquet", dtype=ctx.dtype)
+    writer = PartWriter(ctx.fs_out, f"{attempt_base}.parquet", dtype=ctx.dtype)
     drop = set(drop_rows)
     rows_read = documents = truncated = 0
     skipped: Counter[str] = Counter()
     bad: list[QuarantineRecord] = []
     for n, docs in iter_documents(
-        ctx.fs_in, shard, ctx.spec, batch_rows=ctx.read_batch_rows, drop_rows=drop
+        ctx.fs_in, split, ctx.spec, batch_rows=ctx.read_batch_rows, drop_rows=drop
     ):
         rows_read += n
         skipped.update(docs.skipped)
@@ -146,8 +146,8 @@ def embed_shard(
         with ctx.fs_out.open(quarantine, "w") as fh:
             for record in bad:
                 fh.write(json.dumps(record.to_dict()) + "\n")
-    return ShardResult(
-        index=shard.index,
+    return SplitResult(
+        index=split.index,
         attempt=f"{attempt_base}.parquet" if info else None,
         file=info,
         quarantine=quarantine,

@@ -1,0 +1,183 @@
+"""The docs tables of an index version: what joins a FAISS int64 id to the document.
+
+Each serving shard has a docs table (`docs-NNNNN.parquet`: `_iid`, `id`, the indexed
+vector, the text, the content hash and the metadata columns), sorted by `_iid`. A
+`ShardDocs` holds a table's int64 and string ids and its metadata columns in memory (the
+ids for lookups, the metadata for filters) and reads text and vectors by row group on
+demand. `DocsLookup` spans the shards of a version: string id -> int64 id, int64 id ->
+vector, and the result rows of a search ({"id", "score"} plus what the query asked for).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from embedlib.documents import ID, TEXT_HASH, VECTOR
+from embedlib.exceptions import QueryError, SourceError
+from embedlib.tables import vectors_of
+
+IID = "_iid"  # the FAISS id of a row, in the docs tables
+ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the rows
+CACHED_GROUPS = 64  # row groups of text/vectors kept per shard
+
+
+class ShardDocs:
+    """One shard's docs table."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, text_column: str | None) -> None:
+        self.fs, self.path, self.text_column = fs, path, text_column
+        with fs.open(path, "rb") as fh:
+            pf = pq.ParquetFile(fh)
+            self.columns: list[str] = pf.schema_arrow.names
+            self.metadata_columns = [
+                c for c in self.columns if c not in (IID, ID, VECTOR, TEXT_HASH, text_column)
+            ]
+            table = pf.read(columns=[IID, ID])
+            self.group_starts = np.cumsum(
+                [0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+            )
+        self.iids: np.ndarray = table.column(IID).to_numpy()
+        self.ids: pa.Array = table.column(ID).combine_chunks()
+        self._metadata: pa.Table | None = None
+        self._groups: dict[int, dict[str, list[Any]]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.iids)
+
+    @property
+    def metadata(self) -> pa.Table:
+        """The metadata columns of every row, for filters (read on first use)."""
+        with self._lock:
+            if self._metadata is None:
+                with self.fs.open(self.path, "rb") as fh:
+                    self._metadata = pq.read_table(fh, columns=self.metadata_columns)
+            return self._metadata
+
+    def positions(self, iids: np.ndarray) -> np.ndarray:
+        """Row of each int64 id in this table, -1 where it is not here."""
+        if len(self.iids) == 0:
+            return np.full(len(iids), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.iids, iids), len(self.iids) - 1)
+        return np.where(self.iids[pos] == iids, pos, -1)
+
+    def rows(self, positions: np.ndarray) -> list[dict[str, Any]]:
+        """The rows at `positions` (all columns, vectors as float32 arrays)."""
+        out = []
+        for p in positions.tolist():
+            g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
+            group = self._group(g)
+            r = p - int(self.group_starts[g])
+            out.append({c: v[r] for c, v in group.items()})
+        return out
+
+    def vectors(self, positions: np.ndarray) -> np.ndarray:
+        """The indexed vectors at `positions`, read from their row groups."""
+        with self.fs.open(self.path, "rb") as fh:
+            table = pq.read_table(fh, columns=[VECTOR]).take(pa.array(positions))
+        return vectors_of(table.column(VECTOR))
+
+    def _group(self, g: int) -> dict[str, list[Any]]:
+        with self._lock:
+            cached = self._groups.get(g)
+        if cached is not None:
+            return cached
+        with self.fs.open(self.path, "rb") as fh:
+            table = pq.ParquetFile(fh).read_row_group(g)
+        cols = {c: table.column(c).to_pylist() for c in table.column_names if c != VECTOR}
+        cols[VECTOR] = list(vectors_of(table.column(VECTOR)))
+        with self._lock:
+            if len(self._groups) >= CACHED_GROUPS:
+                self._groups.pop(next(iter(self._groups)))
+            self._groups[g] = cols
+        return cols
+
+
+class DocsLookup:
+    """The docs tables of an index version, side by side."""
+
+    def __init__(self, shards: Sequence[ShardDocs], text_column: str | None) -> None:
+        self.shards = list(shards)
+        self.text_column = text_column
+        self._id_map: dict[str, int] | None = None
+        self._id_lock = threading.Lock()
+        self.metadata_columns: frozenset[str] = frozenset(
+            c for docs in self.shards for c in docs.metadata_columns
+        )
+
+    def iid_of(self, doc_id: str) -> int:
+        """The int64 id of a document id; QueryError when the index does not hold it."""
+        with self._id_lock:
+            if self._id_map is None:
+                id_map: dict[str, int] = {}
+                for docs in self.shards:
+                    id_map.update(zip(docs.ids.to_pylist(), docs.iids.tolist(), strict=True))
+                self._id_map = id_map
+        found = self._id_map.get(doc_id)
+        if found is None:
+            raise QueryError(f"id {doc_id!r} is not in the index")
+        return found
+
+    def vector_of_iid(self, iid: int) -> np.ndarray:
+        """The indexed vector (unit length for cosine) of an int64 id."""
+        for docs in self.shards:
+            pos = docs.positions(np.array([iid], np.int64))
+            if pos[0] >= 0:
+                return np.asarray(docs.rows(pos)[0][VECTOR], dtype=np.float32)
+        raise QueryError(f"internal id {iid} is not in the index")
+
+    def string_ids(self, iids: np.ndarray) -> list[str]:
+        """The string ids of int64 ids, from the ids held in memory (no row reads)."""
+        out = np.full(len(iids), None, dtype=object)
+        missing = np.ones(len(iids), dtype=bool)
+        for docs in self.shards:
+            pos = docs.positions(iids)
+            found = pos >= 0
+            out[found] = docs.ids.take(pos[found]).to_numpy(zero_copy_only=False)
+            missing &= ~found
+        if missing.any():
+            raise SourceError(
+                "the docs tables do not hold an id the index returned; the index is damaged"
+            )
+        return list(out.tolist())
+
+    def result_rows(
+        self, pairs: Sequence[tuple[float, int]], include: frozenset[str]
+    ) -> list[dict[str, Any]]:
+        """The result rows of (score, int64 id) hits: {"id", "score"}, plus "text",
+        "metadata" and "vector" when `include` names them (their docs rows read once)."""
+        iids = np.fromiter((i for _, i in pairs), dtype=np.int64, count=len(pairs))
+        if not ROW_FIELDS & include:
+            ids = self.string_ids(iids)
+            return [{"id": i, "score": s} for i, (s, _) in zip(ids, pairs, strict=True)]
+        rows: list[dict[str, Any] | None] = [None] * len(pairs)
+        for docs in self.shards:
+            pos = docs.positions(iids)
+            found = np.flatnonzero(pos >= 0)
+            for n, found_row in zip(found.tolist(), docs.rows(pos[found]), strict=True):
+                rows[n] = found_row
+        text = self.text_column
+        out = []
+        for (score, _), row in zip(pairs, rows, strict=True):
+            if row is None:
+                raise SourceError(
+                    "the docs tables do not hold an id the index returned; the index is damaged"
+                )
+            result: dict[str, Any] = {"id": row[ID], "score": score}
+            if "text" in include and text and row.get(text) is not None:
+                result["text"] = row[text]
+            if "metadata" in include:
+                result["metadata"] = {
+                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, TEXT_HASH, text)
+                }
+            if "vector" in include:
+                result["vector"] = row[VECTOR].tolist()
+            out.append(result)
+        return out

@@ -1,0 +1,61 @@
+"""Metadata filters: equality and `in` lists on the docs tables' metadata columns.
+
+    {"lang": "en", "year": {"in": [2020, 2021]}}     every condition must hold
+
+The same syntax in the library (`ShardedIndex.search(..., filter=...)`) and over HTTP.
+A filter selects rows inside the search (never after it): see `shards.IndexShard`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedlib.exceptions import FilterError
+
+Filter = Mapping[str, Any]
+
+
+def check_filter(spec: Filter, columns: Collection[str]) -> None:
+    """Refuse a filter on a column the index does not have, or of a shape not understood."""
+    for column, cond in spec.items():
+        if column not in columns:
+            known = ", ".join(sorted(map(repr, columns))) or "none"
+            raise FilterError(
+                f"cannot filter on {column!r}: the index has no such metadata column (it has {known})"
+            )
+        _values(column, cond)
+
+
+def _values(column: str, cond: Any) -> list[Any]:
+    if not isinstance(cond, dict):
+        return [cond]
+    if set(cond) != {"in"} or not isinstance(cond["in"], list):
+        raise FilterError(
+            f'filter on {column!r} must be a value or {{"in": [values]}}, got {cond!r}'
+        )
+    return list(cond["in"])
+
+
+def filter_mask(table: pa.Table, spec: Filter) -> np.ndarray:
+    """Rows of `table` matching every condition of `spec` (checked by `check_filter`
+    against the whole index: a column only other shards have matches no row here)."""
+    mask = np.ones(table.num_rows, dtype=bool)
+    for column, cond in spec.items():
+        values = _values(column, cond)
+        if column not in table.column_names:
+            return np.zeros(table.num_rows, dtype=bool)
+        col = table.column(column)
+        try:
+            wanted = pa.array(values).cast(col.type) if values else pa.array([], col.type)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
+            raise FilterError(
+                f"filter values {values!r} do not fit column {column!r} of type {col.type}"
+            ) from e
+        hit = pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False)
+        mask &= np.asarray(hit, dtype=bool)
+    return mask

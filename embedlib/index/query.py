@@ -1,0 +1,112 @@
+"""What can be asked of an index: a `Query`, and the `Hit`s that answer it.
+
+A query is one of: `text` (embedded with the index's own model), `vector`, or
+`positive` / `negative` items (vector arithmetic as gensim's `most_similar`: document
+ids, `TextItem`s or vectors). The same value comes from the library (`ShardedIndex`) and
+from an HTTP request, and one `Searcher` answers it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from embedlib.exceptions import QueryError
+
+Include = Literal["text", "metadata", "vector"]
+INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
+DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
+
+
+@dataclass(frozen=True)
+class TextItem:
+    """Text to embed, as an item of vector arithmetic (a plain string is a document id)."""
+
+    text: str
+
+
+# a document id, text to embed, or a vector (taken as given, then made unit length)
+ArithmeticItem = str | TextItem | Sequence[float] | np.ndarray
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class SearchOptions:
+    """How to search, whatever the query: the `k` best hits with the `include`d fields,
+    among the documents matching `filter`, `exclude`d ids left out; `nprobe` /
+    `ef_search` override the index's tuned search parameters."""
+
+    k: int = 10
+    nprobe: int | None = None
+    ef_search: int | None = None
+    filter: Mapping[str, Any] | None = None
+    include: Sequence[str] = DEFAULT_INCLUDE
+    exclude: Sequence[str] = ()
+    fields: frozenset[str] = field(init=False, repr=False)  # `include` as a set
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise QueryError(f"k must be at least 1, got {self.k}")
+        for name in ("nprobe", "ef_search"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise QueryError(f"{name} must be at least 1, got {value}")
+        fields_ = frozenset(self.include)
+        if not fields_ <= INCLUDE_FIELDS:
+            bad = ", ".join(sorted(fields_ - INCLUDE_FIELDS))
+            raise QueryError(f"include takes {', '.join(sorted(INCLUDE_FIELDS))}; not {bad}")
+        object.__setattr__(self, "fields", fields_)
+
+
+@dataclass(frozen=True, kw_only=True, eq=False)
+class Query(SearchOptions):
+    """One search: `text`, `vector`, or `positive`/`negative` items, with the options
+    of `SearchOptions`."""
+
+    text: str | None = None
+    vector: Sequence[float] | np.ndarray | None = None
+    positive: Sequence[ArithmeticItem] = ()
+    negative: Sequence[ArithmeticItem] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        kinds = (
+            (self.text is not None)
+            + (self.vector is not None)
+            + bool(self.positive or self.negative)
+        )
+        if kinds != 1:
+            raise QueryError("give exactly one of: text, a vector, or positive/negative items")
+        if self.text is not None and not self.text.strip():
+            raise QueryError("the query text is empty")
+
+    def texts(self) -> list[str]:
+        """The texts this query needs embedded, in the order the searcher uses them."""
+        if self.text is not None:
+            return [self.text]
+        return [i.text for i in (*self.positive, *self.negative) if isinstance(i, TextItem)]
+
+
+@dataclass(slots=True)
+class Hit:
+    """One result: the document's id and score (similarity for cosine and dot, higher
+    first; squared L2 distance for l2, lower first), with the fields asked for."""
+
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    vector: list[float] | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> Hit:
+        """A hit from a result row ({"id", "score", ...} as the HTTP API answers)."""
+        return cls(
+            id=row["id"],
+            score=float(row["score"]),
+            text=row.get("text"),
+            metadata=row.get("metadata") or {},
+            vector=row.get("vector"),
+        )

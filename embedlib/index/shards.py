@@ -1,0 +1,164 @@
+"""Serving shards searched together: raw top-k (score, int64 id) for stacked query vectors.
+
+A `SearchTask` is one FAISS search's worth of work: query vectors sharing k, search
+parameters and a filter. An `IndexShard` is one shard's FAISS index with its docs table;
+a filter is applied inside its search (an exact search over the matching rows when they
+are few, else a FAISS ID selector with nprobe scaled up). A `ShardSet` searches several
+shards and merges their top-k. The `Searcher` above it owns what a query means; a
+`ShardSet` lives in the library's `ShardedIndex`, in a gateway replica (placement
+"gateway"), or behind `@serve.batch` in a `ShardSearcher` replica.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from functools import partial
+
+import faiss
+import numpy as np
+
+from embedlib.index.docs import ShardDocs
+from embedlib.index.faiss_ops import merge_topk, search_params
+from embedlib.index.filters import Filter, filter_mask
+from embedlib.index.version import SearchParams
+
+EXACT_FILTER_LIMIT = 20_000  # at most this many matching rows: exact search over them
+PARALLEL_SHARD_ROWS = 16  # from this many queries on, shards are searched in parallel
+
+
+@dataclass(frozen=True)
+class SearchTask:
+    """Query vectors (prepared: unit length for cosine) searched with one k, one set of
+    search parameters and one filter."""
+
+    vectors: np.ndarray  # (n, d) float32
+    k: int
+    params: SearchParams = field(default_factory=SearchParams)
+    filter: Filter | None = None
+
+    def group_key(self) -> str:
+        """Tasks with equal keys can be stacked into one search."""
+        return json.dumps(
+            [self.k, self.params.nprobe, self.params.ef_search, self.filter],
+            sort_keys=True,
+            default=str,
+        )
+
+
+class IndexShard:
+    """One serving shard: its FAISS index and its docs table."""
+
+    def __init__(self, index: faiss.Index, docs: ShardDocs, metric: str) -> None:
+        self.index, self.docs, self.metric = index, docs, metric
+        ivf = faiss.try_extract_index_ivf(index)
+        self.nlist = int(ivf.nlist) if ivf is not None else 0
+
+    def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        x, params = task.vectors, task.params
+        if not task.filter:
+            p = search_params(self.index, nprobe=params.nprobe, ef_search=params.ef_search)
+            return self.index.search(x, task.k, params=p)
+        mask = filter_mask(self.docs.metadata, task.filter)
+        rows = np.flatnonzero(mask)
+        if len(rows) <= EXACT_FILTER_LIMIT:
+            return self._exact(x, task.k, rows)
+        allowed = self.docs.iids[rows]
+        selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
+        # fewer matching rows spread over the same lists: probe proportionally more
+        nprobe = params.nprobe
+        if self.nlist and nprobe is not None:
+            nprobe = min(self.nlist, int(np.ceil(nprobe * len(mask) / max(len(allowed), 1))))
+        p = search_params(self.index, nprobe=nprobe, ef_search=params.ef_search, selector=selector)
+        return self.index.search(x, task.k, params=p)
+
+    def _exact(self, x: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact search over the matching rows, with the vectors of the docs table."""
+        n = len(x)
+        if len(rows) == 0:
+            return np.full((n, k), np.nan, np.float32), np.full((n, k), -1, np.int64)
+        vectors = self.docs.vectors(rows)
+        metric = faiss.METRIC_L2 if self.metric == "l2" else faiss.METRIC_INNER_PRODUCT
+        d, i = faiss.knn(x, vectors, min(k, len(rows)), metric=metric)
+        ids = np.where(i >= 0, self.docs.iids[rows][np.maximum(i, 0)], -1)
+        if d.shape[1] < k:
+            pad = k - d.shape[1]
+            d = np.pad(d, ((0, 0), (0, pad)), constant_values=np.nan)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return d, ids
+
+
+def _search_shard(shard: IndexShard, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+    return shard.search(task)
+
+
+class ShardSet:
+    """Shards of one index version searched together, their top-k merged."""
+
+    def __init__(self, shards: Sequence[IndexShard], metric: str) -> None:
+        self.shards = list(shards)
+        self.metric = metric
+        # a batch searches its shards side by side (FAISS releases the GIL); one thread
+        # each, as Ray gives a replica one OpenMP thread
+        self._lock = threading.Lock()
+        self._busy = 0  # searches running now
+        self._pool = (
+            ThreadPoolExecutor(len(self.shards), thread_name_prefix="shard")
+            if len(self.shards) > 1
+            else None
+        )
+
+    def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One FAISS search per shard for each group of tasks with the same parameters."""
+        groups = group_tasks(tasks)
+        return scatter(tasks, groups, [self.search_one(task) for _, task in groups])
+
+    def search_one(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        """Every shard searched, the top k merged. A batch searched while no other search
+        runs here takes its shards in parallel; under concurrent batches each keeps to
+        one thread (parallel shards would only add contention then)."""
+        with self._lock:
+            self._busy += 1
+            alone = self._busy == 1
+        try:
+            if self._pool is not None and alone and len(task.vectors) >= PARALLEL_SHARD_ROWS:
+                parts = list(self._pool.map(partial(_search_shard, task=task), self.shards))
+            else:
+                parts = [shard.search(task) for shard in self.shards]
+        finally:
+            with self._lock:
+                self._busy -= 1
+        return merge_topk(parts, task.k, self.metric)
+
+
+def group_tasks(tasks: list[SearchTask]) -> list[tuple[list[int], SearchTask]]:
+    """Tasks with the same parameters stacked into one, with the positions of its members."""
+    if len(tasks) == 1:
+        return [([0], tasks[0])]
+    groups: dict[str, list[int]] = {}
+    for n, task in enumerate(tasks):
+        groups.setdefault(task.group_key(), []).append(n)
+    return [
+        (members, replace(tasks[members[0]], vectors=np.concatenate(
+            [tasks[m].vectors for m in members]).astype(np.float32, copy=False)))
+        for members in groups.values()
+    ]  # fmt: skip
+
+
+def scatter(
+    tasks: list[SearchTask],
+    groups: list[tuple[list[int], SearchTask]],
+    results: list[tuple[np.ndarray, np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The results of stacked tasks handed back to the tasks they were stacked from."""
+    out: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0), np.empty(0))] * len(tasks)
+    for (members, _), (d, i) in zip(groups, results, strict=True):
+        start = 0
+        for m in members:
+            n_rows = len(tasks[m].vectors)
+            out[m] = (d[start : start + n_rows], i[start : start + n_rows])
+            start += n_rows
+    return out

@@ -1,0 +1,59 @@
+"""A build's staging folder, where the phases of an index build meet.
+
+versions/.staging-<uuid>/trained.faiss             the trained, empty index (train)
+versions/.staging-<uuid>/_partials/unit-NNNNN.*    partial indexes and docs rows (add)
+versions/.staging-<uuid>/shard-NNNNN.faiss          serving shards (merge)
+versions/.staging-<uuid>/docs-NNNNN.parquet         their docs tables (merge)
+versions/.staging-<uuid>/manifest.json              written last (build), then published
+"""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+
+from embedlib.index.plan import IndexPlan
+from embedlib.index.version import TRAINED, ShardEntry, docs_file, shard_file
+from embedlib.options import Metric
+from embedlib.storage import file_sha256
+
+PARTIALS = "_partials"
+K_TUNE = 10  # the build measures recall@10
+DOCS_ROW_GROUP = 8192
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every task of a build shares."""
+
+    fs: fsspec.AbstractFileSystem
+    staging: str
+    dim: int
+    metric: Metric
+    plan: IndexPlan
+    queries: np.ndarray  # tuning queries, as indexed (normalized for cosine)
+    streamable: bool = False  # partial files merge list by list on disk (IVF)
+
+    @property
+    def trained(self) -> str:
+        return posixpath.join(self.staging, TRAINED)
+
+    def partial(self, name: str, ext: str) -> str:
+        """A partial file of an add task: `name`.faiss or `name`.parquet."""
+        return posixpath.join(self.staging, PARTIALS, f"{name}.{ext}")
+
+
+def shard_entry(ctx: BuildContext, shard: int, count: int) -> ShardEntry:
+    """The manifest entry of a finished serving shard, with its files' checksums."""
+    faiss_name, docs_name = shard_file(shard), docs_file(shard)
+    return ShardEntry(
+        shard=shard,
+        file=faiss_name,
+        count=count,
+        sha256=file_sha256(ctx.fs, posixpath.join(ctx.staging, faiss_name)),
+        docs=docs_name,
+        docs_sha256=file_sha256(ctx.fs, posixpath.join(ctx.staging, docs_name)),
+    )

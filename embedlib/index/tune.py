@@ -1,0 +1,118 @@
+"""Index build, phase 5: the smallest nprobe / efSearch that reaches the target recall@10
+on held-out queries (against the exact top-k the add tasks found), and the latency of
+one query at a time with it."""
+
+from __future__ import annotations
+
+import posixpath
+import tempfile
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import faiss
+import fsspec
+import numpy as np
+
+from embedlib.index.add import PartialResult
+from embedlib.index.faiss_ops import local_copy, merge_topk, read_index_mmap, search_params
+from embedlib.index.plan import IndexPlan
+from embedlib.index.staging import K_TUNE
+from embedlib.index.version import SearchParams, Tuning
+
+
+def ground_truth(
+    partials: Sequence[PartialResult], query_ids: np.ndarray, metric: str
+) -> np.ndarray:
+    """Exact top-10 global ids per query (merged from the add tasks' exact top-k), the
+    query itself left out."""
+    d = np.full((len(query_ids), 0), np.nan, np.float32)
+    i = np.zeros((len(query_ids), 0), np.int64)
+    for p in partials:
+        d, i = merge_topk([(d, i), (p.gt_scores, p.gt_ids)], K_TUNE + 1, metric)
+    return np.stack([_without(row, q)[:K_TUNE] for row, q in zip(i, query_ids, strict=True)])
+
+
+def _without(row: np.ndarray, query_id: int) -> np.ndarray:
+    return row[row != query_id]
+
+
+def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> float:
+    hits = [
+        len(set(_without(f, q)[:K_TUNE].tolist()) & set(t.tolist())) / K_TUNE
+        for f, t, q in zip(found, truth, query_ids, strict=True)
+    ]
+    return float(np.mean(hits)) if hits else 1.0
+
+
+def _candidates(plan: IndexPlan) -> list[SearchParams]:
+    """The search parameters tried, cheapest first."""
+    if plan.nlist:
+        steps = [c for c in (2**n for n in range(15)) if c < plan.nlist] + [plan.nlist]
+        return [SearchParams(nprobe=c) for c in steps]
+    if "HNSW" in plan.factory:
+        return [SearchParams(ef_search=c) for c in (16, 32, 64, 128, 256, 512, 1024, 2048)]
+    return [SearchParams()]
+
+
+def tune(
+    fs: fsspec.AbstractFileSystem,
+    staging: str,
+    pieces: list[str],
+    shard_files: list[str],
+    plan: IndexPlan,
+    queries: np.ndarray,
+    query_ids: np.ndarray,
+    truth: np.ndarray,
+    target: float,
+) -> Tuning:
+    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries,
+    and the latency of one query at a time with it.
+
+    The recall is measured on `pieces` (files that together hold every vector: partial
+    indexes cut from the same trained index probe the same lists as their merge, so
+    their merged top-k is the shard's), mapped one at a time: the searches touch most
+    of a file's pages, and a whole shard mapped would grow the build's memory with N.
+    Remote staging files are copied into a temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="embedlib-tune-") as tmp:
+        paths = [local_copy(fs, posixpath.join(staging, f), tmp) for f in pieces]
+        curve = []
+        chosen, recall = SearchParams(), 0.0
+        for params in _candidates(plan):
+            parts = [_search_file(p, queries, K_TUNE + 1, params) for p in paths]
+            _, found = merge_topk(parts, K_TUNE + 1, plan.metric)
+            recall = _recall(found, truth, query_ids)
+            curve.append({"params": params.to_dict(), "recall_at_10": round(recall, 4)})
+            chosen = params
+            if recall >= target:
+                break
+        # one query at a time: its latency is the sum of its shard searches (as a
+        # ShardSet searches them one after another), timed shard by shard
+        rows = queries[: min(100, len(queries))]
+        latencies = np.zeros(len(rows))
+        for path in [local_copy(fs, posixpath.join(staging, f), tmp) for f in shard_files]:
+            shard = read_index_mmap(path)
+            shard_params = _faiss_params(shard, chosen)
+            for n, row in enumerate(rows):
+                t = time.perf_counter()
+                shard.search(row[None, :], K_TUNE, params=shard_params)
+                latencies[n] += (time.perf_counter() - t) * 1000
+            del shard
+    return Tuning(
+        search_params=chosen,
+        recall_at_10=round(recall, 4),
+        target_recall=target,
+        latency_ms_p50=round(float(np.median(latencies)), 3) if len(rows) else 0.0,
+        curve={"queries": len(queries), "k": K_TUNE, "curve": curve},
+    )
+
+
+def _search_file(path: str, rows: np.ndarray, k: int, params: SearchParams) -> Any:
+    piece = read_index_mmap(path)
+    found = piece.search(rows, k, params=_faiss_params(piece, params))
+    del piece  # unmapped: the pages it touched leave this process
+    return found
+
+
+def _faiss_params(index: faiss.Index, params: SearchParams) -> Any:
+    return search_params(index, nprobe=params.nprobe, ef_search=params.ef_search)

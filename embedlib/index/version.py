@@ -1,0 +1,248 @@
+"""One index version: its typed manifest, and opening its files.
+
+    versions/v-00002/manifest.json            the `IndexManifest` below
+    versions/v-00002/trained.faiss            the trained, empty index
+    versions/v-00002/shard-NNNNN.faiss        serving shards
+    versions/v-00002/docs-NNNNN.parquet       int64 id -> string id, vector, text, metadata
+
+Every reader of an index (the library's `ShardedIndex`, the serving replicas, updates,
+retraining) reads the manifest through `IndexManifest` and opens shard files through
+`IndexVersion`, so the local cache of remote shards lives in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+import faiss
+import fsspec
+from fsspec.core import url_to_fs
+
+from embedlib._version import __version__
+from embedlib.cache import cache_root
+from embedlib.index.faiss_ops import local_copy, read_index_mmap
+from embedlib.index.layout import resolve, versions_dir
+from embedlib.index.plan import IndexPlan
+from embedlib.models import ModelFingerprint
+from embedlib.options import Metric
+from embedlib.storage import MANIFEST, read_json, utc_now, write_json_atomic
+
+INDEX_FORMAT = "embedlib.index"
+INDEX_FORMAT_VERSION = 1
+TRAINED = "trained.faiss"
+
+
+def shard_file(shard: int) -> str:
+    return f"shard-{shard:05d}.faiss"
+
+
+def docs_file(shard: int) -> str:
+    return f"docs-{shard:05d}.parquet"
+
+
+@dataclass(frozen=True)
+class ShardEntry:
+    """One serving shard of a version: its FAISS file and docs table, with checksums."""
+
+    shard: int
+    file: str
+    count: int
+    sha256: str
+    docs: str
+    docs_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
+        return cls(**{f.name: data[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """FAISS search parameters: `nprobe` (IVF) and `ef_search` (HNSW); None: FAISS's own."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def override(self, *, nprobe: int | None, ef_search: int | None) -> SearchParams:
+        """These parameters with the values given (not None) put in their place."""
+        if nprobe is None and ef_search is None:
+            return self
+        return SearchParams(
+            nprobe=self.nprobe if nprobe is None else nprobe,
+            ef_search=self.ef_search if ef_search is None else ef_search,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """As the manifest stores them: {"nprobe": n} or {"efSearch": n} (FAISS's name)."""
+        out = {}
+        if self.nprobe is not None:
+            out["nprobe"] = self.nprobe
+        if self.ef_search is not None:
+            out["efSearch"] = self.ef_search
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SearchParams:
+        return cls(nprobe=data.get("nprobe"), ef_search=data.get("efSearch"))
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What the build measured: the tuned parameters' recall and single-query latency."""
+
+    search_params: SearchParams = SearchParams()
+    recall_at_10: float | None = None
+    target_recall: float | None = None
+    latency_ms_p50: float | None = None
+    curve: dict[str, Any] | None = None  # queries, k and recall per candidate
+
+
+@dataclass(frozen=True, kw_only=True)
+class IndexManifest:
+    """The manifest of an index version (`manifest.json`), typed."""
+
+    factory: str
+    plan: IndexPlan
+    metric: Metric
+    dim: int
+    ntotal: int
+    shards: tuple[ShardEntry, ...]
+    model: ModelFingerprint | None  # None: vectors a user brought
+    text_column: str | None
+    sources: tuple[dict[str, Any], ...] = ()
+    seed: int = 0
+    memory_budget: int = 4_000_000_000
+    tuning: Tuning = Tuning()
+    created_at: str = field(default_factory=utc_now)
+    embedlib_version: str = __version__
+    updated_from: str | None = None  # the version an update started from
+    update: dict[str, int] | None = None  # added / changed / deleted / kept
+
+    @property
+    def text_model(self) -> bool:
+        """Whether query text can be embedded with the index's model."""
+        return self.model is not None and self.model.is_text_model
+
+    @property
+    def search_params(self) -> SearchParams:
+        return self.tuning.search_params
+
+    def with_shards(self, shards: list[ShardEntry], ntotal: int) -> IndexManifest:
+        return replace(self, shards=tuple(shards), ntotal=ntotal, created_at=utc_now())
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.tuning
+        out: dict[str, Any] = {
+            "format": INDEX_FORMAT,
+            "format_version": INDEX_FORMAT_VERSION,
+            "embedlib_version": self.embedlib_version,
+            "created_at": self.created_at,
+            "factory": self.factory,
+            "plan": self.plan.to_dict(),
+            "metric": self.metric,
+            "normalized": self.metric == "cosine",
+            "dim": self.dim,
+            "ntotal": self.ntotal,
+            "trained": TRAINED,
+            "shards": [s.to_dict() for s in self.shards],
+            "model": self.model.to_dict() if self.model else None,
+            "text_model": self.text_model,
+            "text_column": self.text_column,
+            "sources": list(self.sources),
+            "seed": self.seed,
+            "memory_budget": self.memory_budget,
+            "search_params": t.search_params.to_dict(),
+            "recall_at_10": t.recall_at_10,
+            "target_recall": t.target_recall,
+            "latency_ms_p50": t.latency_ms_p50,
+            "tuning": t.curve,
+        }
+        if self.update is not None:
+            out.update(updated_from=self.updated_from, update=self.update)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IndexManifest:
+        if data.get("format", INDEX_FORMAT) != INDEX_FORMAT:
+            raise ValueError(f"not an index manifest (format {data.get('format')!r})")
+        return cls(
+            factory=data["factory"],
+            plan=IndexPlan.from_dict(data["plan"]),
+            metric=data["metric"],
+            dim=int(data["dim"]),
+            ntotal=int(data["ntotal"]),
+            shards=tuple(ShardEntry.from_dict(s) for s in data["shards"]),
+            model=ModelFingerprint.from_dict(data["model"]) if data.get("model") else None,
+            text_column=data.get("text_column"),
+            sources=tuple(data.get("sources") or ()),
+            seed=int(data.get("seed", 0)),
+            memory_budget=int(data.get("memory_budget", 4_000_000_000)),
+            tuning=Tuning(
+                search_params=SearchParams.from_dict(data.get("search_params") or {}),
+                recall_at_10=data.get("recall_at_10"),
+                target_recall=data.get("target_recall"),
+                latency_ms_p50=data.get("latency_ms_p50"),
+                curve=data.get("tuning"),
+            ),
+            created_at=data.get("created_at", ""),
+            embedlib_version=data.get("embedlib_version", ""),
+            updated_from=data.get("updated_from"),
+            update=data.get("update"),
+        )
+
+    @classmethod
+    def read(cls, fs: fsspec.AbstractFileSystem, version_path: str) -> IndexManifest:
+        return cls.from_dict(read_json(fs, posixpath.join(version_path, MANIFEST)))
+
+    def write(self, fs: fsspec.AbstractFileSystem, version_path: str) -> None:
+        write_json_atomic(fs, posixpath.join(version_path, MANIFEST), self.to_dict())
+
+
+def index_cache_dir() -> str:
+    """Where shard files of remote indexes are copied to be memory-mapped."""
+    return os.fspath(cache_root() / "index")
+
+
+class IndexVersion:
+    """A published index version, opened for reading: the index root (the version
+    CURRENT names, or `version`) or a version folder, on any fsspec URL."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        version: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+        cache_dir: str | None = None,
+    ) -> None:
+        self.fs, root = url_to_fs(path, **(storage_options or {}))
+        root = root.rstrip("/")
+        self.path = (
+            posixpath.join(versions_dir(root), version) if version else resolve(self.fs, root)
+        )
+        self.manifest = IndexManifest.read(self.fs, self.path)
+        self.cache_dir = cache_dir or index_cache_dir()
+
+    @property
+    def name(self) -> str:
+        """The version's name, e.g. v-00002."""
+        return posixpath.basename(self.path.rstrip("/"))
+
+    @property
+    def url(self) -> str:
+        return str(self.fs.unstrip_protocol(self.path))
+
+    def file(self, name: str) -> str:
+        return posixpath.join(self.path, name)
+
+    def open_shard(self, shard: int) -> faiss.Index:
+        """A serving shard's index, IVF lists memory-mapped (a remote file is copied to
+        the local cache first)."""
+        entry = self.manifest.shards[shard]
+        return read_index_mmap(local_copy(self.fs, self.file(entry.file), self.cache_dir))

@@ -1,0 +1,218 @@
+"""HTTP plumbing of the gateway, apart from its routes: the API key, body limits,
+timeouts, metrics and the JSON error format, applied to every route by `GatewayRoute`.
+
+Every error is JSON `{"error": {"code", "message"}}` with a 4xx/5xx status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, cast
+
+import orjson
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPBearer
+from ray import serve
+from starlette.exceptions import HTTPException
+from starlette.types import Message
+
+from embedlib.exceptions import ApiError, FilterError, NoTextModelError, QueryError
+
+log = logging.getLogger(__name__)
+OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+# declares the scheme in /openapi.json (the "Authorize" button of /docs); the key itself
+# is checked by `GatewayRoute` before the body is read
+bearer_scheme = HTTPBearer(auto_error=False, description="the server's EMBEDLIB_API_KEY")
+
+
+class HttpSettings(Protocol):
+    """What the plumbing needs from the gateway replica it runs in."""
+
+    api_key: str | None
+    request_timeout_s: float
+    max_body_bytes: int
+    metrics: Metrics
+
+
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson: a 250-query batch answer in ~0.3 ms instead of ~2 ms."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class OrjsonRequest(Request):
+    """A request whose JSON body orjson parses (NaN and 1e999 are not JSON numbers)."""
+
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+class Metrics:
+    """Request counts and latency per route, in Prometheus text format."""
+
+    def __init__(self) -> None:
+        self.count: dict[tuple[str, int], int] = defaultdict(int)
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.requests: dict[str, int] = defaultdict(int)
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        self.count[(route, status)] += 1
+        self.seconds[route] += seconds
+        self.requests[route] += 1
+
+    def render(self) -> str:
+        lines = [
+            "# HELP embedlib_requests_total Requests by route and status.",
+            "# TYPE embedlib_requests_total counter",
+        ]
+        for (route, status), n in sorted(self.count.items()):
+            lines.append(f'embedlib_requests_total{{route="{route}",status="{status}"}} {n}')
+        lines += [
+            "# HELP embedlib_request_seconds Time spent answering requests, by route.",
+            "# TYPE embedlib_request_seconds summary",
+        ]
+        for route in sorted(self.requests):
+            lines.append(
+                f'embedlib_request_seconds_sum{{route="{route}"}} {self.seconds[route]:.6f}'
+            )
+            lines.append(
+                f'embedlib_request_seconds_count{{route="{route}"}} {self.requests[route]}'
+            )
+        return "\n".join(lines) + "\n"
+
+
+def current_settings() -> HttpSettings:
+    """The gateway instance of this replica (Serve's class-based view)."""
+    return cast(HttpSettings, serve.get_replica_context().servable_object)
+
+
+class GatewayRoute(APIRoute):
+    """A route that checks the API key and the body's size and type before the body is
+    parsed, answers within the timeout, renders every error as JSON and counts the
+    request in /metrics."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        path = self.path_format
+        takes_body = self.body_field is not None
+
+        async def route(request: Request) -> Response:
+            settings = current_settings()
+            start = time.perf_counter()
+            try:
+                if path not in OPEN_ROUTES:
+                    _authorize(request, settings.api_key)
+                receive = request.receive
+                if takes_body:
+                    body = await _read_body(request, settings.max_body_bytes)
+                    if body:
+                        _require_json(request)
+                    receive = _replay(body)
+                response = await asyncio.wait_for(
+                    handler(OrjsonRequest(request.scope, receive)), settings.request_timeout_s
+                )
+            except Exception as e:  # every error becomes a JSON answer (CancelledError passes)
+                response = _render(e, settings.request_timeout_s)
+                if response.status_code == 500:
+                    log.exception("request to %s failed", path)
+            settings.metrics.observe(path, response.status_code, time.perf_counter() - start)
+            return response
+
+        return route
+
+
+def _authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    header = request.headers.get("authorization", "")
+    token = (
+        header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+    )
+    if not token or not hmac.compare_digest(token.encode(), api_key.encode()):
+        raise ApiError(
+            401, "unauthorized", "a valid API key is required: send 'Authorization: Bearer <key>'"
+        )
+
+
+def _require_json(request: Request) -> None:
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be JSON, sent with 'Content-Type: application/json' (got {kind or 'none'!r})",
+        )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The whole body; over `limit` bytes, a 413. The rest is read and dropped, never
+    kept: a client still sending would see its connection reset instead of the 413."""
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+    if size > limit:
+        raise ApiError(
+            413, "body_too_large", f"the body is {size} bytes, over the limit of {limit}"
+        )
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Callable[[], Coroutine[Any, Any, Message]]:
+    """An ASGI receive that hands the body already read to FastAPI."""
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _render(e: Exception, timeout_s: float) -> Response:
+    if isinstance(e, ApiError):
+        return error_response(e.status, e.code, e.message)
+    if isinstance(e, RequestValidationError):
+        errors = e.errors()
+        if errors and errors[0].get("type") == "json_invalid":
+            detail = (errors[0].get("ctx") or {}).get("error", "")
+            return error_response(400, "invalid_json", f"the body is not valid JSON: {detail}")
+        return error_response(422, "validation_error", validation_message(errors))
+    if isinstance(e, TimeoutError):
+        return error_response(504, "timeout", f"the request took longer than {timeout_s:g}s")
+    if isinstance(e, NoTextModelError):
+        return error_response(400, "no_text_model", str(e))
+    if isinstance(e, QueryError | FilterError):
+        cause = getattr(e, "cause", None) or e  # raised in a searcher replica: Ray wraps it
+        return error_response(422, "invalid_query", str(cause))
+    if isinstance(e, HTTPException):
+        return error_response(e.status_code, "http_error", str(e.detail))
+    return error_response(500, "internal_error", f"{type(e).__name__}: {e}")
+
+
+def validation_message(errors: Any) -> str:
+    """Pydantic's errors as one line: "where: what" for the first five."""
+    parts = []
+    for err in list(errors)[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "__root__"))
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)

@@ -1,0 +1,116 @@
+"""Where a gateway replica's searches and query encoding run, for its placement.
+
+Both placements hand the same `Searcher` an asynchronous encoder and shard search:
+"gateway" (`LocalPlacement`) holds a `ShardedIndex`, the library's own, in the replica;
+"grouped" and "per-shard" (`RemotePlacement`) call `ShardSearcher` and `Encoder`
+replicas and merge their top-k.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+import numpy as np
+from ray import serve
+from ray.exceptions import RayActorError
+
+from embedlib.encode import encode_batches
+from embedlib.index.docs import DocsLookup
+from embedlib.index.faiss_ops import merge_topk
+from embedlib.index.reader import ShardedIndex, open_docs, require_text_model
+from embedlib.index.searcher import Searcher
+from embedlib.index.shards import SearchTask
+from embedlib.index.version import IndexVersion
+
+INLINE_SEARCH_ROWS = 16  # smaller unfiltered searches run on the event loop, larger in a thread
+RETRIES = 3  # calls to a searcher replica that died mid-call
+
+
+class Placement(Protocol):
+    searcher: Searcher
+
+    async def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    async def count_tokens(self, texts: list[str]) -> int: ...
+
+    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]: ...
+
+    async def ready(self) -> bool: ...
+
+
+class LocalPlacement:
+    """Placement "gateway": the shards and the query model live in this replica."""
+
+    def __init__(self, index: ShardedIndex) -> None:
+        self.index = index
+        self.searcher = index.searcher
+        if index.manifest.text_model:
+            index.query_model()  # load it now, not on the first request
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        require_text_model(self.index.manifest)
+        return await self._encode_batched(texts)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0)
+    async def _encode_batched(self, batches: list[list[str]]) -> list[np.ndarray]:
+        """The texts of requests that arrived while the model was busy, in one call, off
+        the event loop (vector queries go on meanwhile); one call at a time."""
+        return await asyncio.to_thread(encode_batches, self.index.query_model(), batches)
+
+    async def count_tokens(self, texts: list[str]) -> int:
+        return int(self.index.query_model().token_lengths(texts).sum())
+
+    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        if len(task.vectors) <= INLINE_SEARCH_ROWS and not task.filter:
+            return self.index.shards.search_one(task)  # microseconds: no thread hop
+        return await asyncio.to_thread(self.index.shards.search_one, task)
+
+    async def ready(self) -> bool:
+        return True
+
+
+class RemotePlacement:
+    """Placements "grouped" and "per-shard": shard searcher and encoder replicas."""
+
+    def __init__(self, version: IndexVersion, searchers: list[Any], encoder: Any | None) -> None:
+        docs = open_docs(version, range(len(version.manifest.shards)))
+        self.searcher = Searcher(version.manifest, DocsLookup(docs, version.manifest.text_column))
+        self.manifest = version.manifest
+        self.searchers, self.encoder = searchers, encoder
+
+    def _encoder(self) -> Any:
+        require_text_model(self.manifest)
+        return self.encoder
+
+    async def encode(self, texts: list[str]) -> np.ndarray:
+        return await self._encoder().encode.remote(texts)
+
+    async def count_tokens(self, texts: list[str]) -> int:
+        return int(await self._encoder().count_tokens.remote(texts))
+
+    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
+        return merge_topk(parts, task.k, self.manifest.metric)
+
+    async def ready(self) -> bool:
+        calls = [s.ping.remote() for s in self.searchers]
+        if self.encoder is not None:
+            calls.append(self.encoder.ping.remote())
+        try:
+            await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
+        except (TimeoutError, RuntimeError):
+            return False
+        return True
+
+
+async def _with_retry(method: Any, *args: Any) -> Any:
+    """Call a deployment; when the replica died mid-call, Serve routes the retry to a live one."""
+    for attempt in range(RETRIES):
+        try:
+            return await method.remote(*args)
+        except RayActorError:
+            if attempt == RETRIES - 1:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
