@@ -15,11 +15,11 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 import orjson
-from fastapi import Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPBearer
 from ray import serve
 from starlette.exceptions import HTTPException
 from starlette.types import Message
@@ -28,9 +28,6 @@ from embedlib.exceptions import ApiError, FilterError, NoTextModelError, QueryEr
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
-# declares the scheme in /openapi.json (the "Authorize" button of /docs); the key itself
-# is checked by `GatewayRoute` before the body is read
-bearer_scheme = HTTPBearer(auto_error=False, description="the server's EMBEDLIB_API_KEY")
 
 
 class HttpSettings(Protocol):
@@ -56,6 +53,30 @@ class OrjsonRequest(Request):
         if not hasattr(self, "_json"):
             self._json = orjson.loads(await self.body())
         return self._json
+
+
+def openapi_with_key(app: FastAPI) -> dict[str, Any]:
+    """The app's OpenAPI document, declaring the API key (bearer) on every route but the
+    open ones, so /docs offers to send it. Declared here rather than as a dependency of
+    each route: `GatewayRoute` checks the key before the body is read, and a dependency
+    would cost its solving on every request."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "HTTPBearer": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "the server's EMBEDLIB_API_KEY",
+            }
+        }
+        for path, operations in schema.get("paths", {}).items():
+            if path not in OPEN_ROUTES:
+                for operation in operations.values():
+                    operation["security"] = [{"HTTPBearer": []}]
+        app.openapi_schema = schema
+    return app.openapi_schema
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
