@@ -1,3 +1,3 @@
 """The package version, in a module of its own so that anything may import it."""
 
-__version__ = "0.2.0.dev0"
+__version__ = "0.2.0"

@@ -128,7 +128,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     """embed -> index -> serve: OUT/embeddings, OUT/index, and the Serve app (left running)."""
     embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
     run = run_options(args)
-    if not args.no_serve and run.runner == "ray":
+    if not args.no_serve and run.runner != "local":
         from embedlib.serve.app import serve_env
 
         # Serve reads its ingress mode from the environment of Ray's processes: give it to

@@ -27,7 +27,14 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--address", help="Ray cluster address (default: a running cluster, else a local one)"
     )
-    g.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    where = g.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="run in this process, without Ray")
+    where.add_argument(
+        "--ray",
+        action="store_true",
+        help="run on Ray even when the work is small (default: small work with no cluster "
+        "given or running runs in this process)",
+    )
     g.add_argument("--workers", type=int, help="encoder actors (default: as many as CPUs allow)")
     g.add_argument(
         "--cpus-per-worker",
@@ -132,7 +139,7 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
 
 def run_options(args: argparse.Namespace) -> RunOptions:
     return RunOptions(
-        runner="local" if args.local else "ray",
+        runner="local" if args.local else "ray" if args.ray else "auto",
         address=args.address,
         workers=args.workers,
         cpus_per_worker=args.cpus_per_worker,

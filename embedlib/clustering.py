@@ -23,16 +23,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.distributed import map_tasks
+from embedlib.distributed import choose_runner, map_tasks
 from embedlib.documents import ID, VECTOR
 from embedlib.embedding_set import EmbeddingSetManifest, PartEntry, part_file, refuse_existing_set
 from embedlib.exceptions import EmbedlibError
+from embedlib.index.build import SMALL_INDEX_BYTES
 from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.sources import RowRange, VectorSource, open_source, read_range
 from embedlib.index.train import read_rows
 from embedlib.models import STATIC, ModelFingerprint
 from embedlib.options import RunOptions
-from embedlib.storage import file_sha256, write_json_atomic
+from embedlib.storage import file_sha256, human, write_json_atomic
 
 CLUSTER = "cluster"
 DISTANCE = "centroid_distance"
@@ -97,6 +98,7 @@ def cluster_vectors(
     if metric not in ("cosine", "dot", "l2"):
         raise ValueError(f"metric must be cosine, dot or l2, got {metric!r}")
     n = src.count
+    run, _ = _resolve_runner(run, src, out)
     if k < 1 or k > n:
         raise EmbedlibError(
             f"k={k} clusters for {n} vectors: k must be between 1 and the number of vectors"
@@ -155,7 +157,7 @@ def train_centroids(
 ) -> tuple[np.ndarray, int]:
     """K-means centroids (float32, unit length for cosine) trained with FAISS on a
     seeded uniform sample of at most `sample` vectors; and the sample's size."""
-    run = run or RunOptions()
+    run, _ = _resolve_runner(run or RunOptions(), src)
     n = src.count
     size = min(n, max(sample, k))
     picks = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
@@ -169,6 +171,15 @@ def train_centroids(
     )  # fmt: skip
     kmeans.train(x)
     return np.ascontiguousarray(kmeans.centroids, dtype=np.float32), size
+
+
+def _resolve_runner(run: RunOptions, src: VectorSource, *urls: str) -> tuple[RunOptions, str]:
+    """Where the clustering runs ("auto": as the index build decides for its size)."""
+    nbytes = 4 * src.count * src.dim
+    return choose_runner(
+        run, small=nbytes <= SMALL_INDEX_BYTES, work=f"clustering {human(nbytes)} of vectors",
+        urls=(*urls, *src.urls),
+    )  # fmt: skip
 
 
 @dataclass

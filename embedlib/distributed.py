@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -65,6 +66,42 @@ def ensure_ray(address: str | None, *, dashboard: bool = False, **init_options: 
     if "runtime_env" in init_options:
         init_options["runtime_env"] = _beside_job_env(init_options["runtime_env"])
     ray.init(address=address, **{"log_to_driver": True, **init_options})
+
+
+def choose_runner(
+    run: RunOptions, *, small: bool, work: str, urls: tuple[str, ...] = ()
+) -> tuple[RunOptions, str]:
+    """`run` with "auto" resolved, and why. In this process when no cluster is given or
+    running and the work is `small`: starting and stopping a local Ray instance (~3-4 s)
+    would cost more than its workers save on the same cores (one process uses them too:
+    the encoders and FAISS run multi-threaded); also when `urls` name memory://, which Ray
+    workers cannot see. On Ray otherwise."""
+    if run.runner == "local":
+        return run, "in this process, as asked (--local)"
+    if run.runner == "ray":
+        return run, "on Ray, as asked"
+    if any(u.startswith("memory://") for u in urls):
+        return replace(run, runner="local"), "in this process: memory:// lives in it"
+    if ray.is_initialized():
+        why = "on Ray: this process is connected to a Ray instance"
+    elif run.address or os.environ.get("RAY_ADDRESS"):
+        why = "on Ray: a cluster address was given"
+    elif _live_recorded_cluster():
+        why = "on Ray: a Ray cluster runs on this machine (`ray start`)"
+    elif not small:
+        why = f"on Ray: {work} is large enough to spread over workers"
+    else:
+        local = replace(run, runner="local")
+        return local, (
+            f"in this process: {work} is small, and starting Ray would cost more than its "
+            "workers save on this machine's cores (--ray runs it on Ray)"
+        )
+    return replace(run, runner="ray"), why
+
+
+def _live_recorded_cluster() -> bool:
+    recorded = get_ray_address_file(None)
+    return os.path.exists(recorded) and dead_recorded_cluster(recorded) is None
 
 
 def ray_connected() -> bool:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from embedlib.corpus.discover import SourceFile, discover
 from embedlib.corpus.plan import Split, plan_digest, plan_splits
-from embedlib.distributed import check_reachable_by_workers, check_workers_reach
+from embedlib.distributed import check_reachable_by_workers, check_workers_reach, choose_runner
 from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
 from embedlib.embed_pool import Runner, make_runner
 from embedlib.embedding_set import (
@@ -37,9 +37,14 @@ from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, Missi
 from embedlib.models import ModelFingerprint
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.split_work import SplitContext, SplitResult, SplitScan, iter_documents
-from embedlib.storage import MANIFEST, read_json, write_json_atomic
+from embedlib.storage import MANIFEST, human, read_json, write_json_atomic
 
 _DUPLICATES_SHOWN = 5
+# A corpus up to this size is embedded in this process when no cluster is given or
+# running: Ray's start and stop (~3-4 s) cost more than its workers save (measured in
+# docs/benchmarks.md). Compressed files count for about this many times their size.
+SMALL_CORPUS_BYTES = 4_000_000
+COMPRESSION_RATIO = 4
 
 
 @dataclass
@@ -60,6 +65,7 @@ class EmbedReport:
     truncated: int
     per_node: dict[str, dict[str, int]] = field(default_factory=dict)
     ignored_files: list[str] = field(default_factory=list)
+    ran: str = ""  # where it ran, and why
 
     @property
     def documents_per_s(self) -> float:
@@ -77,6 +83,8 @@ class EmbedReport:
             f"  rows read:   {self.rows_read}; skipped: {skipped}",
             f"  quarantined: {self.quarantined} (see {QUARANTINE}/); truncated: {self.truncated}",
         ]
+        if self.ran:
+            lines.append(f"  ran {self.ran}")
         for node, stats in sorted(self.per_node.items()):
             lines.append(
                 f"  node {node[:12]}: {stats['splits']} splits, {stats['documents']} documents"
@@ -103,6 +111,11 @@ def embed_corpus(
     )
     splits = plan_splits(fs_in, files, split_rows=options.split_rows)
     digest = plan_digest(splits)
+    text_bytes = sum(f.size * (COMPRESSION_RATIO if f.compression else 1) for f in files)
+    run, runner_reason = choose_runner(
+        run, small=text_bytes <= SMALL_CORPUS_BYTES, work=f"the corpus ({human(text_bytes)})",
+        urls=(source, out),
+    )  # fmt: skip
     fs_out, out_path = url_to_fs(out, **run.storage_options)
     if run.runner == "ray":
         check_reachable_by_workers(source, out)
@@ -173,6 +186,7 @@ def embed_corpus(
         truncated=sum(r["truncated"] for r in now),
         per_node={k: dict(v) for k, v in per_node.items()},
         ignored_files=ignored,
+        ran=runner_reason,
     )
 
 

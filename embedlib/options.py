@@ -11,7 +11,7 @@ from embedlib.models import DEFAULT_MODEL
 Metric = Literal["cosine", "dot", "l2"]
 Dtype = Literal["float32", "float16"]
 OnDuplicate = Literal["error", "keep-first"]
-RunnerKind = Literal["ray", "local"]
+RunnerKind = Literal["auto", "ray", "local"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
 # auto: OpenVINO fp32 on CPU, torch on a GPU; torch; openvino-fp32 (torch's vectors,
 # faster); openvino (int8 quantized, a fingerprint of its own)
@@ -66,7 +66,9 @@ class EmbedOptions:
 class RunOptions:
     """Options that decide how the job runs, not what it writes."""
 
-    runner: RunnerKind = "ray"
+    # auto: in this process when no cluster is given or running and the work is small
+    # (a Ray start and stop would cost more than it saves), else Ray
+    runner: RunnerKind = "auto"
     address: str | None = None  # Ray address; None: a running cluster if found, else local
     workers: int | None = None  # None: as many as the cluster's CPUs allow
     cpus_per_worker: float = 1.0
@@ -79,8 +81,8 @@ class RunOptions:
     storage_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.runner not in ("ray", "local"):
-            raise ValueError(f"runner must be ray or local, got {self.runner!r}")
+        if self.runner not in ("auto", "ray", "local"):
+            raise ValueError(f"runner must be auto, ray or local, got {self.runner!r}")
         if self.workers is not None and self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.cpus_per_worker <= 0:

@@ -45,3 +45,12 @@ def file_sha256(fs: fsspec.AbstractFileSystem, path: str) -> str:
         while block := fh.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def human(nbytes: float) -> str:
+    """A byte count for people: 83.6MB."""
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if nbytes < 1000:
+            return f"{nbytes:.1f}{unit}"
+        nbytes /= 1000
+    return f"{nbytes:.1f}PB"

@@ -193,4 +193,7 @@ def test_missing_source_and_memory_on_ray(memfs):
         embed_corpus(f"{url}/nothing.jsonl", f"{url}/out", run=LOCAL)
     _jsonl(fs, f"{url}/c.jsonl", [{"text": "one"}])
     with pytest.raises(StorageError, match="Ray workers cannot see"):
-        embed_corpus(f"{url}/c.jsonl", f"{url}/out", run=RunOptions(progress=False))
+        embed_corpus(f"{url}/c.jsonl", f"{url}/out", run=RunOptions(runner="ray", progress=False))
+    # left to choose, a job on memory:// runs in this process
+    report = embed_corpus(f"{url}/c.jsonl", f"{url}/out", run=RunOptions(progress=False))
+    assert report.documents == 1 and report.ran.startswith("in this process: memory://")

@@ -128,3 +128,45 @@ def test_a_command_run_in_process_leaves_the_callers_ray_up(tmp_path):
     assert main([*args, "--text-column", "body"]) == 0
     assert ray.is_initialized() and ray.get(ray.put(7)) == 7
     assert len(EmbeddingSet(str(tmp_path / "out"))) == 20
+
+
+def test_small_work_runs_in_process_and_ray_when_asked(tmp_path):
+    """With no cluster given or running, a small corpus is embedded and indexed in the
+    command's own process (no Ray started: its start would cost more than it saves), the
+    report says so and why; --ray runs the same on Ray, with the same vectors."""
+    (tmp_path / "c.jsonl").write_bytes(corpora.to_bytes(corpora.table(60, seed=4), "jsonl"))
+    env = {k: v for k, v in ENV.items() if k != "RAY_ADDRESS"}
+    args = [*EMBEDLIB, "embed", str(tmp_path / "c.jsonl"), "--text-column", "body",
+            "--id-column", "doc_id", "--no-progress"]  # fmt: skip
+    local = subprocess.run([*args, str(tmp_path / "a")], capture_output=True, text=True,
+                           env=env, cwd=ROOT, timeout=600)  # fmt: skip
+    assert local.returncode == 0, local.stderr
+    assert "ran in this process: the corpus" in local.stdout, local.stdout
+    assert "Started a local Ray instance" not in local.stderr
+    index = _run([*EMBEDLIB, "index", str(tmp_path / "a"), str(tmp_path / "idx"), "--no-progress"])
+    assert index.returncode == 0 and "running in this process: the build" in index.stdout
+    on_ray = subprocess.run([*args, str(tmp_path / "b"), "--ray"], capture_output=True,
+                            text=True, env=env, cwd=ROOT, timeout=600)  # fmt: skip
+    assert on_ray.returncode == 0 and "ran on Ray, as asked" in on_ray.stdout, on_ray.stderr
+    a, b = EmbeddingSet(str(tmp_path / "a")), EmbeddingSet(str(tmp_path / "b"))
+    (ids_a, va), (ids_b, vb) = a.read_vectors(), b.read_vectors()
+    assert ids_a == ids_b and float((va * vb).sum(1).min()) >= 0.9999
+
+
+def test_the_runner_is_chosen_by_what_is_given_and_the_size_of_the_work(monkeypatch):
+    from embedlib import RunOptions
+    from embedlib.distributed import choose_runner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("embedlib.distributed.ray.is_initialized", lambda: False)
+    monkeypatch.setattr("embedlib.distributed._live_recorded_cluster", lambda: False)
+    auto = RunOptions()
+    assert choose_runner(auto, small=True, work="w")[0].runner == "local"
+    assert choose_runner(auto, small=False, work="w")[0].runner == "ray"
+    assert choose_runner(auto, small=False, work="w", urls=("memory://x",))[0].runner == "local"
+    assert choose_runner(RunOptions(runner="ray"), small=True, work="w")[0].runner == "ray"
+    assert choose_runner(RunOptions(runner="local"), small=False, work="w")[0].runner == "local"
+    assert choose_runner(RunOptions(address="auto"), small=True, work="w")[0].runner == "ray"
+    monkeypatch.setattr("embedlib.distributed._live_recorded_cluster", lambda: True)
+    run, why = choose_runner(auto, small=True, work="w")
+    assert run.runner == "ray" and "ray start" in why

@@ -27,20 +27,32 @@ from dataclasses import dataclass, field
 import numpy as np
 from fsspec.core import url_to_fs
 
-from embedlib.distributed import check_workers_reach, largest_node_cpus, map_tasks, worker_slots
+from embedlib.distributed import (
+    check_workers_reach,
+    choose_runner,
+    largest_node_cpus,
+    map_tasks,
+    worker_slots,
+)
 from embedlib.documents import ID, VECTOR
 from embedlib.exceptions import RecallError, VectorError
 from embedlib.index.add import PartialResult, add_units, check_unique_ids, plan_units
 from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.layout import publish, staging_path
 from embedlib.index.merge import merge_shard
-from embedlib.index.plan import IndexPlan, human, plan_index
+from embedlib.index.plan import IndexPlan, plan_index
 from embedlib.index.sources import VectorSource, open_sources
 from embedlib.index.staging import PARTIALS, BuildContext
 from embedlib.index.train import read_rows, row_picks, train_index
 from embedlib.index.tune import ground_truth, tune
 from embedlib.index.version import IndexManifest, SearchParams, ShardEntry, Tuning
 from embedlib.options import METRICS, Metric, RunOptions
+from embedlib.storage import human
+
+# A build of up to this many bytes of vectors runs in this process when no cluster is
+# given or running: on one machine, Ray's start and its tasks cost more than they save
+# (measured in docs/benchmarks.md).
+SMALL_INDEX_BYTES = 400_000_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +173,11 @@ def build_from_source(
     say(
         f"index plan: {plan.factory} for {n} vectors of dimension {d}, metric {metric} (~{human(plan.bytes_estimate)}): {plan.reason}"
     )
+    run, ran = choose_runner(
+        run, small=4 * n * d <= SMALL_INDEX_BYTES, work=f"the build ({human(4 * n * d)} of vectors)",
+        urls=(out, *src.urls),
+    )  # fmt: skip
+    say(f"running {ran}")
     check_workers_reach(out, run)
     fs, root = url_to_fs(out, **run.storage_options)
     staging = staging_path(root)

@@ -19,6 +19,7 @@ import faiss
 
 from embedlib.exceptions import IndexPlanError
 from embedlib.options import Metric
+from embedlib.storage import human
 
 TINY = 10_000  # below this many vectors, exact search is fast enough
 MIN_POINTS_PER_CENTROID = 39
@@ -64,14 +65,6 @@ def parse_bytes(text: str | int) -> int:
     number, unit, binary = float(m.group(1)), m.group(2).upper(), "i" in m.group(3).lower()
     base = 1024 if binary else 1000
     return int(number * base ** " KMGT".index(unit or " "))
-
-
-def human(nbytes: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if nbytes < 1000:
-            return f"{nbytes:.1f}{unit}"
-        nbytes /= 1000
-    return f"{nbytes:.1f}PB"
 
 
 def _nlist(n: int) -> int:
