@@ -106,6 +106,25 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
         "--dtype", choices=("float32", "float16"), default="float32", help="stored vector type"
     )
     g.add_argument(
+        "--chunking",
+        choices=("auto", "none"),
+        default="auto",
+        help="auto (default): a text longer than the model's window becomes chunks, one row "
+        "each (answers name the document and the passage); none: truncate as the model does",
+    )
+    g.add_argument(
+        "--chunk-tokens", type=int, help="tokens per chunk (default: the model's window)"
+    )
+    g.add_argument(
+        "--chunk-overlap", type=int, default=0, help="tokens shared by neighbouring chunks"
+    )
+    g.add_argument(
+        "--max-chunks",
+        type=int,
+        default=10_000,
+        help="a document needing more chunks is quarantined (default 10000)",
+    )
+    g.add_argument(
         "--metric",
         choices=METRICS,
         default="cosine",
@@ -134,6 +153,10 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
         format=args.format,
         on_duplicate=args.on_duplicate,
         backend=args.backend,
+        chunking=args.chunking,
+        chunk_tokens=args.chunk_tokens,
+        chunk_overlap=args.chunk_overlap,
+        max_chunks=args.max_chunks,
     )
 
 

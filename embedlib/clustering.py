@@ -25,7 +25,13 @@ from fsspec.core import url_to_fs
 
 from embedlib.distributed import choose_runner, map_tasks
 from embedlib.documents import ID, VECTOR
-from embedlib.embedding_set import EmbeddingSetManifest, PartEntry, part_file, refuse_existing_set
+from embedlib.embedding_set import (
+    EmbeddingSetManifest,
+    PartEntry,
+    part_file,
+    refuse_existing_set,
+    write_document_set,
+)
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.build import SMALL_INDEX_BYTES
 from embedlib.index.faiss_ops import prepare_vectors
@@ -39,6 +45,7 @@ CLUSTER = "cluster"
 DISTANCE = "centroid_distance"
 SUMMARY = "clusters.json"
 CENTROIDS = "centroids.npy"
+DOCUMENTS = "_documents"  # a chunked input's document vectors, while clustering
 
 
 @dataclass
@@ -94,6 +101,15 @@ def cluster_vectors(
     run = run or RunOptions()
     start = time.perf_counter()
     src = open_source(source, storage_options=run.storage_options)
+    documents = None  # a set of chunks is clustered by its documents' vectors
+    if src.chunking is not None:
+        fs, path = url_to_fs(out, **run.storage_options)
+        refuse_existing_set(fs, path, out)
+        documents = posixpath.join(out.rstrip("/"), DOCUMENTS)
+        if fs.exists(posixpath.join(path, DOCUMENTS)):  # left by an interrupted run
+            fs.rm(posixpath.join(path, DOCUMENTS), recursive=True)
+        write_document_set(source, documents, storage_options=run.storage_options)
+        src = open_source(documents, storage_options=run.storage_options)
     metric = metric or src.metric or "cosine"
     if metric not in ("cosine", "dot", "l2"):
         raise ValueError(f"metric must be cosine, dot or l2, got {metric!r}")
@@ -142,6 +158,8 @@ def cluster_vectors(
         counts={"documents": n},
         parts=tuple(PartEntry(r.index, r.file, r.rows, r.bytes, r.sha256, source) for r in results),
     ).write(fs, path)
+    if documents is not None:
+        fs.rm(posixpath.join(path, DOCUMENTS), recursive=True)
     return ClusterReport(out, k, n, metric, trained_on, time.perf_counter() - start, summaries)
 
 

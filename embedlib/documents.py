@@ -23,6 +23,9 @@ ID = "id"
 VECTOR = "vector"
 TEXT_HASH = "text_hash"
 RESERVED_COLUMNS = (ID, VECTOR, TEXT_HASH)
+# the rows of a chunked embedding set: the chunk's number and its character span
+CHUNK, CHUNK_START, CHUNK_END = "chunk", "chunk_start", "chunk_end"
+CHUNK_COLUMNS = (CHUNK, CHUNK_START, CHUNK_END)
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,7 @@ class Documents:
     source_columns: list[str] = field(default_factory=list)  # every column the batch had
     skipped: Counter[str] = field(default_factory=Counter)
     quarantined: list[QuarantineRecord] = field(default_factory=list)
+    relpath: str = ""  # the file they were read from, relative to the corpus root
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -134,6 +138,7 @@ def prepare(
         source_columns=[c for c in table.column_names if c != ROW],
         skipped=skipped,
         quarantined=quarantined,
+        relpath=relpath,
     )
 
 

@@ -18,10 +18,11 @@ import numpy as np
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
+from embedlib.chunking import ChunkOptions
 from embedlib.corpus.discover import SourceFile, discover
 from embedlib.corpus.plan import Split, plan_digest, plan_splits
 from embedlib.distributed import check_reachable_by_workers, check_workers_reach, choose_runner
-from embedlib.documents import RESERVED_COLUMNS, DocumentSpec, id_hashes
+from embedlib.documents import CHUNK_COLUMNS, RESERVED_COLUMNS, DocumentSpec, id_hashes
 from embedlib.embed_pool import Runner, make_runner
 from embedlib.embedding_set import (
     ATTEMPTS,
@@ -66,11 +67,19 @@ class EmbedReport:
     per_node: dict[str, dict[str, int]] = field(default_factory=dict)
     ignored_files: list[str] = field(default_factory=list)
     ran: str = ""  # where it ran, and why
+    chunks: int = 0  # rows of the whole set (one per chunk; one per document unchunked)
+    chunks_now: int = 0
+    tokens_now: int = 0  # tokens encoded this run
 
     @property
     def documents_per_s(self) -> float:
         """Documents embedded per second of the embedding phase (after scan and start-up)."""
         return self.documents_now / self.encode_seconds if self.encode_seconds > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Tokens encoded per second of the embedding phase."""
+        return self.tokens_now / self.encode_seconds if self.encode_seconds > 0 else 0.0
 
     def __str__(self) -> str:
         skipped = ", ".join(f"{k}: {v}" for k, v in sorted(self.skipped.items())) or "none"
@@ -78,8 +87,10 @@ class EmbedReport:
             f"embedding set: {self.output}",
             f"  documents:   {self.documents} in {self.splits} splits "
             f"({self.splits_done_now} embedded now, {self.splits_already_committed} already committed)",
+            f"  chunks:      {self.chunks} ({self.chunks_now} embedded now)",
             f"  this run:    {self.documents_now} documents in {self.seconds:.1f}s; "
-            f"embedding {self.encode_seconds:.1f}s ({self.documents_per_s:.1f} documents/s)",
+            f"embedding {self.encode_seconds:.1f}s ({self.documents_per_s:.1f} documents/s, "
+            f"{self.tokens_per_s:.0f} tokens/s)",
             f"  rows read:   {self.rows_read}; skipped: {skipped}",
             f"  quarantined: {self.quarantined} (see {QUARANTINE}/); truncated: {self.truncated}",
         ]
@@ -137,7 +148,10 @@ def embed_corpus(
             id_column=job["id_column"],
             columns=options.columns,
         )
-        ctx = SplitContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
+        ctx = SplitContext(
+            fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype,
+            chunking=chunk_options(options),
+        )  # fmt: skip
         drop_rows = {int(k): v for k, v in job.get("drop_rows", {}).items()}
         per_node: dict[str, Counter[str]] = defaultdict(Counter)
         encode_seconds = 0.0
@@ -184,6 +198,9 @@ def embed_corpus(
         skipped=dict(sum((Counter(r["skipped"]) for r in now), Counter())),
         quarantined=sum(r["quarantined"] for r in now),
         truncated=sum(r["truncated"] for r in now),
+        chunks=int(manifest.counts.get("chunks", manifest.documents)),
+        chunks_now=sum(r.get("chunks", r["documents"]) for r in now),
+        tokens_now=sum(r.get("tokens", 0) for r in now),
         per_node={k: dict(v) for k, v in per_node.items()},
         ignored_files=ignored,
         ran=runner_reason,
@@ -344,7 +361,8 @@ def _resolve_columns(
     for f in files:
         present = tuple(columns_by_file.get(f.relpath, {}))
         kept = options.columns if options.columns is not None else present
-        clash = [c for c in kept if c in RESERVED_COLUMNS and c != id_column]
+        reserved = RESERVED_COLUMNS + (CHUNK_COLUMNS if options.chunking == "auto" else ())
+        clash = [c for c in kept if c in reserved and c != id_column]
         if clash:
             raise MissingColumnError(
                 f"column {clash[0]!r} in {f.relpath!r} would clash with the output's own "
@@ -446,12 +464,14 @@ def _commit(
     record = {
         "index": split.index,
         "file": final,
-        "rows": result.documents,
+        "rows": result.file.rows if result.file else 0,  # rows of the part file (chunks)
         "bytes": result.file.bytes if result.file else 0,
         "sha256": result.file.sha256 if result.file else None,
         "source": split.to_dict(),
         "rows_read": result.rows_read,
         "documents": result.documents,
+        "chunks": result.chunks,
+        "tokens": result.tokens,
         "skipped": dict(result.skipped),
         "quarantined": result.quarantined,
         "truncated": result.truncated,
@@ -491,17 +511,34 @@ def _write_manifest(
             "files": [{"path": f.relpath, "format": f.format, "bytes": f.size} for f in files],
         },
         options=options.to_dict(),
+        chunking=_chunking_record(options),
         counts={
             "documents": sum(r["documents"] for r in records),
             "rows_read": sum(r["rows_read"] for r in records),
             "skipped": dict(skipped),
             "quarantined": sum(r["quarantined"] for r in records),
             "truncated": sum(r["truncated"] for r in records),
+            "chunks": sum(r.get("chunks", r["documents"]) for r in records),
         },
         parts=tuple(PartEntry.from_dict(r) for r in records),
     )
     manifest.write(fs, path)
     return manifest
+
+
+def chunk_options(options: EmbedOptions) -> ChunkOptions | None:
+    """How the job chunks its texts; None: it truncates them."""
+    if options.chunking == "none":
+        return None
+    return ChunkOptions(options.chunk_tokens, options.chunk_overlap, options.max_chunks)
+
+
+def _chunking_record(options: EmbedOptions) -> dict[str, Any] | None:
+    """The manifest's record of the chunking (None: texts truncated)."""
+    if options.chunking == "none":
+        return None
+    return {"chunk_tokens": options.chunk_tokens, "overlap": options.chunk_overlap,
+            "max_chunks": options.max_chunks, "columns": list(CHUNK_COLUMNS)}  # fmt: skip
 
 
 def _keeps_text(options: EmbedOptions) -> bool:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib._version import __version__
-from embedlib.documents import ID, TEXT_HASH, VECTOR, Documents
+from embedlib.documents import CHUNK_COLUMNS, ID, TEXT_HASH, VECTOR, Documents
 from embedlib.exceptions import EmbedlibError, IncompleteEmbeddingSetError, SourceError
 from embedlib.models import STATIC, ModelFingerprint
 from embedlib.options import Dtype, Metric
@@ -94,6 +94,7 @@ class EmbeddingSetManifest:
     id_column: str | None = ID
     options: dict[str, Any] | None = None  # the embed job's output-deciding options
     hash: dict[str, str] | None = None  # how `text_hash` was computed
+    chunking: dict[str, Any] | None = None  # None: one row per document
     created_at: str = field(default_factory=utc_now)
     embedlib_version: str = __version__
 
@@ -126,6 +127,8 @@ class EmbeddingSetManifest:
             out["options"] = self.options
         if self.hash is not None:
             out["hash"] = self.hash
+        if self.chunking is not None:
+            out["chunking"] = self.chunking
         return out
 
     @classmethod
@@ -142,6 +145,7 @@ class EmbeddingSetManifest:
             id_column=data.get("id_column", ID),
             options=data.get("options"),
             hash=data.get("hash"),
+            chunking=data.get("chunking"),
             created_at=data.get("created_at", ""),
             embedlib_version=data.get("embedlib_version", ""),
         )
@@ -399,6 +403,48 @@ def write_vector_set(
     manifest = EmbeddingSetManifest(
         model=fingerprint, metric=metric, parts=tuple(parts),  # type: ignore[arg-type]
         counts={"documents": len(ids)}, source=dict(source),
+    )  # fmt: skip
+    manifest.write(fs, path)
+    return manifest
+
+
+def write_document_set(
+    url: str, out: str, *, storage_options: dict[str, Any] | None = None
+) -> EmbeddingSetManifest:
+    """An embedding set of whole documents from a set of chunks: each document's vector
+    is the mean of its chunks' made unit length (what clustering and maps use), with the
+    columns of its first chunk. Read in one streaming pass; the documents' vectors are
+    held in memory."""
+    chunks = EmbeddingSet(url, storage_options=storage_options)
+    fs, path = url_to_fs(out, **(storage_options or {}))
+    refuse_existing_set(fs, path, out)
+    sums: dict[str, np.ndarray] = {}
+    firsts: dict[str, dict[str, Any]] = {}
+    for table in chunks.iter_tables():
+        vectors = vectors_of(table.column(VECTOR))
+        rest = table.drop_columns([c for c in (VECTOR, *CHUNK_COLUMNS) if c in table.column_names])
+        for n, row in enumerate(rest.to_pylist()):
+            doc = row[ID]
+            if doc in sums:
+                sums[doc] += vectors[n]
+            else:
+                sums[doc] = vectors[n].astype(np.float64)
+                firsts[doc] = row
+    ids = list(sums)
+    matrix = np.stack([sums[i] for i in ids]) if ids else np.zeros((0, chunks.dim))
+    norms = np.linalg.norm(matrix, axis=1, keepdims=True)
+    matrix = (matrix / np.where(norms > 0, norms, 1)).astype(np.float32)
+    columns = {c: [firsts[i][c] for i in ids] for c in (firsts[ids[0]] if ids else {}) if c != ID}
+    table = pa.table({ID: pa.array(ids, pa.string()), VECTOR: vector_array(matrix, "float32"),
+                      **{c: pa.array(v) for c, v in columns.items()}})  # fmt: skip
+    fs.makedirs(path, exist_ok=True)
+    file = join(path, part_file(0))
+    with fs.open(file, "wb") as fh:
+        pq.write_table(table, fh, row_group_size=50_000)
+    manifest = EmbeddingSetManifest(
+        model=chunks.fingerprint, metric=chunks.manifest.metric, text_column=chunks.text_column,
+        parts=(PartEntry(0, part_file(0), len(ids), fs.size(file), file_sha256(fs, file), url),),
+        counts={"documents": len(ids)}, source={"url": url, "kind": "documents of chunks"},
     )  # fmt: skip
     manifest.write(fs, path)
     return manifest

@@ -7,7 +7,9 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+from tokenizers import Tokenizer
 
+from embedlib.chunking import Chunker, ChunkOptions
 from embedlib.models import ModelFingerprint, fingerprint_of, load_model
 from embedlib.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
 from embedlib.options import BACKENDS
@@ -54,6 +56,8 @@ class TextEncoder:
         self.backend = resolve_backend(backend, device)
         self.normalize = normalize
         self.batch_size = batch_size
+        self._chunkers: dict[ChunkOptions, Chunker] = {}
+        self.tokens_encoded = 0  # running count (special tokens in, before truncation)
         self.model: Any = None  # the SentenceTransformer (torch backend)
         self.ov: Any = None  # the OpenVINOModel (openvino backends)
         if self.backend == "torch":
@@ -82,6 +86,28 @@ class TextEncoder:
     def dim(self) -> int:
         return self.fingerprint.dim
 
+    def chunker(self, options: ChunkOptions) -> Chunker:
+        """A `Chunker` counting tokens with this model's tokenizer (truncation off),
+        made once per set of options."""
+        found = self._chunkers.get(options)
+        if found is None:
+            tokenizer = self._counting_tokenizer()
+            specials = len(tokenizer.encode("", add_special_tokens=True).ids)
+            found = Chunker(
+                tokenizer,
+                capacity=options.tokens or self.max_seq_length - specials,
+                overlap=options.overlap,
+                max_chunks=options.max_chunks,
+            )
+            self._chunkers[options] = found
+        return found
+
+    def _counting_tokenizer(self) -> Any:
+        """The model's fast tokenizer (a `tokenizers.Tokenizer` of its own)."""
+        if self.ov is not None:
+            return Tokenizer.from_file(str(self.ov.converted.folder / "tokenizer.json"))
+        return Tokenizer.from_str(self.model.tokenizer.backend_tokenizer.to_str())
+
     def token_lengths(self, texts: list[str]) -> np.ndarray:
         """Token counts, special tokens included, before truncation."""
         if not texts:
@@ -103,6 +129,7 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32), 0
         lengths = self.token_lengths(texts)
+        self.tokens_encoded += int(lengths.sum())
         order = np.argsort(-lengths, kind="stable")
         ordered = [texts[i] for i in order]
         if self.ov is not None:

@@ -10,6 +10,7 @@ from embedlib.models import DEFAULT_MODEL
 
 Metric = Literal["cosine", "dot", "l2"]
 Dtype = Literal["float32", "float16"]
+Chunking = Literal["auto", "none"]
 OnDuplicate = Literal["error", "keep-first"]
 RunnerKind = Literal["auto", "ray", "local"]
 METRICS: tuple[Metric, ...] = ("cosine", "dot", "l2")
@@ -37,6 +38,12 @@ class EmbedOptions:
     # auto: OpenVINO fp32 on CPU (torch's vectors, faster); torch; openvino-fp32; openvino
     # (int8, its own fingerprint). Not compared on resume: the fingerprint decides.
     backend: str = "auto"
+    # auto: a text longer than the model's window is cut into chunks of `chunk_tokens`
+    # (None: the window less its special tokens), one row each; none: truncated
+    chunking: Chunking = "auto"
+    chunk_tokens: int | None = None
+    chunk_overlap: int = 0
+    max_chunks: int = 10_000
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -55,6 +62,18 @@ class EmbedOptions:
             raise ValueError(f"on_duplicate must be error or keep-first, got {self.on_duplicate!r}")
         if not self.text_column:
             raise ValueError("text_column must not be empty")
+        if self.chunking not in ("auto", "none"):
+            raise ValueError(f"chunking must be auto or none, got {self.chunking!r}")
+        if self.chunk_tokens is not None and self.chunk_tokens < 8:
+            raise ValueError(f"chunk_tokens must be >= 8, got {self.chunk_tokens}")
+        if self.chunk_overlap < 0 or (
+            self.chunk_tokens is not None and self.chunk_overlap >= self.chunk_tokens
+        ):
+            raise ValueError(
+                f"chunk_overlap must be >= 0 and below chunk_tokens, got {self.chunk_overlap}"
+            )
+        if self.max_chunks < 1:
+            raise ValueError(f"max_chunks must be >= 1, got {self.max_chunks}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 
+from embedlib.chunking import ChunkOptions, chunk_documents
 from embedlib.corpus.plan import Split
 from embedlib.corpus.read import QuarantineRecord, read_split
 from embedlib.documents import Documents, DocumentSpec, id_hashes, prepare
@@ -50,6 +51,8 @@ class SplitResult:
     truncated: int
     seconds: float
     node: str = field(default_factory=socket.gethostname)
+    chunks: int = 0  # rows written (one per document without chunking)
+    tokens: int = 0  # tokens encoded
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class SplitContext:
     spec: DocumentSpec
     read_batch_rows: int
     dtype: str
+    chunking: ChunkOptions | None = None  # None: texts truncated at the model's window
 
 
 def iter_documents(
@@ -126,7 +130,8 @@ def embed_split(
     ctx.fs_out.makedirs(join(ctx.out_path, ATTEMPTS), exist_ok=True)
     writer = PartWriter(ctx.fs_out, f"{attempt_base}.parquet", dtype=ctx.dtype)
     drop = set(drop_rows)
-    rows_read = documents = truncated = 0
+    rows_read = documents = chunks = truncated = 0
+    tokens_before = encoder.tokens_encoded
     skipped: Counter[str] = Counter()
     bad: list[QuarantineRecord] = []
     for n, docs in iter_documents(
@@ -134,10 +139,15 @@ def embed_split(
     ):
         rows_read += n
         skipped.update(docs.skipped)
+        documents += len(docs)
+        if ctx.chunking is not None:
+            refused = len(docs.quarantined)
+            docs = chunk_documents(docs, encoder.chunker(ctx.chunking), ctx.spec.text_column)
+            documents -= len(docs.quarantined) - refused
         bad.extend(docs.quarantined)
         vectors, cut = encoder.encode(docs.texts)
         truncated += cut
-        documents += len(docs)
+        chunks += len(docs)
         writer.write(docs, vectors)
     info = writer.close()
     quarantine = None
@@ -158,4 +168,6 @@ def embed_split(
         truncated=truncated,
         seconds=time.perf_counter() - start,
         node=node or socket.gethostname(),
+        chunks=chunks,
+        tokens=encoder.tokens_encoded - tokens_before,
     )

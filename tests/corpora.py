@@ -87,3 +87,23 @@ def write(fs, path: str, data: bytes, *, gz: bool = False) -> str:
     with fs.open(path, "wb") as fh:
         fh.write(data)
     return path
+
+
+def module_documents(names: list[str]) -> dict[str, str]:
+    """Long documents nobody on the project wrote: each standard-library module's
+    docstring followed by every public member's signature and docstring."""
+    import importlib
+    import inspect
+
+    docs = {}
+    for name in names:
+        module = importlib.import_module(name)
+        parts = [f"{name}\n\n{inspect.getdoc(module) or ''}\n"]
+        for attr, obj in sorted(vars(module).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            doc = inspect.getdoc(obj)
+            if doc and (inspect.isfunction(obj) or inspect.isclass(obj)):
+                parts.append(f"\n{name}.{attr}\n    {doc}\n")
+        docs[name] = "".join(parts)
+    return docs

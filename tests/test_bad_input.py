@@ -147,10 +147,18 @@ def test_truncated_texts_are_counted(memfs):
     texts = [*corpora.sentences(10, seed=5, min_words=40, max_words=60), "short one"]
     _jsonl(fs, f"{url}/c.jsonl", [{"text": t} for t in texts])
     report = embed_corpus(
-        f"{url}/c.jsonl", f"{url}/out", options=EmbedOptions(max_seq_length=16), run=LOCAL
+        f"{url}/c.jsonl",
+        f"{url}/out",
+        options=EmbedOptions(max_seq_length=16, chunking="none"),
+        run=LOCAL,
     )
-    assert report.truncated == 10
+    assert report.truncated == 10 and report.chunks == 11
     assert EmbeddingSet(f"{url}/out").fingerprint.max_seq_length == 16
+    # chunked (the default), nothing is cut off: every long text becomes several chunks
+    report = embed_corpus(
+        f"{url}/c.jsonl", f"{url}/chunked", options=EmbedOptions(max_seq_length=16), run=LOCAL
+    )
+    assert report.truncated == 0 and report.documents == 11 and report.chunks > 30
 
 
 def test_changed_options_are_refused_unless_overwrite(memfs):

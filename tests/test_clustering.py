@@ -98,6 +98,7 @@ def test_map_draws_png_and_html_and_clusters_an_unclustered_input(glove20k, tmp_
         draw_map(report.clustered_set, str(tmp_path / "map3"), k=4, run=RAY)
 
 
+@pytest.mark.slow  # UMAP (numba) takes its time
 def test_map_with_text_hover_and_umap(tmp_path, ray_cluster):
     """A small embedded-like set with a text column: the hover shows the document; UMAP."""
     rng = np.random.default_rng(0)

@@ -115,7 +115,15 @@ def test_columns_option_and_float16(memfs):
         dtype="float16",
     )
     schema = pq.read_schema(fs.open(f"{url}/out/part-00000.parquet"))
-    assert schema.names == ["id", "vector", "text_hash", "lang"]
+    assert schema.names == [
+        "id",
+        "vector",
+        "text_hash",
+        "lang",
+        "chunk",
+        "chunk_start",
+        "chunk_end",
+    ]
     vtype = schema.field("vector").type
     assert vtype.value_type == pa.float16() and vtype.list_size == 384
     _, v = eset.read_vectors()

@@ -728,3 +728,39 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     truth = allowed[np.argsort(-(queries @ xn[allowed].T), axis=1)[:, :10]]
     recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth, strict=True)])
     assert recall >= 0.95, recall
+
+
+def test_long_documents_answer_with_their_passages_over_http(served, tmp_path):
+    """A chunked index served: each hit a distinct document with its best passages, the
+    same as the library's; `group: chunk` answers with chunks."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+    from tests import corpora
+
+    docs = corpora.module_documents(["json", "shutil", "fnmatch", "textwrap"])
+    (tmp_path / "d.jsonl").write_text(
+        "".join(json.dumps({"id": k, "text": v}) + "\n" for k, v in docs.items())
+    )
+    embed_corpus(str(tmp_path / "d.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+    serve.run(build_app(str(tmp_path / "idx"), api_key=KEY, searcher_cpus=0.1),
+              name="long", route_prefix="/long")  # fmt: skip
+    try:
+        index = ShardedIndex(str(tmp_path / "idx"))
+        body = {"query": "copy a file and its permissions", "k": 4, "passages": 2}
+        status, answer = _request("/long/v1/search", body)
+        assert status == 200, answer
+        local = index.search_text([body["query"]], 4, passages=2)[0]
+        assert _same(answer["results"], local, docs=True)
+        assert len({r["id"] for r in answer["results"]}) == 4
+        for r, h in zip(answer["results"], local, strict=True):
+            p = r["passage"]
+            assert docs[r["id"]][p["start"] : p["end"]] == p["text"] == h.passage.text
+            assert [q["chunk"] for q in r.get("passages", [p])] == [
+                q.chunk for q in h.passages or [h.passage]
+            ]
+        status, answer = _request("/long/v1/search", {**body, "group": "chunk", "k": 3})
+        assert status == 200 and len(answer["results"]) == 3
+    finally:
+        serve.delete("long")

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.distributed import current_node
-from embedlib.documents import ID, VECTOR, id_hashes
+from embedlib.documents import CHUNK, ID, VECTOR, id_hashes
 from embedlib.exceptions import VectorError
 from embedlib.index.docs import IID
 from embedlib.index.faiss_ops import (
@@ -93,7 +93,7 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
             index.add_with_ids(x, gids)
             d, i = faiss.knn(ctx.queries, x, min(k, len(x)), metric=faiss_metric(ctx.metric))
             best_d, best_i = merge_topk([(best_d, best_i), (d, i + unit.first_id)], k, ctx.metric)
-            hashes.append(id_hashes(data.ids))
+            hashes.append(id_hashes(row_keys(data.ids, data.metadata)))
             table = pa.Table.from_arrays(
                 [
                     pa.array(gids),
@@ -120,6 +120,14 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
     )
 
 
+def row_keys(ids: list[str], metadata: pa.Table) -> list[str]:
+    """What must be unique per row: the id, or for chunk rows the id and chunk number."""
+    if CHUNK not in metadata.column_names:
+        return ids
+    chunks = metadata.column(CHUNK).to_pylist()
+    return [f"{i} (chunk {c})" for i, c in zip(ids, chunks, strict=True)]
+
+
 def check_unique_ids(partials: list[PartialResult], ctx: BuildContext) -> None:
     """Refuse inputs that repeat an id, naming some (read back from the partial docs)."""
     hashes = np.concatenate([p.id_hashes for p in partials]) if partials else np.zeros(0, np.uint64)
@@ -130,7 +138,8 @@ def check_unique_ids(partials: list[PartialResult], ctx: BuildContext) -> None:
     names: list[str] = []
     for p in partials:
         with ctx.fs.open(ctx.partial(p.name, "parquet"), "rb") as fh:
-            ids = pq.read_table(fh, columns=[ID]).column(ID).to_pylist()
+            table = pq.read_table(fh)
+            ids = row_keys(table.column(ID).to_pylist(), table)
         names += [i for i, h in zip(ids, p.id_hashes.tolist(), strict=True) if h in dup]
     shown = sorted(set(names))[:5]
     raise VectorError(

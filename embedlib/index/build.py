@@ -315,4 +315,5 @@ def _manifest(
         seed=options.seed,
         memory_budget=options.memory_budget,
         tuning=tuning,
+        chunking=src.chunking,
     )

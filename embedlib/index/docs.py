@@ -19,12 +19,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib.documents import ID, TEXT_HASH, VECTOR
+from embedlib.documents import CHUNK, CHUNK_COLUMNS, CHUNK_END, CHUNK_START, ID, TEXT_HASH, VECTOR
 from embedlib.exceptions import QueryError, SourceError
 from embedlib.tables import vectors_of
 
 IID = "_iid"  # the FAISS id of a row, in the docs tables
 ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the rows
+NOT_METADATA = (IID, ID, VECTOR, TEXT_HASH, *CHUNK_COLUMNS)  # columns that are not metadata
 CACHED_GROUPS = 64  # row groups of text/vectors kept per shard
 
 
@@ -37,13 +38,18 @@ class ShardDocs:
             pf = pq.ParquetFile(fh)
             self.columns: list[str] = pf.schema_arrow.names
             self.metadata_columns = [
-                c for c in self.columns if c not in (IID, ID, VECTOR, TEXT_HASH, text_column)
+                c for c in self.columns if c not in (*NOT_METADATA, text_column)
             ]
-            table = pf.read(columns=[IID, ID])
+            table = pf.read(columns=[IID, ID, *([CHUNK] if CHUNK in self.columns else [])])
             self.group_starts = np.cumsum(
                 [0] + [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
             )
         self.iids: np.ndarray = table.column(IID).to_numpy()
+        # a document of several chunks here (an index whose documents are all one chunk
+        # answers as an index of whole documents)
+        self.split_documents = CHUNK in self.columns and bool(
+            len(table) and np.max(table.column(CHUNK).to_numpy()) > 0
+        )
         self.ids: pa.Array = table.column(ID).combine_chunks()
         self._metadata: pa.Table | None = None
         self._groups: dict[int, dict[str, list[Any]]] = {}
@@ -101,29 +107,51 @@ class ShardDocs:
 
 
 class DocsLookup:
-    """The docs tables of an index version, side by side."""
+    """The docs tables of an index version, side by side. In a chunked index a row is a
+    chunk of a document: the string id is the document's, shared by its chunks."""
 
     def __init__(self, shards: Sequence[ShardDocs], text_column: str | None) -> None:
         self.shards = list(shards)
         self.text_column = text_column
-        self._id_map: dict[str, int] | None = None
+        self.chunked = any(docs.split_documents for docs in self.shards)
+        self._id_map: dict[str, int | list[int]] | None = None
         self._id_lock = threading.Lock()
         self.metadata_columns: frozenset[str] = frozenset(
             c for docs in self.shards for c in docs.metadata_columns
         )
 
-    def iid_of(self, doc_id: str) -> int:
-        """The int64 id of a document id; QueryError when the index does not hold it."""
+    def iids_of(self, doc_id: str) -> list[int]:
+        """The int64 ids of a document's rows (its chunks); QueryError when the index does
+        not hold it."""
         with self._id_lock:
             if self._id_map is None:
-                id_map: dict[str, int] = {}
-                for docs in self.shards:
-                    id_map.update(zip(docs.ids.to_pylist(), docs.iids.tolist(), strict=True))
-                self._id_map = id_map
+                self._id_map = self._build_id_map()
         found = self._id_map.get(doc_id)
         if found is None:
             raise QueryError(f"id {doc_id!r} is not in the index")
-        return found
+        return found if isinstance(found, list) else [found]
+
+    def _build_id_map(self) -> dict[str, int | list[int]]:
+        id_map: dict[str, int | list[int]] = {}
+        for docs in self.shards:
+            for doc_id, iid in zip(docs.ids.to_pylist(), docs.iids.tolist(), strict=True):
+                seen = id_map.get(doc_id)
+                if seen is None:
+                    id_map[doc_id] = iid
+                elif isinstance(seen, list):
+                    seen.append(iid)
+                else:
+                    id_map[doc_id] = [seen, iid]
+        return id_map
+
+    def document_vector(self, doc_id: str) -> np.ndarray:
+        """A document's vector: its row's, or for chunks their mean made unit length."""
+        vectors = [self.vector_of_iid(i) for i in self.iids_of(doc_id)]
+        if len(vectors) == 1:
+            return vectors[0]
+        mean = np.mean(vectors, axis=0)
+        norm = np.linalg.norm(mean)
+        return (mean / norm if norm > 0 else mean).astype(np.float32)
 
     def vector_of_iid(self, iid: int) -> np.ndarray:
         """The indexed vector (unit length for cosine) of an int64 id."""
@@ -148,36 +176,60 @@ class DocsLookup:
             )
         return list(out.tolist())
 
-    def result_rows(
-        self, pairs: Sequence[tuple[float, int]], include: frozenset[str]
-    ) -> list[dict[str, Any]]:
-        """The result rows of (score, int64 id) hits: {"id", "score"}, plus "text",
-        "metadata" and "vector" when `include` names them (their docs rows read once)."""
-        iids = np.fromiter((i for _, i in pairs), dtype=np.int64, count=len(pairs))
-        if not ROW_FIELDS & include:
-            ids = self.string_ids(iids)
-            return [{"id": i, "score": s} for i, (s, _) in zip(ids, pairs, strict=True)]
-        rows: list[dict[str, Any] | None] = [None] * len(pairs)
+    def _rows(self, iids: np.ndarray) -> list[dict[str, Any]]:
+        """The docs rows of int64 ids, each read with its row group."""
+        rows: list[dict[str, Any] | None] = [None] * len(iids)
         for docs in self.shards:
             pos = docs.positions(iids)
             found = np.flatnonzero(pos >= 0)
             for n, found_row in zip(found.tolist(), docs.rows(pos[found]), strict=True):
                 rows[n] = found_row
+        if any(r is None for r in rows):
+            raise SourceError(
+                "the docs tables do not hold an id the index returned; the index is damaged"
+            )
+        return rows  # type: ignore[return-value]
+
+    def result_rows(
+        self, hits: Sequence[Sequence[tuple[float, int]]], include: frozenset[str]
+    ) -> list[dict[str, Any]]:
+        """The result rows of hits, each a list of (score, int64 id), best first: one row
+        per document (its first pair's row scored by it), with "text", "metadata" and
+        "vector" when `include` names them; in a chunked index also the "passage" (the
+        matched chunk's text and its span in the document) and, when a hit holds more
+        pairs, its "passages". The docs rows are read once for them all."""
+        iids = np.fromiter((i for h in hits for _, i in h), dtype=np.int64)
+        if not self.chunked and not ROW_FIELDS & include:
+            ids = self.string_ids(iids)
+            return [{"id": i, "score": h[0][0]} for i, h in zip(ids, hits, strict=True)]
+        rows = self._rows(iids)
         text = self.text_column
-        out = []
-        for (score, _), row in zip(pairs, rows, strict=True):
-            if row is None:
-                raise SourceError(
-                    "the docs tables do not hold an id the index returned; the index is damaged"
-                )
-            result: dict[str, Any] = {"id": row[ID], "score": score}
+        out, at = [], 0
+        for hit in hits:
+            row = rows[at]
+            result: dict[str, Any] = {"id": row[ID], "score": hit[0][0]}
             if "text" in include and text and row.get(text) is not None:
                 result["text"] = row[text]
             if "metadata" in include:
                 result["metadata"] = {
-                    c: v for c, v in row.items() if c not in (IID, ID, VECTOR, TEXT_HASH, text)
+                    c: v for c, v in row.items() if c not in (*NOT_METADATA, text)
                 }
             if "vector" in include:
                 result["vector"] = row[VECTOR].tolist()
+            if self.chunked:
+                result["passage"] = _passage(row, text)
+                if len(hit) > 1:
+                    result["passages"] = [_passage(r, text) for r in rows[at : at + len(hit)]]
             out.append(result)
+            at += len(hit)
         return out
+
+
+def _passage(row: dict[str, Any], text: str | None) -> dict[str, Any]:
+    """A chunk row as the passage of its document: text, character span, chunk number."""
+    return {
+        "text": row.get(text) if text else None,
+        "start": row[CHUNK_START],
+        "end": row[CHUNK_END],
+        "chunk": row[CHUNK],
+    }

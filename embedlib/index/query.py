@@ -19,6 +19,8 @@ from embedlib.exceptions import QueryError
 Include = Literal["text", "metadata", "vector"]
 INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
 DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
+Group = Literal["document", "chunk"]
+MAX_PASSAGES = 20
 
 
 @dataclass(frozen=True)
@@ -36,7 +38,11 @@ ArithmeticItem = str | TextItem | Sequence[float] | np.ndarray
 class SearchOptions:
     """How to search, whatever the query: the `k` best hits with the `include`d fields,
     among the documents matching `filter`, `exclude`d ids left out; `nprobe` /
-    `ef_search` override the index's tuned search parameters."""
+    `ef_search` override the index's tuned search parameters.
+
+    In an index of chunked documents the hits are documents, each scored by its best
+    chunk and carrying it as its passage, with up to `passages` passages; `group`
+    "chunk" answers with the chunks themselves."""
 
     k: int = 10
     nprobe: int | None = None
@@ -44,11 +50,17 @@ class SearchOptions:
     filter: Mapping[str, Any] | None = None
     include: Sequence[str] = DEFAULT_INCLUDE
     exclude: Sequence[str] = ()
+    passages: int = 1
+    group: Group = "document"
     fields: frozenset[str] = field(init=False, repr=False)  # `include` as a set
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise QueryError(f"k must be at least 1, got {self.k}")
+        if not 1 <= self.passages <= MAX_PASSAGES:
+            raise QueryError(f"passages must be between 1 and {MAX_PASSAGES}, got {self.passages}")
+        if self.group not in ("document", "chunk"):
+            raise QueryError(f"group must be document or chunk, got {self.group!r}")
         for name in ("nprobe", "ef_search"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -89,6 +101,16 @@ class Query(SearchOptions):
         return [i.text for i in (*self.positive, *self.negative) if isinstance(i, TextItem)]
 
 
+@dataclass(frozen=True, slots=True)
+class Passage:
+    """A chunk of a document: its text, `document_text[start:end]`, and its number."""
+
+    text: str | None
+    start: int
+    end: int
+    chunk: int
+
+
 @dataclass(slots=True)
 class Hit:
     """One result: the document's id and score (similarity for cosine and dot, higher
@@ -99,6 +121,8 @@ class Hit:
     text: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     vector: list[float] | None = None
+    passage: Passage | None = None  # chunked indexes: the chunk that matched
+    passages: list[Passage] = field(default_factory=list)  # with `passages` > 1
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Hit:
@@ -109,4 +133,6 @@ class Hit:
             text=row.get("text"),
             metadata=row.get("metadata") or {},
             vector=row.get("vector"),
+            passage=Passage(**row["passage"]) if "passage" in row else None,
+            passages=[Passage(**p) for p in row.get("passages", ())],
         )

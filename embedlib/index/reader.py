@@ -20,7 +20,14 @@ from embedlib.encode import TextEncoder, query_encoder
 from embedlib.exceptions import NoTextModelError
 from embedlib.index.docs import DocsLookup, ShardDocs
 from embedlib.index.faiss_ops import merge_topk, search_params
-from embedlib.index.query import DEFAULT_INCLUDE, ArithmeticItem, Hit, Query, SearchOptions
+from embedlib.index.query import (
+    DEFAULT_INCLUDE,
+    ArithmeticItem,
+    Group,
+    Hit,
+    Query,
+    SearchOptions,
+)
 from embedlib.index.searcher import Answers, Searcher, prepare_queries
 from embedlib.index.shards import IndexShard, ShardSet
 from embedlib.index.version import IndexManifest, IndexVersion, SearchParams
@@ -121,14 +128,18 @@ class ShardedIndex:
         filter: Mapping[str, Any] | None = None,
         include: Sequence[str] = DEFAULT_INCLUDE,
         exclude: Sequence[str] = (),
+        passages: int = 1,
+        group: Group = "document",
     ) -> list[list[Hit]]:
         """Top-k hits for each query vector (rows of `vectors`), in one search; `filter`
         (as over HTTP: {"lang": "en", "year": {"in": [2020, 2021]}}) selects documents,
-        `exclude` leaves ids out."""
+        `exclude` leaves ids out; `passages` and `group` for chunked documents (see
+        `SearchOptions`)."""
         options = SearchOptions(k=k, nprobe=nprobe, ef_search=ef_search, filter=filter,
-                                include=include, exclude=exclude)  # fmt: skip
-        answers = self.searcher.run_batch(np.atleast_2d(vectors), options, self.shards.search_one)
-        return _hits(answers.rows)
+                                include=include, exclude=exclude, passages=passages,
+                                group=group)  # fmt: skip
+        plan = self.searcher.plan_batch(np.atleast_2d(vectors), options)
+        return _hits(self.searcher.drive(plan, self.shards.search_one).rows)
 
     def search_text(self, texts: Sequence[str], k: int = 10, **options: Any) -> list[list[Hit]]:
         """Top-k hits for each text, embedded with the index's own model."""
@@ -160,8 +171,9 @@ class ShardedIndex:
         return self.query_model().encode(list(texts))[0]
 
     def vector(self, doc_id: str) -> np.ndarray:
-        """The indexed vector of a document (unit length for cosine)."""
-        return self.docs.vector_of_iid(self.docs.iid_of(doc_id))
+        """The indexed vector of a document (unit length for cosine; for chunks, their
+        mean made unit length)."""
+        return self.docs.document_vector(doc_id)
 
     def prepare_queries(self, vectors: np.ndarray) -> np.ndarray:
         return prepare_queries(vectors, dim=self.dim, metric=self.metric)

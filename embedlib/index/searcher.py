@@ -7,23 +7,28 @@ alike by construction. It owns what a query means:
 - search parameters: the query's `nprobe` / `ef_search`, else the index's tuned ones;
 - filters: checked against the index's metadata columns, applied inside the search;
 - exclusions: ids left out (the inputs of vector arithmetic, `exclude`, a user's seen
-  items), with k over-fetched by their number so that k hits remain;
-- vector arithmetic: the mean of the unit-length positive items minus the negative ones;
+  items), with the search over-fetched by their number so that k hits remain;
+- vector arithmetic: the mean of the unit-length positive items minus the negative ones
+  (a document given by id counts with its vector: the mean of its chunks');
+- chunked documents: the search ranks chunks and answers with documents, each scored by
+  its best chunk and carrying its best passages, searching deeper until k documents are
+  found or the index is exhausted (`group` "chunk" answers with the chunks);
 - the docs join: ids, scores and the fields each query includes.
 
-A search runs in three steps: `plan` (queries and their encoded texts -> `SearchTask`s,
-queries with equal parameters stacked into one FAISS search), the tasks searched by
-whoever holds the shards (in this process, or shard searcher replicas), and `finish`
-(excluded ids dropped, k kept, docs joined). `run` and `run_async` drive the steps with a
-synchronous or an asynchronous encoder and shard search; they hold no logic of their own.
+A search is a plan (queries and their encoded texts -> `SearchTask`s, queries with equal
+parameters stacked into one FAISS search), rounds of shard searches run by whoever holds
+the shards (in this process, or shard searcher replicas; a second round only when
+chunks did not yet make k documents), and the docs join. `run` and `run_async` drive
+`rounds` with a synchronous or an asynchronous encoder and shard search; they hold no
+logic of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -37,19 +42,31 @@ from embedlib.index.version import IndexManifest, SearchParams
 
 Row = dict[str, Any]
 TaskResult = tuple[np.ndarray, np.ndarray]
+Pairs = list[tuple[float, int]]  # (score, int64 id), best first
+FIRST_FETCH = 4  # a chunked search first fetches this many chunks per document wanted
+Rounds = Generator[list[SearchTask], list[TaskResult], "Answers"]
+
+
+@dataclass
+class QueryRow:
+    """One query of a plan: its prepared vector and what its answer needs."""
+
+    vector: np.ndarray  # (d,) as the index compares it
+    options: SearchOptions
+    excluded: frozenset[int]  # int64 ids to leave out
+    grouped: bool  # chunks grouped into documents
+    depth: int  # chunks asked of FAISS
 
 
 @dataclass
 class SearchPlan:
-    """The FAISS searches that answer some queries, and how to read their results."""
+    """The queries to answer and the FAISS searches of the first round."""
 
+    rows: list[QueryRow]
     tasks: list[SearchTask]
     members: list[list[int]]  # the query rows of each task, in stacking order
-    k: list[int]  # per query row
-    excluded: list[frozenset[int]]  # per query row: int64 ids to leave out
-    fields: list[frozenset[str]]  # per query row: fields to include
     started: float  # perf_counter when the queries arrived
-    encoded: float  # ... when their texts were embedded
+    encoded: float = field(default_factory=time.perf_counter)  # ... their texts embedded
 
 
 @dataclass
@@ -94,8 +111,9 @@ class Searcher:
         self.metric = manifest.metric
         self.dim = manifest.dim
         self.defaults = manifest.search_params
+        self.ntotal = manifest.ntotal
 
-    # -- the steps ------------------------------------------------------------------------
+    # -- planning -------------------------------------------------------------------------
 
     @staticmethod
     def texts(queries: Sequence[Query]) -> list[str]:
@@ -111,78 +129,138 @@ class Searcher:
     ) -> SearchPlan:
         """The searches for `queries`; `text_vectors` holds the embedded `texts(queries)`."""
         started = time.perf_counter() if started is None else started
-        encoded = time.perf_counter()
         for q in queries:
-            if q.filter:
-                check_filter(q.filter, self.docs.metadata_columns)
+            self._check(q)
         if all(q.vector is not None for q in queries):  # vectors only: one conversion
             raw = self.vector_rows([q.vector for q in queries])  # type: ignore[misc]
             excluded = [self._excluded(q.exclude) for q in queries]
         else:
-            rows, excluded = self._query_vectors(queries, text_vectors)
-            raw = np.stack(rows)
+            vectors, excluded = self._query_vectors(queries, text_vectors)
+            raw = np.stack(vectors)
         x = prepare_queries(raw, dim=self.dim, metric=self.metric)
-        first = queries[0]
-        if all(
-            not q.filter and not e and (q.k, q.nprobe, q.ef_search) == (first.k, first.nprobe, first.ef_search)
-            for q, e in zip(queries, excluded, strict=True)
-        ):  # fmt: skip
-            # the common batch: one search for all, no per-query task to group
-            tasks = [SearchTask(x, first.k, self._params(first))]
-            members = [list(range(len(queries)))]
-        else:
-            per_row = [
-                SearchTask(x[n : n + 1], q.k + len(e), self._params(q), q.filter or None)
-                for n, (q, e) in enumerate(zip(queries, excluded, strict=True))
-            ]
-            groups = group_tasks(per_row)
-            tasks = [task for _, task in groups]
-            members = [m for m, _ in groups]
-        return SearchPlan(
-            tasks, members, [q.k for q in queries], excluded, [q.fields for q in queries],
-            started, encoded,
-        )  # fmt: skip
+        rows = [
+            self._row(x[n], q, e) for n, (q, e) in enumerate(zip(queries, excluded, strict=True))
+        ]
+        return self._stack(rows, started)
 
-    def plan_batch(self, vectors: np.ndarray, like: SearchOptions) -> SearchPlan:
+    def plan_batch(self, vectors: np.ndarray, options: SearchOptions) -> SearchPlan:
         """One search for many query vectors sharing one set of options."""
         started = time.perf_counter()
-        if like.filter:
-            check_filter(like.filter, self.docs.metadata_columns)
+        self._check(options)
         x = prepare_queries(vectors, dim=self.dim, metric=self.metric)
-        excluded = self._excluded(like.exclude)
-        n = len(x)
-        task = SearchTask(x, like.k + len(excluded), self._params(like), like.filter or None)
-        return SearchPlan(
-            [task], [list(range(n))], [like.k] * n, [excluded] * n, [like.fields] * n,
-            started, time.perf_counter(),
-        )  # fmt: skip
+        excluded = self._excluded(options.exclude)
+        row = self._row(x[0], options, excluded) if len(x) else None
+        rows = [QueryRow(v, options, excluded, row.grouped, row.depth) for v in x] if row else []
+        task = SearchTask(x, row.depth if row else options.k, self._params(options),
+                          options.filter or None)  # fmt: skip
+        return SearchPlan(rows, [task], [list(range(len(x)))], started)
 
-    def finish(self, plan: SearchPlan, results: Sequence[TaskResult]) -> Answers:
-        """The result rows of each query from its task's (scores, int64 ids)."""
+    def _check(self, options: SearchOptions) -> None:
+        if options.filter:
+            check_filter(options.filter, self.docs.metadata_columns)
+
+    def _row(
+        self, vector: np.ndarray, options: SearchOptions, excluded: frozenset[int]
+    ) -> QueryRow:
+        grouped = self.docs.chunked and options.group == "document"
+        wanted = options.k + len(excluded)
+        depth = (
+            min(max(self.ntotal, 1), wanted * FIRST_FETCH * options.passages) if grouped else wanted
+        )
+        return QueryRow(vector, options, excluded, grouped, depth)
+
+    def _stack(self, rows: list[QueryRow], started: float) -> SearchPlan:
+        """One SearchTask per group of rows with equal parameters."""
+        first = rows[0].options
+        if all(
+            not r.options.filter and not r.excluded and r.depth == rows[0].depth
+            and (r.options.nprobe, r.options.ef_search) == (first.nprobe, first.ef_search)
+            for r in rows
+        ):  # fmt: skip
+            # the common batch: one search for all, no per-query task to group
+            x = np.stack([r.vector for r in rows])
+            task = SearchTask(x, rows[0].depth, self._params(first))
+            return SearchPlan(rows, [task], [list(range(len(rows)))], started)
+        tasks = [self._task(r) for r in rows]
+        groups = group_tasks(tasks)
+        return SearchPlan(rows, [t for _, t in groups], [m for m, _ in groups], started)
+
+    def _task(self, row: QueryRow) -> SearchTask:
+        return SearchTask(
+            row.vector[None, :], row.depth, self._params(row.options), row.options.filter or None
+        )
+
+    # -- the rounds -----------------------------------------------------------------------
+
+    def rounds(self, plan: SearchPlan) -> Rounds:
+        """Yields the shard searches to run, receives their results, and returns the
+        answers: a first round for every query, then deeper rounds for the grouped queries
+        whose chunks did not yet make k documents (a round's depth doubles)."""
+        results = yield plan.tasks
         searched = time.perf_counter()
-        pairs: list[list[tuple[float, int]]] = [[] for _ in plan.k]
+        pairs: list[Pairs] = [[] for _ in plan.rows]
+        full: list[bool] = [False] * len(plan.rows)
         for members, (d, i) in zip(plan.members, results, strict=True):
-            for row, ds, ns in zip(members, d.tolist(), i.tolist(), strict=True):
-                skip, k = plan.excluded[row], plan.k[row]
-                pairs[row] = [(s, n) for s, n in zip(ds, ns, strict=True)
-                              if n >= 0 and n not in skip][:k]  # fmt: skip
-        out: list[list[Row]] = [[] for _ in plan.k]
+            for r, ds, ns in zip(members, d.tolist(), i.tolist(), strict=True):
+                pairs[r], full[r] = self._kept(plan.rows[r], ds, ns)
+        hits = [self._hits(plan.rows[r], pairs[r]) for r in range(len(plan.rows))]
+        short = [r for r, row in enumerate(plan.rows)
+                 if row.grouped and len(hits[r]) < row.options.k and full[r]]  # fmt: skip
+        while short:
+            for r in short:
+                row = plan.rows[r]
+                row.depth = min(self.ntotal, row.depth * 2)
+            found = yield [self._task(plan.rows[r]) for r in short]
+            for r, (d, i) in zip(short, found, strict=True):
+                pairs[r], full[r] = self._kept(plan.rows[r], d[0].tolist(), i[0].tolist())
+                hits[r] = self._hits(plan.rows[r], pairs[r])
+            short = [r for r in short if len(hits[r]) < plan.rows[r].options.k and full[r]]
+            searched = time.perf_counter()
+        return Answers(self._join(plan, hits), self._timing(plan, searched))
+
+    def _kept(self, row: QueryRow, scores: list[float], ids: list[int]) -> tuple[Pairs, bool]:
+        """A round's (score, id) pairs without the excluded ids, and whether FAISS gave
+        as many as asked (more may lie deeper)."""
+        valid = [(s, n) for s, n in zip(scores, ids, strict=True) if n >= 0]
+        full = len(valid) == row.depth and row.depth < self.ntotal
+        return [(s, n) for s, n in valid if n not in row.excluded], full
+
+    def _hits(self, row: QueryRow, pairs: Pairs) -> list[Pairs]:
+        """The hits of one query: each a list of pairs (a document's best chunks when
+        grouped, else one pair), best first, k at most."""
+        k = row.options.k
+        if not row.grouped:
+            return [[p] for p in pairs[:k]]
+        doc_ids = self.docs.string_ids(np.fromiter((n for _, n in pairs), np.int64, len(pairs)))
+        by_doc: dict[str, Pairs] = {}
+        for pair, doc in zip(pairs, doc_ids, strict=True):
+            chunks = by_doc.setdefault(doc, [])
+            if len(chunks) < row.options.passages:
+                chunks.append(pair)
+        return list(by_doc.values())[:k]
+
+    def _join(self, plan: SearchPlan, hits: list[list[Pairs]]) -> list[list[Row]]:
+        """The result rows of each query; the docs read once per set of fields."""
+        out: list[list[Row]] = [[] for _ in plan.rows]
         by_fields: dict[frozenset[str], list[int]] = {}
-        for row, fields in enumerate(plan.fields):
-            by_fields.setdefault(fields, []).append(row)
-        for fields, rows in by_fields.items():  # the docs read once per set of fields
-            joined = self.docs.result_rows([p for r in rows for p in pairs[r]], fields)
+        for r, row in enumerate(plan.rows):
+            by_fields.setdefault(row.options.fields, []).append(r)
+        for fields, members in by_fields.items():
+            joined = self.docs.result_rows([h for r in members for h in hits[r]], fields)
             start = 0
-            for r in rows:
-                out[r] = joined[start : start + len(pairs[r])]
-                start += len(pairs[r])
+            for r in members:
+                out[r] = joined[start : start + len(hits[r])]
+                start += len(hits[r])
+        return out
+
+    @staticmethod
+    def _timing(plan: SearchPlan, searched: float) -> dict[str, float]:
         end = time.perf_counter()
-        timing = {
+        return {
             "encode": round((plan.encoded - plan.started) * 1000, 3),
             "search": round((searched - plan.encoded) * 1000, 3),
             "total": round((end - plan.started) * 1000, 3),
         }
-        return Answers(out, timing)
 
     # -- drivers --------------------------------------------------------------------------
 
@@ -196,7 +274,7 @@ class Searcher:
         started = time.perf_counter()
         texts = self.texts(queries)
         plan = self.plan(queries, encode(texts) if texts else None, started=started)
-        return self.finish(plan, [search(task) for task in plan.tasks])
+        return self.drive(plan, search)
 
     async def run_async(
         self,
@@ -208,31 +286,35 @@ class Searcher:
         started = time.perf_counter()
         texts = self.texts(queries)
         plan = self.plan(queries, await encode(texts) if texts else None, started=started)
-        if len(plan.tasks) == 1:
-            results = [await search(plan.tasks[0])]
-        else:
-            results = list(await asyncio.gather(*(search(t) for t in plan.tasks)))
-        return self.finish(plan, results)
+        return await self.drive_async(plan, search)
 
-    def run_batch(
-        self,
-        vectors: np.ndarray,
-        options: SearchOptions,
-        search: Callable[[SearchTask], TaskResult],
-    ) -> Answers:
-        """Answer many query vectors sharing `options`, with a synchronous shard search."""
-        plan = self.plan_batch(vectors, options)
-        return self.finish(plan, [search(task) for task in plan.tasks])
+    def drive(self, plan: SearchPlan, search: Callable[[SearchTask], TaskResult]) -> Answers:
+        """Run a plan's rounds with a synchronous shard search."""
+        rounds = self.rounds(plan)
+        tasks = next(rounds)
+        while True:
+            try:
+                tasks = rounds.send([search(t) for t in tasks])
+            except StopIteration as done:
+                return done.value
 
-    async def run_batch_async(
-        self,
-        vectors: np.ndarray,
-        options: SearchOptions,
-        search: Callable[[SearchTask], Awaitable[TaskResult]],
+    async def drive_async(
+        self, plan: SearchPlan, search: Callable[[SearchTask], Awaitable[TaskResult]]
     ) -> Answers:
-        """Answer many query vectors sharing `options`, with an asynchronous shard search."""
-        plan = self.plan_batch(vectors, options)
-        return self.finish(plan, [await search(task) for task in plan.tasks])
+        """Run a plan's rounds with an asynchronous shard search."""
+        rounds = self.rounds(plan)
+        tasks = next(rounds)
+        while True:
+            if len(tasks) == 1:
+                results = [await search(tasks[0])]
+            else:
+                results = list(await asyncio.gather(*(search(t) for t in tasks)))
+            try:
+                tasks = rounds.send(results)
+            except StopIteration as done:
+                return done.value
+
+    # -- helpers --------------------------------------------------------------------------
 
     def vector_rows(self, rows: Sequence[Sequence[float] | np.ndarray]) -> np.ndarray:
         """Query vectors given as rows of floats, checked for the index's dimension."""
@@ -242,13 +324,11 @@ class Searcher:
             raise QueryError(f"query vectors have dimension {shown}; the index has {self.dim}")
         return np.asarray(rows, dtype=np.float32)
 
-    # -- helpers --------------------------------------------------------------------------
-
     def _params(self, q: SearchOptions) -> SearchParams:
         return self.defaults.override(nprobe=q.nprobe, ef_search=q.ef_search)
 
     def _excluded(self, ids: Sequence[str]) -> frozenset[int]:
-        return frozenset(self.docs.iid_of(i) for i in ids) if ids else frozenset()
+        return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()
 
     def _query_vectors(
         self, queries: Sequence[Query], text_vectors: np.ndarray | None
@@ -268,9 +348,8 @@ class Searcher:
                     (i, -1.0) for i in q.negative
                 ]:
                     if isinstance(item, str):
-                        iid = self.docs.iid_of(item)
-                        leave_out.add(iid)
-                        items.append(self.docs.vector_of_iid(iid))
+                        leave_out.update(self.docs.iids_of(item))
+                        items.append(self.docs.document_vector(item))
                     elif isinstance(item, TextItem):
                         items.append(np.asarray(next(texts), dtype=np.float32))
                     else:

@@ -58,6 +58,7 @@ class VectorSource:
     metric: str | None  # the embedding set's metric hint
     text_column: str | None
     sources: list[dict[str, Any]] = field(default_factory=list)
+    chunking: dict[str, Any] | None = None  # rows are chunks of documents (see chunking.py)
 
     @property
     def count(self) -> int:
@@ -183,6 +184,7 @@ def _embedding_set(url: str, fs: fsspec.AbstractFileSystem, path: str, offset: i
         manifest.metric,
         manifest.text_column,
         [source],
+        manifest.chunking,
     )
 
 
@@ -231,6 +233,11 @@ def open_sources(urls: Sequence[str], **kw: Any) -> VectorSource:
         if (src.fingerprint is None) != (merged.fingerprint is None):
             raise VectorError(
                 f"{url!r} and {merged.urls[0]!r}: one has a text model and the other not; index them apart"
+            )
+        if (src.chunking is None) != (merged.chunking is None):
+            raise VectorError(
+                f"{url!r} and {merged.urls[0]!r}: one holds chunks of documents and the other "
+                "whole documents; embed both with the same --chunking, or index them apart"
             )
         if src.fingerprint is not None and merged.fingerprint is not None:
             merged.fingerprint.require_compatible(

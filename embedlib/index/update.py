@@ -173,8 +173,8 @@ def update_index(
             if todo
             else (np.zeros((0, manifest.dim), np.float32), None)
         )
-        remove = {current[i][0] for i in [*deleted, *changed]}
-        next_iid = 1 + max((iid for iid, _ in current.values()), default=-1)
+        remove = {iid for i in [*deleted, *changed] for iid in current[i][0]}
+        next_iid = 1 + max((iid for iids, _ in current.values() for iid in iids), default=-1)
         staging = staging_path(root)
         try:
             new_manifest, drift = _write_version(
@@ -224,9 +224,10 @@ def _updatable(manifest: IndexManifest, index: str, model: str | None) -> ModelF
 
 def _current_docs(
     fs: fsspec.AbstractFileSystem, version_path: str, manifest: IndexManifest, text_column: str
-) -> dict[str, tuple[int, str]]:
-    """id -> (int64 id, content hash) of every indexed document."""
-    out: dict[str, tuple[int, str]] = {}
+) -> dict[str, tuple[list[int], str]]:
+    """id -> (int64 ids of its rows: one, or one per chunk; content hash) of every
+    indexed document."""
+    out: dict[str, tuple[list[int], str]] = {}
     for shard in manifest.shards:
         with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
             names = pq.read_schema(fh).names
@@ -244,7 +245,11 @@ def _current_docs(
                 )
         for iid, doc_id, h in zip(table.column(IID).to_pylist(), table.column(ID).to_pylist(),
                                   hashes, strict=True):  # fmt: skip
-            out[doc_id] = (int(iid), h)
+            found = out.get(doc_id)
+            if found is None:
+                out[doc_id] = ([int(iid)], h)
+            else:
+                found[0].append(int(iid))
     return out
 
 
@@ -323,10 +328,15 @@ def _embed(
         with fs.open(corpus + ".tmp", "wb") as fh:
             pq.write_table(table, fh)
         fs.mv(corpus + ".tmp", corpus)
+    chunking = manifest.chunking  # changed and new documents are chunked as the index's were
     options = EmbedOptions(
         model=fingerprint.name, text_column=spec.text_column, id_column=ID,
         normalize=fingerprint.normalize, max_seq_length=fingerprint.max_seq_length,
         backend=backend_for(fingerprint), metric=manifest.metric,
+        chunking="auto" if chunking else "none",
+        chunk_tokens=chunking.get("chunk_tokens") if chunking else None,
+        chunk_overlap=int(chunking.get("overlap", 0)) if chunking else 0,
+        max_chunks=int(chunking.get("max_chunks", 10_000)) if chunking else 10_000,
     )  # fmt: skip
     url = fs.unstrip_protocol(work)
     embed_corpus(posixpath.join(url, "rows.parquet"), posixpath.join(url, "embedded"),
@@ -505,7 +515,8 @@ def retrain_index(
         source = {"url": fs.unstrip_protocol(version_path), "kind": "retrain",
                   "documents": manifest.ntotal}  # fmt: skip
         src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
-                           manifest.metric, manifest.text_column, [source])  # fmt: skip
+                           manifest.metric, manifest.text_column, [source],
+                           manifest.chunking)  # fmt: skip
         return build_from_source(src, index, options=options, run=run, echo=echo)
 
 

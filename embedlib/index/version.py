@@ -123,6 +123,7 @@ class IndexManifest:
     embedlib_version: str = __version__
     updated_from: str | None = None  # the version an update started from
     update: dict[str, int] | None = None  # added / changed / deleted / kept
+    chunking: dict[str, Any] | None = None  # rows are chunks of documents (the embed options)
 
     @property
     def text_model(self) -> bool:
@@ -165,6 +166,8 @@ class IndexManifest:
         }
         if self.update is not None:
             out.update(updated_from=self.updated_from, update=self.update)
+        if self.chunking is not None:
+            out["chunking"] = self.chunking
         return out
 
     @classmethod
@@ -194,6 +197,7 @@ class IndexManifest:
             embedlib_version=data.get("embedlib_version", ""),
             updated_from=data.get("updated_from"),
             update=data.get("update"),
+            chunking=data.get("chunking"),
         )
 
     @classmethod

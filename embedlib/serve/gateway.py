@@ -141,9 +141,8 @@ class Gateway:
         """Many searches in one request: `queries` (each with its own parameters), or
         `vectors` (one search for all, sharing one set of parameters)."""
         if isinstance(body, VectorBatchRequest):
-            answers = await self.searcher.run_batch_async(
-                self._batch_matrix(body), body.search_options(), self.placement.search
-            )
+            plan = self.searcher.plan_batch(self._batch_matrix(body), body.search_options())
+            answers = await self.searcher.drive_async(plan, self.placement.search)
             timing: dict[str, float] | None = answers.timing_ms
         else:
             answers = await self._run([q.to_query() for q in body.queries])

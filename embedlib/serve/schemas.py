@@ -17,7 +17,15 @@ from pydantic import (
     model_validator,
 )
 
-from embedlib.index.query import DEFAULT_INCLUDE, Include, Query, SearchOptions, TextItem
+from embedlib.index.query import (
+    DEFAULT_INCLUDE,
+    MAX_PASSAGES,
+    Group,
+    Include,
+    Query,
+    SearchOptions,
+    TextItem,
+)
 
 MAX_K = 1000
 MAX_BATCH_QUERIES = 1000
@@ -63,11 +71,20 @@ class SearchFields(BaseModel):
         default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
     )
     exclude: list[str] = Field(default_factory=list, description="document ids to leave out")
+    passages: int = Field(
+        default=1, ge=1, le=MAX_PASSAGES,
+        description="chunked documents: the best passages per document (`passages` in hits)",
+    )  # fmt: skip
+    group: Group = Field(
+        default="document",
+        description='chunked documents: hits are documents by their best chunk, or "chunk"',
+    )
 
     def options(self) -> dict[str, Any]:
         return {
             "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
             "filter": self.filter, "include": self.include, "exclude": self.exclude,
+            "passages": self.passages, "group": self.group,
         }  # fmt: skip
 
 
@@ -222,12 +239,21 @@ class DeleteRequest(BaseModel):
 # -- responses ---------------------------------------------------------------------------
 
 
+class Passage(BaseModel):
+    text: str | None = Field(description="the chunk's text: document_text[start:end]")
+    start: int
+    end: int
+    chunk: int
+
+
 class Hit(BaseModel):
     id: str
     score: float = Field(description="similarity (cosine, dot: higher first) or squared L2")
-    text: str | None = None
+    text: str | None = Field(default=None, description="the text of the row that matched")
     metadata: dict[str, Any] | None = None
     vector: list[float] | None = None
+    passage: Passage | None = Field(default=None, description="chunked documents: the match")
+    passages: list[Passage] | None = None
 
 
 class SearchResponse(BaseModel):
