@@ -1,6 +1,6 @@
 """embedlib against what a user would otherwise do, side by side in one run.
 
-    python -m benchmarks [encode] [index] [serve] [memory] [--size small|default|large] [--reps N]
+    python -m benchmarks [encode] [index] [serve] [memory] [quality] [--size small|default|large] [--reps N]
 
 Prints one Markdown table. Rows:
 - encode: whole-process time and encoding throughput of plain single-process
@@ -15,6 +15,8 @@ Prints one Markdown table. Rows:
 - serve: p50/p99 latency and queries/s over HTTP (Ray Serve, HAProxy ingress) against
   in-process FAISS on the same index, single and batched, concurrency 1 and 16; text
   queries against in-process encoding + search (see benchmarks/serving.py).
+- quality: long-document retrieval (doc@1, doc@10, MRR@10, passage@10), truncation
+  against chunking, beside plain sentence-transformers (see benchmarks/quality.py).
 - memory: peak memory summed over the job's process tree (driver and every Ray process)
   of the embed job and the index build at 1x and 10x size (see benchmarks/memory.py).
 """
@@ -46,15 +48,16 @@ class Size:
     queries: int  # serve rows: queries per measurement
     memory_docs: int  # memory rows at 1x: documents, and vectors (10x is measured too)
     memory_vectors: int
+    quality_docs: int = 10_000  # quality rows: documents of each long-document set, at most
 
 
 SIZES = {
-    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000),  # tests/test_benchmarks.py
+    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000, 8),  # tests/test_benchmarks.py
     "small": Size(2_000, 100_000, 400_000, 1_000, 2_000, 50_000),
     "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
     "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
 }
-STAGES = ("encode", "index", "serve", "memory")
+STAGES = ("encode", "index", "serve", "memory", "quality")
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -269,6 +272,10 @@ def main() -> None:
             from benchmarks.serving import serve_rows
 
             rows += serve_rows(Path(tmp), size.glove, size.queries)
+        if "quality" in stages:
+            from benchmarks.quality import quality_rows
+
+            rows += quality_rows(Path(tmp), size.quality_docs)
         if "memory" in stages:
             from benchmarks.memory import memory_rows
 

@@ -10,8 +10,8 @@ every document as one chunk). A document that fits is one chunk, the whole text.
 Left-over shapes are handled here: a last chunk of a few tokens merges into the one
 before it when the two fit together; a chunk far longer in characters than its tokens
 suggest (a script the tokenizer maps to a few unknown tokens) is cut into character
-windows; a document that needs more than `max_chunks` chunks is refused (the caller
-quarantines it with the reason).
+windows; a document that needs more than `max_chunks` chunks is quarantined with the
+reason.
 """
 
 from __future__ import annotations
@@ -27,10 +27,6 @@ from embedlib.documents import CHUNK, CHUNK_END, CHUNK_START, Documents
 
 MIN_CHUNK_TOKENS = 8  # a last chunk shorter than this merges into the one before
 MAX_CHARS_PER_TOKEN = 16  # beyond this, a chunk's text is cut into character windows
-
-
-class TooManyChunksError(ValueError):
-    """A document would need more chunks than allowed."""
 
 
 @dataclass(frozen=True)
@@ -71,26 +67,28 @@ class Chunker:
         """Token counts of `texts`, without special tokens."""
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
-    def spans(self, text: str, tokens: int) -> list[Span]:
-        """The chunks of one text that has `tokens` tokens."""
-        if tokens <= self.capacity:
-            spans = [Span(0, len(text))]
-        else:
-            spans = [Span(a, a + len(c)) for a, c in self.splitter.chunk_indices(text)]
+    def split(self, texts: list[str]) -> list[list[Span]]:
+        """The chunks of each text. The texts longer than `capacity` are split together,
+        in parallel (semantic-text-splitter's threads)."""
+        out = [[Span(0, len(t))] for t in texts]
+        long = [i for i, n in enumerate(self.tokens(texts)) if n > self.capacity]
+        cut = self.splitter.chunk_all_indices([texts[i] for i in long]) if long else []
+        for i, chunks in zip(long, cut, strict=True):
+            out[i] = [Span(a, a + len(c)) for a, c in chunks] or out[i]
+        return [self._tidy(text, spans) for text, spans in zip(texts, out, strict=True)]
+
+    def _tidy(self, text: str, spans: list[Span]) -> list[Span]:
+        """Character windows where tokens are too few for the text; a last chunk of a few
+        tokens merged into the one before it, when the two fit together."""
         spans = self._char_windows(spans)
         if len(spans) > 1:
             last, before = spans[-1], spans[-2]
-            merged = self.tokens([text[before.start : last.end]])[0]
-            if (
-                self.tokens([text[last.start : last.end]])[0] < MIN_CHUNK_TOKENS
-                and merged <= self.capacity
-            ):
-                spans[-2:] = [Span(before.start, last.end)]
-        if len(spans) > self.max_chunks:
-            raise TooManyChunksError(
-                f"{len(spans)} chunks of {self.capacity} tokens, over --max-chunks {self.max_chunks}"
+            small, merged = self.tokens(
+                [text[last.start : last.end], text[before.start : last.end]]
             )
-        return spans or [Span(0, len(text))]
+            if small < MIN_CHUNK_TOKENS and merged <= self.capacity:
+                spans[-2:] = [Span(before.start, last.end)]
+        return spans
 
     def _char_windows(self, spans: list[Span]) -> list[Span]:
         """Spans whose text is far longer than their tokens say, cut into character
@@ -109,21 +107,20 @@ def chunk_documents(docs: Documents, chunker: Chunker, text_column: str) -> Docu
     """One row per chunk: the document's id, content hash and passthrough columns, the
     chunk's text in the text column, and its number and character span. A document that
     needs too many chunks is quarantined with the reason."""
-    tokens = chunker.tokens(docs.texts)
     owner: list[int] = []
     numbers: list[int] = []
     starts: list[int] = []
     ends: list[int] = []
     texts: list[str] = []
     quarantined = list(docs.quarantined)
-    for i, (text, n) in enumerate(zip(docs.texts, tokens, strict=True)):
-        try:
-            spans = chunker.spans(text, n)
-        except TooManyChunksError as e:
+    for i, (text, spans) in enumerate(zip(docs.texts, chunker.split(docs.texts), strict=True)):
+        if len(spans) > chunker.max_chunks:
             quarantined.append(
                 QuarantineRecord(
                     file=docs.relpath, row=int(docs.rows[i]), reason="too_many_chunks",
-                    detail=str(e), raw=text[:200],
+                    detail=f"{len(spans)} chunks of {chunker.capacity} tokens, over "
+                    f"--max-chunks {chunker.max_chunks}",
+                    raw=text[:200],
                 )
             )  # fmt: skip
             continue

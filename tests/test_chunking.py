@@ -112,8 +112,7 @@ def test_long_scripts_without_spaces_and_too_many_chunks(tmp_path):
 
     chunker: Chunker = encoder.chunker(ChunkOptions())
     for text in ("ภาษาไทย" * 3000, "漢字かな交じり文" * 2000, "word " * 3000 + "end."):
-        tokens = chunker.tokens([text])[0]
-        spans = chunker.spans(text, tokens)
+        [spans] = chunker.split([text])
         assert spans[0].start == 0 and len(spans) > 1
         assert all(a.end <= b.start for a, b in itertools.pairwise(spans))
         assert max(chunker.tokens([text[s.start : s.end] for s in spans])) <= chunker.capacity
@@ -167,3 +166,30 @@ def test_clusters_and_maps_of_a_chunked_set_are_of_documents(long_docs, tmp_path
     assert not (tmp_path / "clusters" / "_documents").exists()
     drawn = draw_map(str(root / "emb"), str(tmp_path / "map"), k=2, run=LOCAL)
     assert drawn.documents == len(docs) and (tmp_path / "map" / "map.png").exists()
+
+
+def test_a_tiny_last_chunk_joins_the_one_before_and_options_decide_the_output(tmp_path):
+    from embedlib.chunking import ChunkOptions
+    from embedlib.exceptions import IncompatibleOutputError
+
+    chunker = TextEncoder("default", backend="openvino-fp32").chunker(ChunkOptions(tokens=40))
+    from embedlib.chunking import Span
+
+    short = "alpha beta gamma delta epsilon. x"
+    assert chunker._tidy(short, [Span(0, 31), Span(32, 33)]) == [Span(0, 33)]  # joined
+    long = " ".join(["alpha"] * 40) + " x"  # 40 tokens, then one
+    cut = len(long) - 1
+    assert chunker._tidy(long, [Span(0, cut - 1), Span(cut, len(long))]) == [
+        Span(0, cut - 1),
+        Span(cut, len(long)),
+    ]  # together they would not fit the chunk size: kept apart
+    text = " ".join(f"word{i}" for i in range(400)) + ". Tail."
+    [spans] = chunker.split([text])
+    assert all(n <= 40 for n in chunker.tokens([text[s.start : s.end] for s in spans]))
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "a", "text": text}) + "\n")
+    first = embed_corpus(str(tmp_path / "c.jsonl"), str(tmp_path / "out"),
+                         options=EmbedOptions(chunk_tokens=40), run=LOCAL)  # fmt: skip
+    assert first.chunks == len(spans)
+    with pytest.raises(IncompatibleOutputError, match="chunk_tokens"):
+        embed_corpus(str(tmp_path / "c.jsonl"), str(tmp_path / "out"),
+                     options=EmbedOptions(chunk_tokens=60), run=LOCAL)  # fmt: skip
