@@ -49,15 +49,16 @@ class Size:
     memory_docs: int  # memory rows at 1x: documents, and vectors (10x is measured too)
     memory_vectors: int
     quality_docs: int = 10_000  # quality rows: documents of each long-document set, at most
+    short_texts: int = 200_000  # lexical rows: short texts of the build-share row
 
 
 SIZES = {
-    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000, 8),  # tests/test_benchmarks.py
+    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000, 8, 20_000),  # tests/test_benchmarks.py
     "small": Size(2_000, 100_000, 400_000, 1_000, 2_000, 50_000),
     "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
     "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
 }
-STAGES = ("encode", "index", "serve", "memory", "quality")
+STAGES = ("encode", "index", "serve", "memory", "quality", "lexical")
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -276,6 +277,11 @@ def main() -> None:
             from benchmarks.quality import quality_rows
 
             rows += quality_rows(Path(tmp), size.quality_docs)
+        if "lexical" in stages:
+            from benchmarks.lexical import build_share_rows, engine_rows
+
+            rows += engine_rows(size.quality_docs)
+            rows += build_share_rows(Path(tmp), size.short_texts, size.quality_docs)
         if "memory" in stages:
             from benchmarks.memory import memory_rows
 

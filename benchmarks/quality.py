@@ -200,7 +200,8 @@ def metrics(
 
 
 def _embedlib(work: Path, name: str, docs: dict[str, str], queries: list[Query],
-              chunking: str) -> tuple[dict[str, float], float, int]:  # fmt: skip
+              chunking: str, modes: tuple[str, ...] = ("dense",),
+              ) -> tuple[dict[str, dict[str, float]], float, int]:  # fmt: skip
     from embedlib import EmbedOptions, RunOptions, ShardedIndex, build_index, embed_corpus
 
     run = RunOptions(runner="local", progress=False)
@@ -212,10 +213,14 @@ def _embedlib(work: Path, name: str, docs: dict[str, str], queries: list[Query],
     seconds = time.perf_counter() - start
     build_index(str(work / f"{name}-{chunking}-emb"), str(work / f"{name}-{chunking}-idx"), run=run)
     index = ShardedIndex(str(work / f"{name}-{chunking}-idx"))
-    hits = index.search_text([q["query"] for q in queries], 10, passages=3, include=())
-    answers = [[(h.id, [(p.start, p.end) for p in (h.passages or ([h.passage] if h.passage else []))])
-                for h in row] for row in hits]  # fmt: skip
-    return metrics(answers, queries), seconds, report.chunks
+    out = {}
+    for mode in modes:
+        hits = index.search_text([q["query"] for q in queries], 10, passages=3, include=(),
+                                 mode=mode)  # fmt: skip
+        answers = [[(h.id, [(p.start, p.end) for p in (h.passages or ([h.passage] if h.passage else []))])
+                    for h in row] for row in hits]  # fmt: skip
+        out[mode] = metrics(answers, queries)
+    return out, seconds, report.chunks
 
 
 def _plain(docs: dict[str, str], queries: list[Query], spans: dict[str, list[tuple[int, int]]],
@@ -239,6 +244,30 @@ def _plain(docs: dict[str, str], queries: list[Query], spans: dict[str, list[tup
                 break
         ranked = sorted(best.items(), key=lambda kv: -kv[1][0][0])[:10]
         answers.append([(d, [s for _, s in v[:3]]) for d, v in ranked])
+    return metrics(answers, queries)
+
+
+def _bm25s(docs: dict[str, str], queries: list[Query],
+           spans: dict[str, list[tuple[int, int]]]) -> dict[str, float]:  # fmt: skip
+    """Plain bm25s (English stop words, Snowball stemmer) over the spans, a document
+    scored by its best span."""
+    import bm25s
+    import Stemmer
+
+    owners = [(d, s) for d, ss in spans.items() for s in ss]
+    stemmer = Stemmer.Stemmer("english")
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize([docs[d][a:b] for d, (a, b) in owners], stopwords="en",
+                                   stemmer=stemmer, show_progress=False), show_progress=False)  # fmt: skip
+    tokens = bm25s.tokenize([q["query"] for q in queries], stopwords="en", stemmer=stemmer,
+                            show_progress=False)  # fmt: skip
+    found, _ = retriever.retrieve(tokens, k=min(100, len(owners)), show_progress=False)
+    answers = []
+    for row in found:
+        best: dict[str, list[tuple[int, int]]] = {}
+        for n in row.tolist():
+            best.setdefault(owners[n][0], []).append(owners[n][1])
+        answers.append(list(best.items())[:10])
     return metrics(answers, queries)
 
 
@@ -289,21 +318,23 @@ def quality_rows(work: Path, max_docs: int = 10_000) -> list[list[str]]:
             docs = dict(list(docs.items())[:max_docs])
             queries = [q for q in queries if q["relevant"] in docs]
         what = f"{name} set ({len(docs)} documents, {len(queries)} queries)"
-        m, s, n = _embedlib(work, name, docs, queries, "none")
+        ms, s, n = _embedlib(work, name, docs, queries, "none")
         rows.append(
             [
-                f"{what}: embedlib, --chunking none (truncated)",
+                f"{what}: embedlib, --chunking none (truncated), mode dense",
                 f"{s:.1f} s",
                 "",
                 f"{n} rows",
                 "",
-                fmt(m, False),
+                fmt(ms["dense"], False),
             ]
         )
-        m, s, n = _embedlib(work, name, docs, queries, "auto")
-        rows.append(
-            [f"{what}: embedlib, chunked (default)", f"{s:.1f} s", "", f"{n} chunks", "", fmt(m)]
-        )
+        ms, s, n = _embedlib(work, name, docs, queries, "auto", ("dense", "lexical", "hybrid"))
+        for mode, m in ms.items():
+            default = " (default)" if mode == "hybrid" else ""
+            rows.append([f"{what}: embedlib, chunked (default), mode {mode}{default}",
+                         f"{s:.1f} s" if mode == "dense" else "", "", f"{n} chunks", "",
+                         fmt(m)])  # fmt: skip
         whole = {d: [(0, len(t))] for d, t in docs.items()}
         rows.append(
             [
@@ -315,6 +346,7 @@ def quality_rows(work: Path, max_docs: int = 10_000) -> list[list[str]]:
                 fmt(_plain(docs, queries, whole, model), False),
             ]
         )
+        windows = _windows(docs, tokenizer)
         rows.append(
             [
                 f"{what}: plain sentence-transformers, 250-token windows",
@@ -322,7 +354,17 @@ def quality_rows(work: Path, max_docs: int = 10_000) -> list[list[str]]:
                 "",
                 "",
                 "",
-                fmt(_plain(docs, queries, _windows(docs, tokenizer), model)),
+                fmt(_plain(docs, queries, windows, model)),
+            ]
+        )
+        rows.append(
+            [
+                f"{what}: plain bm25s, 250-token windows",
+                "",
+                "",
+                "",
+                "",
+                fmt(_bm25s(docs, queries, windows)),
             ]
         )
         spans, secs = _semchunk(docs, tokenizer, 254)

@@ -197,6 +197,21 @@ def serve_rows(work: Path, n_vectors: int = 400_000, queries: int = 1000) -> lis
             f"p50 {r['p50_ms']:.1f} ms vs {np.median(text_ms):.1f} ms in-process",
             f"+{r['p50_ms'] - np.median(text_ms):.1f} ms", f"{r['qps']:.0f} q/s", "", "",
         ])  # fmt: skip
+        # hybrid (the default for text) against dense, side by side: two runs each, medians
+        runs: dict[str, list[dict]] = {"dense": [], "hybrid": []}
+        for _ in range(2):
+            for mode in runs:
+                bodies = [{**b, "mode": mode} for b in text_bodies]
+                runs[mode].append(_http_load(f"{base}/text/v1/search", bodies, 16,
+                                             len(bodies), work))  # fmt: skip
+        p50 = {m: float(np.median([r["p50_ms"] for r in rs])) for m, rs in runs.items()}
+        qps = {m: float(np.median([r["qps"] for r in rs])) for m, rs in runs.items()}
+        rows.append([
+            "text query over HTTP at 16 clients: hybrid (dense + BM25, RRF) vs dense",
+            f"p50 {p50['hybrid']:.1f} ms vs {p50['dense']:.1f} ms",
+            f"{p50['hybrid'] / p50['dense']:.2f}x", f"{qps['hybrid']:.0f} vs {qps['dense']:.0f} q/s",
+            f"{qps['hybrid'] / qps['dense']:.2f}x", "",
+        ])  # fmt: skip
     finally:
         serve.shutdown()
         ray.shutdown()

@@ -190,6 +190,19 @@ def _add_plan_options(g: argparse._ArgumentGroup) -> None:
         help="fail instead of warning when the target is missed",
     )
     g.add_argument("--seed", type=int, default=0, help="seed of the training sample (default 0)")
+    g.add_argument(
+        "--lexical",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="a BM25 index of the text beside the vectors, for lexical and hybrid search "
+        "(default on when the embedding set holds text)",
+    )
+    g.add_argument(
+        "--lexical-language",
+        default="english",
+        help="the lexical index's analysis: a Snowball language (stemming, and stop words "
+        "where bm25s has a list), or none for raw lower-cased tokens (default english)",
+    )
 
 
 def add_index_arguments(p: argparse.ArgumentParser) -> None:
@@ -237,6 +250,8 @@ def index_options(args: argparse.Namespace) -> IndexOptions:
         target_recall=args.target_recall,
         strict_recall=args.strict_recall,
         seed=args.seed,
+        lexical=args.lexical,
+        lexical_language=args.lexical_language,
         id_column=getattr(args, "vector_id_column", "id"),
         vector_column=getattr(args, "vector_column", "vector"),
         ids=getattr(args, "ids", None),

@@ -205,7 +205,7 @@ def map_tasks(
                 results[i] = fn(*args)
                 bar.update(1)
             return results
-            ensure_ray(run.address)
+        ensure_ray(run.address)
         task = ray.remote(fn).options(
             num_cpus=num_cpus if num_cpus is not None else run.cpus_per_worker,
             max_retries=run.max_task_retries,

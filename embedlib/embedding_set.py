@@ -360,14 +360,18 @@ def write_vector_set(
     metric: str,
     source: Mapping[str, Any],
     columns: Mapping[str, Sequence[Any]] | None = None,
+    text_column: str | None = None,
     storage_options: dict[str, Any] | None = None,
 ) -> EmbeddingSetManifest:
-    """Write `ids` and their `vectors` (plus optional passthrough `columns`) as an
-    embedding set at `out` (a new location); returns its manifest. The set has no text
+    """Write `ids` and their `vectors` (plus optional passthrough `columns`, one of them
+    the text when `text_column` names it) as an embedding set at `out` (a new location);
+    returns its manifest. The set has no text
     model: its fingerprint (precision "static") names the vectors' origin and digests
     the ids and vectors themselves."""
     fs, path = url_to_fs(out, **(storage_options or {}))
     refuse_existing_set(fs, path, out)
+    if text_column is not None and text_column not in (columns or {}):
+        raise ValueError(f"text_column {text_column!r} is not one of the columns given")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     if vectors.ndim != 2 or len(ids) != len(vectors):
         raise ValueError(f"{len(ids)} ids for vectors of shape {vectors.shape}")
@@ -402,7 +406,7 @@ def write_vector_set(
     )  # fmt: skip
     manifest = EmbeddingSetManifest(
         model=fingerprint, metric=metric, parts=tuple(parts),  # type: ignore[arg-type]
-        counts={"documents": len(ids)}, source=dict(source),
+        counts={"documents": len(ids)}, source=dict(source), text_column=text_column,
     )  # fmt: skip
     manifest.write(fs, path)
     return manifest

@@ -70,6 +70,10 @@ class NoTextModelError(QueryError):
     """Text was given to an index built from vectors without a text model."""
 
 
+class NoLexicalIndexError(QueryError):
+    """A lexical or hybrid search of an index built without a lexical part."""
+
+
 class FilterError(EmbedlibError, ValueError):
     """A filter on a column that does not exist, or of a shape we do not understand."""
 

@@ -27,6 +27,7 @@ def test_every_benchmark_stage_runs_at_smoke_size():
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")][2:]
     firsts = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     for stage in ("encode 200 docs: embedlib openvino", "index GloVe 40k", "size synthetic",
-                  "search over HTTP, gateway", "text query over HTTP", "memory: index build"):  # fmt: skip
+                  "search over HTTP, gateway", "text query over HTTP", "memory: index build", "lexical engines",
+                  "lexical part of the index build"):  # fmt: skip
         assert any(f.startswith(stage) for f in firsts), (stage, firsts)
     assert all("nan" not in row for row in rows), rows

@@ -73,7 +73,7 @@ def test_answers_are_documents_by_their_best_chunk_with_exact_passages(long_docs
     table = pq.read_table(str(root / "emb" / "part-00000.parquet"), columns=["id", "vector"])
     for text in ("shell-style wildcards for file names", "pretty printing of JSON", "a heap queue"):
         query = index.encode_text([text])[0]
-        hits = index.search_text([text], k=len(docs), passages=3)[0]
+        hits = index.search_text([text], k=len(docs), passages=3, mode="dense")[0]
         ids = [h.id for h in hits]
         # every document once, in the order of its best chunk (found by deeper rounds)
         assert ids == _best_by_document(index, query, table, len(docs))
@@ -145,9 +145,12 @@ def test_an_update_replaces_and_removes_whole_documents_as_a_rebuild(long_docs, 
     build_index(str(tmp_path / "emb2"), rebuilt, options=IndexOptions(factory="Flat"), run=LOCAL)
     updated, fresh = ShardedIndex(index), ShardedIndex(rebuilt)
     assert updated.ntotal == fresh.ntotal  # every chunk of the changed and deleted documents went
-    for text in ("parse a JSON document", "find path names matching a pattern", "sorting"):
-        a = updated.search_text([text], k=5, passages=2)[0]
-        b = fresh.search_text([text], k=5, passages=2)[0]
+    lex_a, lex_b = updated.manifest.lexical, fresh.manifest.lexical  # corpus-wide counts
+    assert lex_a and lex_b and (lex_a.documents, lex_a.tokens) == (lex_b.documents, lex_b.tokens)
+    queries = ("parse a JSON document", "find path names matching a pattern", "sorting")
+    for text, mode in itertools.product(queries, ("dense", "lexical", "hybrid")):
+        a = updated.search_text([text], k=5, passages=2, mode=mode)[0]
+        b = fresh.search_text([text], k=5, passages=2, mode=mode)[0]
         assert [(h.id, h.passage) for h in a] == [(h.id, h.passage) for h in b]
         assert np.allclose([h.score for h in a], [h.score for h in b], atol=1e-5)
 

@@ -77,8 +77,9 @@ def test_a_filter_selects_documents_inside_the_search(index):
     assert [h.id for h in hits] == _exact(index, query, matching, 10)
     assert all(h.metadata["lang"] == "de" and h.metadata["year"] in (2001, 2003) for h in hits)
     text_hits = index.search_text(
-        ["soup and gardening"], 10, filter={"lang": "de", "year": {"in": [2001, 2003]}}
-    )
+        ["soup and gardening"], 10, filter={"lang": "de", "year": {"in": [2001, 2003]}},
+        mode="dense",
+    )  # fmt: skip
     assert [h.id for h in text_hits[0]] == [h.id for h in hits]
     with pytest.raises(FilterError, match=r"'colour'.*it has 'lang', 'year'"):
         index.search(query[None], 3, filter={"colour": "red"})

@@ -131,6 +131,8 @@ def _same(http_rows: list[dict], hits: list, docs: bool = False) -> bool:
         return False
     if not np.allclose([r["score"] for r in http_rows], [h.score for h in hits], atol=1e-5):
         return False
+    if any(r.get("explain") != h.explain for r, h in zip(http_rows, hits, strict=True)):
+        return False
     return not docs or all(
         (r.get("text"), r.get("metadata") or {}) == (h.text, h.metadata)
         for r, h in zip(http_rows, hits, strict=True)
@@ -141,7 +143,8 @@ def _library_answers(index: ShardedIndex, bodies: list[dict]) -> list[list]:
     """The library's answer to each /v1/search body, through its own facade methods."""
     answers = []
     for b in bodies:
-        kw = {k: b[k] for k in ("filter", "include", "exclude") if k in b}
+        kw = {k: b[k] for k in ("filter", "include", "exclude", "mode", "alpha", "explain")
+              if k in b}  # fmt: skip
         if "query" in b:
             answers.append(index.search_text([b["query"]], b["k"], **kw)[0])
         elif "vector" in b:
@@ -156,6 +159,9 @@ QUERY_PATH_CASES = [
     {"query": "learning about neural networks", "k": 4, "filter": {"year": {"in": [2020, 2022]}}},
     {"query": "pets", "k": 3, "include": ["text"], "exclude": ["6"]},
     {"query": "bread", "k": 7, "include": []},
+    {"query": "baking bread", "k": 3, "mode": "lexical", "filter": {"lang": "en"}},
+    {"query": "neural networks", "k": 4, "mode": "hybrid", "alpha": 0.3, "explain": True},
+    {"query": "neural networks", "k": 4, "mode": "dense"},
     {"positive": ["1", "4"], "negative": ["2"], "k": 3},
     {"positive": ["0"], "k": 2, "filter": {"lang": "de"}},
 ]
@@ -306,6 +312,7 @@ def test_api_key_health_readiness_info_and_metrics(served):
         status == 200
         and info["indexes"][0]["ntotal"] == len(DOCS)
         and info["indexes"][0]["shards"] == 2
+        and info["indexes"][0]["lexical"] == "english"
     )
     assert info["indexes"][0]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert _request("/v1/search", raw=b"x" * (17 * 1024 * 1024))[0] == 413
@@ -445,6 +452,13 @@ def test_glove_arithmetic_and_analogies_over_http(served, tmp_path):
         assert {"king", "woman", "man"}.isdisjoint(r["id"] for r in body["results"])
         status, body = _request("/glove/v1/search", {"query": "royalty"})
         assert status == 400 and body["error"]["code"] == "no_text_model"
+        status, body = _request("/glove/v1/search", {"query": "royalty", "mode": "lexical"})
+        assert status == 422 and body["error"]["code"] == "no_lexical_index", body
+        assert "--lexical" in body["error"]["message"]
+        status, body = _request(
+            "/glove/v1/search", {"positive": ["king"], "mode": "lexical", "k": 1}
+        )
+        assert status == 422 and "needs a text query" in body["error"]["message"], body
         questions = read_analogies(datapath("questions-words.txt"))[:300]
         report = evaluate_analogies(
             questions, str(tmp_path / "gidx"), url=f"http://127.0.0.1:{PORT}/glove",

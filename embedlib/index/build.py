@@ -39,6 +39,8 @@ from embedlib.exceptions import RecallError, VectorError
 from embedlib.index.add import PartialResult, add_units, check_unique_ids, plan_units
 from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.layout import publish, staging_path
+from embedlib.index.lexical import check_language
+from embedlib.index.lexical_build import write_lexical
 from embedlib.index.merge import merge_shard
 from embedlib.index.plan import IndexPlan, plan_index
 from embedlib.index.sources import VectorSource, open_sources
@@ -72,8 +74,11 @@ class IndexOptions:
     id_column: str = ID
     vector_column: str = VECTOR
     ids: str | None = None
+    lexical: bool = True  # a BM25 index of the text beside the vectors (when there is text)
+    lexical_language: str = "english"  # its analysis: a Snowball language, or "none" (raw)
 
     def __post_init__(self) -> None:
+        check_language(self.lexical_language)
         if self.shards < 1:
             raise ValueError(f"shards must be >= 1, got {self.shards}")
         if not 0 < self.target_recall <= 1:
@@ -233,6 +238,13 @@ def build_from_source(
         shards: list[ShardEntry] = map_tasks(merge_shard, merges, run, desc="merging")
         times["merge"] = time.perf_counter() - clock
         clock = time.perf_counter()
+        lexical = None
+        if options.lexical and src.text_column:
+            shards, lexical = write_lexical(
+                fs, staging, shards, src.text_column, options.lexical_language, run
+            )
+            times["lexical"] = time.perf_counter() - clock
+            clock = time.perf_counter()
         gt = ground_truth(partials, query_ids, metric)
         # the recall curve on the partial indexes (a shard moved into place: the shard),
         # which hold the same lists in smaller files; latency on the shards
@@ -253,7 +265,8 @@ def build_from_source(
         )
         if fs.exists(posixpath.join(staging, PARTIALS)):  # object stores: gone once empty
             fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
-        _manifest(src, plan, metric, shards, options, tuning).write(fs, staging)
+        manifest = _manifest(src, plan, metric, shards, options, tuning)
+        dataclasses.replace(manifest, lexical=lexical).write(fs, staging)
         times["tune"] = time.perf_counter() - clock
         recall = tuning.recall_at_10 or 0.0
         if recall < options.target_recall and options.strict_recall:

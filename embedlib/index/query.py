@@ -20,7 +20,10 @@ Include = Literal["text", "metadata", "vector"]
 INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
 DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
 Group = Literal["document", "chunk"]
+Mode = Literal["dense", "lexical", "hybrid"]
+MODES: tuple[str, ...] = get_args(Mode)
 MAX_PASSAGES = 20
+RRF_K = 60  # reciprocal-rank fusion's constant, as Qdrant, LanceDB and Elasticsearch use
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,13 @@ class SearchOptions:
 
     In an index of chunked documents the hits are documents, each scored by its best
     chunk and carrying it as its passage, with up to `passages` passages; `group`
-    "chunk" answers with the chunks themselves."""
+    "chunk" answers with the chunks themselves.
+
+    `mode` (text queries): "dense" ranks by the vectors, "lexical" by BM25, "hybrid"
+    fuses both rankings, by reciprocal rank (`rrf_k`) or, with `alpha`, by the weighted
+    sum of min-max normalized scores (alpha on the dense side); None is hybrid when the
+    index has a lexical part, else dense. `explain` adds each hit's dense and lexical
+    rank and score."""
 
     k: int = 10
     nprobe: int | None = None
@@ -52,6 +61,10 @@ class SearchOptions:
     exclude: Sequence[str] = ()
     passages: int = 1
     group: Group = "document"
+    mode: Mode | None = None
+    rrf_k: float = RRF_K
+    alpha: float | None = None
+    explain: bool = False
     fields: frozenset[str] = field(init=False, repr=False)  # `include` as a set
 
     def __post_init__(self) -> None:
@@ -61,6 +74,12 @@ class SearchOptions:
             raise QueryError(f"passages must be between 1 and {MAX_PASSAGES}, got {self.passages}")
         if self.group not in ("document", "chunk"):
             raise QueryError(f"group must be document or chunk, got {self.group!r}")
+        if self.mode is not None and self.mode not in MODES:
+            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not self.rrf_k > 0:
+            raise QueryError(f"rrf_k must be positive, got {self.rrf_k}")
+        if self.alpha is not None and not 0 <= self.alpha <= 1:
+            raise QueryError(f"alpha must be between 0 and 1, got {self.alpha}")
         for name in ("nprobe", "ef_search"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -123,6 +142,7 @@ class Hit:
     vector: list[float] | None = None
     passage: Passage | None = None  # chunked indexes: the chunk that matched
     passages: list[Passage] = field(default_factory=list)  # with `passages` > 1
+    explain: dict[str, Any] | None = None  # with `explain`: {"dense"|"lexical": {rank, score}}
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> Hit:
@@ -135,4 +155,5 @@ class Hit:
             vector=row.get("vector"),
             passage=Passage(**row["passage"]) if "passage" in row else None,
             passages=[Passage(**p) for p in row.get("passages", ())],
+            explain=row.get("explain"),
         )

@@ -46,7 +46,10 @@ def open_shard_set(
     """Some serving shards of a version (with their docs tables), searched together."""
     metric = version.manifest.metric
     return ShardSet(
-        [IndexShard(version.open_shard(s), d, metric) for s, d in zip(shards, docs, strict=True)],
+        [
+            IndexShard(version.open_shard(s), d, metric, version.open_postings(s))
+            for s, d in zip(shards, docs, strict=True)
+        ],
         metric,
     )
 
@@ -80,7 +83,7 @@ class ShardedIndex:
         docs = open_docs(self.version, numbers)
         self.docs = DocsLookup(docs, self.manifest.text_column)
         self.shards = open_shard_set(self.version, numbers, docs)
-        self.searcher = Searcher(self.manifest, self.docs)
+        self.searcher = Searcher(self.manifest, self.docs, self.version.open_lexical_stats())
         self._encoder: TextEncoder | None = None
         self._encoder_lock = threading.Lock()
 

@@ -13,10 +13,13 @@ alike by construction. It owns what a query means:
 - chunked documents: the search ranks chunks and answers with documents, each scored by
   its best chunk and carrying its best passages, searching deeper until k documents are
   found or the index is exhausted (`group` "chunk" answers with the chunks);
+- modes: a text query is searched by its vector, by BM25 over the lexical part (the
+  query's terms weighed with corpus-wide statistics), or both with their global
+  rankings fused (`fusion.py`); filters and exclusions apply to both lists;
 - the docs join: ids, scores and the fields each query includes.
 
 A search is a plan (queries and their encoded texts -> `SearchTask`s, queries with equal
-parameters stacked into one FAISS search), rounds of shard searches run by whoever holds
+parameters stacked into one FAISS search, and `LexicalTask`s), rounds of shard searches run by whoever holds
 the shards (in this process, or shard searcher replicas; a second round only when
 chunks did not yet make k documents), and the docs join. `run` and `run_async` drive
 `rounds` with a synchronous or an asynchronous encoder and shard search; they hold no
@@ -33,37 +36,56 @@ from typing import Any
 
 import numpy as np
 
-from embedlib.exceptions import QueryError
+from embedlib.exceptions import NoLexicalIndexError, QueryError
 from embedlib.index.docs import DocsLookup
 from embedlib.index.filters import check_filter
+from embedlib.index.fusion import fuse_rrf, fuse_weighted
+from embedlib.index.lexical import LexicalStats, LexicalTask
 from embedlib.index.query import Query, SearchOptions, TextItem
 from embedlib.index.shards import SearchTask, group_tasks
 from embedlib.index.version import IndexManifest, SearchParams
 
 Row = dict[str, Any]
 TaskResult = tuple[np.ndarray, np.ndarray]
+Task = SearchTask | LexicalTask
 Pairs = list[tuple[float, int]]  # (score, int64 id), best first
 FIRST_FETCH = 4  # a chunked search first fetches this many chunks per document wanted
-Rounds = Generator[list[SearchTask], list[TaskResult], "Answers"]
+FUSION_FETCH = 2  # a hybrid search fetches each ranking this many times as deep
+Rounds = Generator[list[Task], list[TaskResult], "Answers"]
+DENSE, LEXICAL, HYBRID = "dense", "lexical", "hybrid"
 
 
 @dataclass
 class QueryRow:
-    """One query of a plan: its prepared vector and what its answer needs."""
+    """One query of a plan: its prepared vector and terms, and what its answer needs."""
 
-    vector: np.ndarray  # (d,) as the index compares it
+    vector: np.ndarray | None  # (d,) as the index compares it; None: lexical only
     options: SearchOptions
     excluded: frozenset[int]  # int64 ids to leave out
     grouped: bool  # chunks grouped into documents
-    depth: int  # chunks asked of FAISS
+    depth: int  # rows asked of each ranking
+    mode: str = DENSE
+    terms: tuple[tuple[str, float], ...] = ()  # weighted BM25 terms (lexical, hybrid)
+    found: dict[str, Pairs] = field(default_factory=dict)  # each ranking's kept pairs
+    more: bool = False  # a ranking gave as many as asked: more may lie deeper
+
+    def tasks(self, params: Any) -> list[Task]:
+        """This query's searches alone (a deeper round)."""
+        out: list[Task] = []
+        if self.vector is not None:
+            out.append(SearchTask(self.vector[None, :], self.depth, params,
+                                  self.options.filter or None))  # fmt: skip
+        if self.mode != DENSE:
+            out.append(LexicalTask((self.terms,), self.depth, self.options.filter or None))
+        return out
 
 
 @dataclass
 class SearchPlan:
-    """The queries to answer and the FAISS searches of the first round."""
+    """The queries to answer and the searches of the first round."""
 
     rows: list[QueryRow]
-    tasks: list[SearchTask]
+    tasks: list[Task]
     members: list[list[int]]  # the query rows of each task, in stacking order
     started: float  # perf_counter when the queries arrived
     encoded: float = field(default_factory=time.perf_counter)  # ... their texts embedded
@@ -105,9 +127,12 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
 class Searcher:
     """Answers queries over one index version (see the module's docstring)."""
 
-    def __init__(self, manifest: IndexManifest, docs: DocsLookup) -> None:
+    def __init__(
+        self, manifest: IndexManifest, docs: DocsLookup, lexical: LexicalStats | None = None
+    ) -> None:
         self.manifest = manifest
         self.docs = docs
+        self.lexical = lexical
         self.metric = manifest.metric
         self.dim = manifest.dim
         self.defaults = manifest.search_params
@@ -115,10 +140,28 @@ class Searcher:
 
     # -- planning -------------------------------------------------------------------------
 
-    @staticmethod
-    def texts(queries: Sequence[Query]) -> list[str]:
+    def texts(self, queries: Sequence[Query]) -> list[str]:
         """Every text the queries need embedded, in order (what `plan` expects)."""
-        return [t for q in queries for t in q.texts()]
+        return [t for q in queries if self.mode(q) != LEXICAL for t in q.texts()]
+
+    def mode(self, q: Query | SearchOptions) -> str:
+        """How a query is searched: its `mode`, else hybrid for text when the index has a
+        lexical part, else dense."""
+        text = isinstance(q, Query) and q.text is not None
+        if q.mode is None:
+            return HYBRID if text and self.lexical is not None else DENSE
+        if q.mode != DENSE:
+            if not text:
+                raise QueryError(
+                    f"mode {q.mode} needs a text query; vectors and vector arithmetic are "
+                    "searched by their vectors (mode dense)"
+                )
+            if self.lexical is None:
+                raise NoLexicalIndexError(
+                    f"mode {q.mode} needs the index's lexical part, and this index has none: "
+                    "rebuild it with `embedlib index --lexical` from an embedding set with text"
+                )
+        return q.mode
 
     def plan(
         self,
@@ -131,15 +174,25 @@ class Searcher:
         started = time.perf_counter() if started is None else started
         for q in queries:
             self._check(q)
+        modes = [self.mode(q) for q in queries]
         if all(q.vector is not None for q in queries):  # vectors only: one conversion
             raw = self.vector_rows([q.vector for q in queries])  # type: ignore[misc]
             excluded = [self._excluded(q.exclude) for q in queries]
+            vectors: list[np.ndarray | None] = list(
+                prepare_queries(raw, dim=self.dim, metric=self.metric)
+            )
         else:
-            vectors, excluded = self._query_vectors(queries, text_vectors)
-            raw = np.stack(vectors)
-        x = prepare_queries(raw, dim=self.dim, metric=self.metric)
+            vectors, excluded = self._query_vectors(queries, text_vectors, modes)
+            dense = [n for n, v in enumerate(vectors) if v is not None]
+            if dense:
+                stacked = np.stack([vectors[n] for n in dense])  # type: ignore[misc]
+                x = prepare_queries(stacked, dim=self.dim,
+                                    metric=self.metric)  # fmt: skip
+                for n, v in zip(dense, x, strict=True):
+                    vectors[n] = v
         rows = [
-            self._row(x[n], q, e) for n, (q, e) in enumerate(zip(queries, excluded, strict=True))
+            self._row(v, q, e, mode, q.text)
+            for v, q, e, mode in zip(vectors, queries, excluded, modes, strict=True)
         ]
         return self._stack(rows, started)
 
@@ -147,6 +200,7 @@ class Searcher:
         """One search for many query vectors sharing one set of options."""
         started = time.perf_counter()
         self._check(options)
+        self.mode(options)  # vectors: dense only
         x = prepare_queries(vectors, dim=self.dim, metric=self.metric)
         excluded = self._excluded(options.exclude)
         row = self._row(x[0], options, excluded) if len(x) else None
@@ -160,32 +214,53 @@ class Searcher:
             check_filter(options.filter, self.docs.metadata_columns)
 
     def _row(
-        self, vector: np.ndarray, options: SearchOptions, excluded: frozenset[int]
+        self,
+        vector: np.ndarray | None,
+        options: SearchOptions,
+        excluded: frozenset[int],
+        mode: str = DENSE,
+        text: str | None = None,
     ) -> QueryRow:
         grouped = self.docs.chunked and options.group == "document"
         wanted = options.k + len(excluded)
-        depth = (
-            min(max(self.ntotal, 1), wanted * FIRST_FETCH * options.passages) if grouped else wanted
-        )
-        return QueryRow(vector, options, excluded, grouped, depth)
+        depth = wanted * FIRST_FETCH * options.passages if grouped else wanted
+        if mode == HYBRID:
+            depth *= FUSION_FETCH
+        terms = self.lexical.weigh(text) if mode != DENSE and self.lexical and text else ()
+        return QueryRow(vector, options, excluded, grouped, min(max(self.ntotal, 1), depth),
+                        mode, terms)  # fmt: skip
 
     def _stack(self, rows: list[QueryRow], started: float) -> SearchPlan:
-        """One SearchTask per group of rows with equal parameters."""
-        first = rows[0].options
-        if all(
-            not r.options.filter and not r.excluded and r.depth == rows[0].depth
-            and (r.options.nprobe, r.options.ef_search) == (first.nprobe, first.ef_search)
-            for r in rows
-        ):  # fmt: skip
-            # the common batch: one search for all, no per-query task to group
-            x = np.stack([r.vector for r in rows])
-            task = SearchTask(x, rows[0].depth, self._params(first))
-            return SearchPlan(rows, [task], [list(range(len(rows)))], started)
-        tasks = [self._task(r) for r in rows]
-        groups = group_tasks(tasks)
-        return SearchPlan(rows, [t for _, t in groups], [m for m, _ in groups], started)
+        """One SearchTask per group of rows with equal parameters, and the BM25 searches."""
+        dense = [n for n, r in enumerate(rows) if r.vector is not None]
+        lexical = [n for n, r in enumerate(rows) if r.mode != DENSE]
+        tasks: list[Task] = []
+        members: list[list[int]] = []
+        if dense:
+            first = rows[dense[0]]
+            if all(
+                not rows[n].options.filter and not rows[n].excluded
+                and rows[n].depth == first.depth
+                and (rows[n].options.nprobe, rows[n].options.ef_search)
+                == (first.options.nprobe, first.options.ef_search)
+                for n in dense
+            ):  # fmt: skip
+                # the common batch: one search for all, no per-query task to group
+                x = np.stack([rows[n].vector for n in dense])  # type: ignore[misc]
+                tasks.append(SearchTask(x, first.depth, self._params(first.options)))
+                members.append(dense)
+            else:
+                groups = group_tasks([self._task(rows[n]) for n in dense])
+                tasks += [t for _, t in groups]
+                members += [[dense[m] for m in ms] for ms, _ in groups]
+        for n in lexical:
+            tasks.append(LexicalTask((rows[n].terms,), rows[n].depth,
+                                     rows[n].options.filter or None))  # fmt: skip
+            members.append([n])
+        return SearchPlan(rows, tasks, members, started)
 
     def _task(self, row: QueryRow) -> SearchTask:
+        assert row.vector is not None
         return SearchTask(
             row.vector[None, :], row.depth, self._params(row.options), row.options.filter or None
         )
@@ -198,32 +273,54 @@ class Searcher:
         whose chunks did not yet make k documents (a round's depth doubles)."""
         results = yield plan.tasks
         searched = time.perf_counter()
-        pairs: list[Pairs] = [[] for _ in plan.rows]
-        full: list[bool] = [False] * len(plan.rows)
-        for members, (d, i) in zip(plan.members, results, strict=True):
-            for r, ds, ns in zip(members, d.tolist(), i.tolist(), strict=True):
-                pairs[r], full[r] = self._kept(plan.rows[r], ds, ns)
-        hits = [self._hits(plan.rows[r], pairs[r]) for r in range(len(plan.rows))]
+        self._receive(plan.rows, plan.tasks, plan.members, results)
+        hits = [self._hits(row, self._ranked(row)) for row in plan.rows]
         short = [r for r, row in enumerate(plan.rows)
-                 if row.grouped and len(hits[r]) < row.options.k and full[r]]  # fmt: skip
+                 if row.grouped and len(hits[r]) < row.options.k and row.more]  # fmt: skip
         while short:
+            tasks: list[Task] = []
+            members: list[list[int]] = []
             for r in short:
                 row = plan.rows[r]
                 row.depth = min(self.ntotal, row.depth * 2)
-            found = yield [self._task(plan.rows[r]) for r in short]
-            for r, (d, i) in zip(short, found, strict=True):
-                pairs[r], full[r] = self._kept(plan.rows[r], d[0].tolist(), i[0].tolist())
-                hits[r] = self._hits(plan.rows[r], pairs[r])
-            short = [r for r in short if len(hits[r]) < plan.rows[r].options.k and full[r]]
+                row.found, row.more = {}, False
+                for task in row.tasks(self._params(row.options)):
+                    tasks.append(task)
+                    members.append([r])
+            self._receive(plan.rows, tasks, members, (yield tasks))
+            for r in short:
+                hits[r] = self._hits(plan.rows[r], self._ranked(plan.rows[r]))
+            short = [r for r in short if len(hits[r]) < plan.rows[r].options.k
+                     and plan.rows[r].more]  # fmt: skip
             searched = time.perf_counter()
         return Answers(self._join(plan, hits), self._timing(plan, searched))
 
-    def _kept(self, row: QueryRow, scores: list[float], ids: list[int]) -> tuple[Pairs, bool]:
-        """A round's (score, id) pairs without the excluded ids, and whether FAISS gave
-        as many as asked (more may lie deeper)."""
-        valid = [(s, n) for s, n in zip(scores, ids, strict=True) if n >= 0]
-        full = len(valid) == row.depth and row.depth < self.ntotal
-        return [(s, n) for s, n in valid if n not in row.excluded], full
+    def _receive(
+        self,
+        rows: list[QueryRow],
+        tasks: list[Task],
+        members: list[list[int]],
+        results: list[TaskResult],
+    ) -> None:
+        """Each ranking's (score, id) pairs kept on its query rows, without the excluded
+        ids; a ranking that gave as many as asked may hold more deeper."""
+        for task, rs, (d, i) in zip(tasks, members, results, strict=True):
+            kind = LEXICAL if isinstance(task, LexicalTask) else DENSE
+            for r, scores, ids in zip(rs, d.tolist(), i.tolist(), strict=True):
+                row = rows[r]
+                valid = [(s, n) for s, n in zip(scores, ids, strict=True) if n >= 0]
+                row.more |= len(valid) == row.depth and row.depth < self.ntotal
+                row.found[kind] = [(s, n) for s, n in valid if n not in row.excluded]
+
+    def _ranked(self, row: QueryRow) -> Pairs:
+        """The query's ranking: its one list, or both fused (hybrid)."""
+        if row.mode != HYBRID:
+            return row.found[row.mode]
+        dense, lexical = row.found[DENSE], row.found[LEXICAL]
+        if row.options.alpha is not None:
+            return fuse_weighted(dense, lexical, row.options.alpha,
+                                 dense_lower_is_better=self.metric == "l2")  # fmt: skip
+        return fuse_rrf([dense, lexical], row.options.rrf_k)
 
     def _hits(self, row: QueryRow, pairs: Pairs) -> list[Pairs]:
         """The hits of one query: each a list of pairs (a document's best chunks when
@@ -251,6 +348,20 @@ class Searcher:
             for r in members:
                 out[r] = joined[start : start + len(hits[r])]
                 start += len(hits[r])
+        for r, row in enumerate(plan.rows):
+            if row.options.explain:
+                for result, hit in zip(out[r], hits[r], strict=True):
+                    result["explain"] = self._explain(row, hit[0][1])
+        return out
+
+    @staticmethod
+    def _explain(row: QueryRow, iid: int) -> dict[str, Any]:
+        """Where a hit's (best) row stood in each ranking: rank from 1 and score, or None."""
+        out: dict[str, Any] = {}
+        for kind, pairs in row.found.items():
+            out[kind] = next(
+                ({"rank": n, "score": s} for n, (s, i) in enumerate(pairs, 1) if i == iid), None
+            )
         return out
 
     @staticmethod
@@ -268,7 +379,7 @@ class Searcher:
         self,
         queries: Sequence[Query],
         encode: Callable[[list[str]], np.ndarray],
-        search: Callable[[SearchTask], TaskResult],
+        search: Callable[[Task], TaskResult],
     ) -> Answers:
         """Answer `queries` with a synchronous encoder and shard search."""
         started = time.perf_counter()
@@ -280,7 +391,7 @@ class Searcher:
         self,
         queries: Sequence[Query],
         encode: Callable[[list[str]], Awaitable[np.ndarray]],
-        search: Callable[[SearchTask], Awaitable[TaskResult]],
+        search: Callable[[Task], Awaitable[TaskResult]],
     ) -> Answers:
         """Answer `queries` with an asynchronous encoder and shard search."""
         started = time.perf_counter()
@@ -288,7 +399,7 @@ class Searcher:
         plan = self.plan(queries, await encode(texts) if texts else None, started=started)
         return await self.drive_async(plan, search)
 
-    def drive(self, plan: SearchPlan, search: Callable[[SearchTask], TaskResult]) -> Answers:
+    def drive(self, plan: SearchPlan, search: Callable[[Task], TaskResult]) -> Answers:
         """Run a plan's rounds with a synchronous shard search."""
         rounds = self.rounds(plan)
         tasks = next(rounds)
@@ -299,7 +410,7 @@ class Searcher:
                 return done.value
 
     async def drive_async(
-        self, plan: SearchPlan, search: Callable[[SearchTask], Awaitable[TaskResult]]
+        self, plan: SearchPlan, search: Callable[[Task], Awaitable[TaskResult]]
     ) -> Answers:
         """Run a plan's rounds with an asynchronous shard search."""
         rounds = self.rounds(plan)
@@ -331,14 +442,19 @@ class Searcher:
         return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()
 
     def _query_vectors(
-        self, queries: Sequence[Query], text_vectors: np.ndarray | None
-    ) -> tuple[list[np.ndarray], list[frozenset[int]]]:
-        """Each query's vector (before normalization) and the int64 ids it excludes."""
+        self, queries: Sequence[Query], text_vectors: np.ndarray | None, modes: Sequence[str]
+    ) -> tuple[list[np.ndarray | None], list[frozenset[int]]]:
+        """Each query's vector (before normalization; None: lexical only) and the int64
+        ids it excludes."""
         texts = iter(text_vectors if text_vectors is not None else ())
-        vectors, excluded = [], []
-        for q in queries:
+        vectors: list[np.ndarray | None] = []
+        excluded = []
+        for q, mode in zip(queries, modes, strict=True):
             leave_out = set(self._excluded(q.exclude))
-            if q.text is not None:
+            v: np.ndarray | None
+            if mode == LEXICAL:
+                v = None
+            elif q.text is not None:
                 v = np.asarray(next(texts), dtype=np.float32)
             elif q.vector is not None:
                 v = self.vector_rows([q.vector])[0]

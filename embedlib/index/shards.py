@@ -1,7 +1,7 @@
 """Serving shards searched together: raw top-k (score, int64 id) for stacked query vectors.
 
 A `SearchTask` is one FAISS search's worth of work: query vectors sharing k, search
-parameters and a filter. An `IndexShard` is one shard's FAISS index with its docs table;
+parameters and a filter; a `LexicalTask` (lexical.py) is BM25 searches of weighted terms. An `IndexShard` is one shard's FAISS index with its docs table;
 a filter is applied inside its search (an exact search over the matching rows when they
 are few, else a FAISS ID selector with nprobe scaled up). A `ShardSet` searches several
 shards and merges their top-k. The `Searcher` above it owns what a query means; a
@@ -21,9 +21,11 @@ from functools import partial
 import faiss
 import numpy as np
 
+from embedlib.exceptions import QueryError
 from embedlib.index.docs import ShardDocs
 from embedlib.index.faiss_ops import merge_topk, search_params
 from embedlib.index.filters import Filter, filter_mask
+from embedlib.index.lexical import LexicalTask, ShardPostings, merge_lexical, top_rows
 from embedlib.index.version import SearchParams
 
 EXACT_FILTER_LIMIT = 20_000  # at most this many matching rows: exact search over them
@@ -50,12 +52,31 @@ class SearchTask:
 
 
 class IndexShard:
-    """One serving shard: its FAISS index and its docs table."""
+    """One serving shard: its FAISS index, its docs table and its BM25 postings."""
 
-    def __init__(self, index: faiss.Index, docs: ShardDocs, metric: str) -> None:
-        self.index, self.docs, self.metric = index, docs, metric
+    def __init__(
+        self,
+        index: faiss.Index,
+        docs: ShardDocs,
+        metric: str,
+        postings: ShardPostings | None = None,
+    ) -> None:
+        self.index, self.docs, self.metric, self.postings = index, docs, metric, postings
         ivf = faiss.try_extract_index_ivf(index)
         self.nlist = int(ivf.nlist) if ivf is not None else 0
+
+    def search_lexical(self, task: LexicalTask) -> tuple[np.ndarray, np.ndarray]:
+        """BM25 top-k (scores, int64 ids) of each query, among the rows the filter keeps."""
+        if self.postings is None:
+            raise QueryError("this shard has no lexical index")
+        allowed = filter_mask(self.docs.metadata, task.filter) if task.filter else None
+        d = np.full((len(task.queries), task.k), np.nan, np.float32)
+        i = np.full((len(task.queries), task.k), -1, np.int64)
+        for q, terms in enumerate(task.queries):
+            scores = self.postings.scores(terms)
+            rows = top_rows(scores, allowed, task.k)
+            d[q, : len(rows)], i[q, : len(rows)] = scores[rows], self.docs.iids[rows]
+        return d, i
 
     def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
         x, params = task.vectors, task.params
@@ -111,15 +132,25 @@ class ShardSet:
             else None
         )
 
-    def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One FAISS search per shard for each group of tasks with the same parameters."""
-        groups = group_tasks(tasks)
-        return scatter(tasks, groups, [self.search_one(task) for _, task in groups])
+    def search(self, tasks: list[SearchTask | LexicalTask]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """One FAISS search per shard for each group of tasks with the same parameters
+        (BM25 searches each on their own)."""
+        dense = [n for n, t in enumerate(tasks) if isinstance(t, SearchTask)]
+        out = [self.search_one(t) if isinstance(t, LexicalTask) else None for t in tasks]
+        if dense:
+            vector_tasks = [tasks[n] for n in dense]
+            groups = group_tasks(vector_tasks)  # type: ignore[arg-type]
+            found = scatter(vector_tasks, groups, [self.search_one(task) for _, task in groups])  # type: ignore[arg-type]
+            for n, result in zip(dense, found, strict=True):
+                out[n] = result
+        return out  # type: ignore[return-value]
 
-    def search_one(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+    def search_one(self, task: SearchTask | LexicalTask) -> tuple[np.ndarray, np.ndarray]:
         """Every shard searched, the top k merged. A batch searched while no other search
         runs here takes its shards in parallel; under concurrent batches each keeps to
         one thread (parallel shards would only add contention then)."""
+        if isinstance(task, LexicalTask):
+            return merge_lexical([shard.search_lexical(task) for shard in self.shards], task.k)
         with self._lock:
             self._busy += 1
             alone = self._busy == 1

@@ -48,6 +48,7 @@ from embedlib.index.build import IndexOptions, IndexReport, build_from_source
 from embedlib.index.docs import IID
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.layout import list_versions, publish, resolve, staging_path, versions_dir
+from embedlib.index.lexical_build import write_lexical
 from embedlib.index.lock import index_lock
 from embedlib.index.sources import RANGE_ROWS, RowRange, VectorSource
 from embedlib.index.version import TRAINED, IndexManifest, ShardEntry
@@ -180,6 +181,17 @@ def update_index(
             new_manifest, drift = _write_version(
                 fs, version_path, staging, manifest, remove, vectors, rows, next_iid
             )
+            if manifest.lexical is not None and manifest.text_column:
+                # the rewritten shards' postings, and the statistics of all (in this
+                # process: an update rewrites a few shards)
+                rewrite = [
+                    a != b for a, b in zip(new_manifest.shards, manifest.shards, strict=True)
+                ]
+                shards, lexical = write_lexical(
+                    fs, staging, new_manifest.shards, manifest.text_column,
+                    manifest.lexical.language, replace(run, runner="local"), rewrite=rewrite,
+                )  # fmt: skip
+                new_manifest = replace(new_manifest, shards=tuple(shards), lexical=lexical)
             stats = {"added": len(added), "changed": len(changed), "deleted": len(deleted),
                      "kept": kept}  # fmt: skip
             replace(new_manifest, updated_from=previous, update=stats).write(fs, staging)
@@ -380,7 +392,7 @@ def _write_version(
     for s, (entry, ix) in enumerate(zip(shards, indexes, strict=True)):
         mine = np.flatnonzero(target == s)
         if not len(mine) and not removed[s]:  # untouched: the same files
-            for name in (entry.file, entry.docs):
+            for name in (entry.file, entry.docs, *([entry.lexical] if entry.lexical else [])):
                 fs.copy(posixpath.join(version_path, name), posixpath.join(staging, name))
             new_shards.append(entry)
             continue
@@ -503,6 +515,8 @@ def retrain_index(
         options = options or IndexOptions(
             factory=manifest.factory, metric=manifest.metric, shards=len(manifest.shards),
             seed=manifest.seed, memory_budget=manifest.memory_budget,
+            lexical=manifest.lexical is not None,
+            lexical_language=manifest.lexical.language if manifest.lexical else "english",
         )  # fmt: skip
         spans: list[RowRange] = []
         for shard in manifest.shards:

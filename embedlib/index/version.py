@@ -4,6 +4,8 @@
     versions/v-00002/trained.faiss            the trained, empty index
     versions/v-00002/shard-NNNNN.faiss        serving shards
     versions/v-00002/docs-NNNNN.parquet       int64 id -> string id, vector, text, metadata
+    versions/v-00002/lexical-NNNNN.npz        BM25 postings of the shard's text (lexical.py)
+    versions/v-00002/lexical-stats.npz        corpus-wide document frequencies
 
 Every reader of an index (the library's `ShardedIndex`, the serving replicas, updates,
 retraining) reads the manifest through `IndexManifest` and opens shard files through
@@ -25,6 +27,7 @@ from embedlib._version import __version__
 from embedlib.cache import cache_root
 from embedlib.index.faiss_ops import local_copy, read_index_mmap
 from embedlib.index.layout import resolve, versions_dir
+from embedlib.index.lexical import LexicalInfo, LexicalStats, ShardPostings
 from embedlib.index.plan import IndexPlan
 from embedlib.models import ModelFingerprint
 from embedlib.options import Metric
@@ -53,13 +56,18 @@ class ShardEntry:
     sha256: str
     docs: str
     docs_sha256: str
+    lexical: str | None = None  # the shard's BM25 postings (lexical-NNNNN.npz)
+    lexical_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.lexical is None:
+            del out["lexical"], out["lexical_sha256"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 @dataclass(frozen=True)
@@ -124,6 +132,7 @@ class IndexManifest:
     updated_from: str | None = None  # the version an update started from
     update: dict[str, int] | None = None  # added / changed / deleted / kept
     chunking: dict[str, Any] | None = None  # rows are chunks of documents (the embed options)
+    lexical: LexicalInfo | None = None  # the BM25 part: analysis and corpus-wide counts
 
     @property
     def text_model(self) -> bool:
@@ -168,6 +177,8 @@ class IndexManifest:
             out.update(updated_from=self.updated_from, update=self.update)
         if self.chunking is not None:
             out["chunking"] = self.chunking
+        if self.lexical is not None:
+            out["lexical"] = self.lexical.to_dict()
         return out
 
     @classmethod
@@ -198,6 +209,7 @@ class IndexManifest:
             updated_from=data.get("updated_from"),
             update=data.get("update"),
             chunking=data.get("chunking"),
+            lexical=LexicalInfo.from_dict(data["lexical"]) if data.get("lexical") else None,
         )
 
     @classmethod
@@ -250,3 +262,17 @@ class IndexVersion:
         the local cache first)."""
         entry = self.manifest.shards[shard]
         return read_index_mmap(local_copy(self.fs, self.file(entry.file), self.cache_dir))
+
+    def open_postings(self, shard: int) -> ShardPostings | None:
+        """A serving shard's BM25 postings (None: the index has no lexical part)."""
+        entry, info = self.manifest.shards[shard], self.manifest.lexical
+        if info is None or entry.lexical is None:
+            return None
+        return ShardPostings(local_copy(self.fs, self.file(entry.lexical), self.cache_dir), info)
+
+    def open_lexical_stats(self) -> LexicalStats | None:
+        """The corpus-wide BM25 statistics (None: the index has no lexical part)."""
+        info = self.manifest.lexical
+        if info is None:
+            return None
+        return LexicalStats(local_copy(self.fs, self.file(info.stats), self.cache_dir), info)

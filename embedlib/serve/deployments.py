@@ -15,7 +15,7 @@ from ray import serve
 
 from embedlib.encode import encode_batches, query_encoder
 from embedlib.index.reader import open_docs, open_shard_set
-from embedlib.index.shards import SearchTask
+from embedlib.index.searcher import Task
 from embedlib.index.version import IndexVersion
 from embedlib.models import ModelFingerprint
 
@@ -33,7 +33,7 @@ class ShardSearcher:
         return len(self.shard_set.shards)
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
-    async def search(self, tasks: list[SearchTask]) -> list[tuple[np.ndarray, np.ndarray]]:
+    async def search(self, tasks: list[Task]) -> list[tuple[np.ndarray, np.ndarray]]:
         return self.shard_set.search(tasks)
 
 

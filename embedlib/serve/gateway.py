@@ -300,6 +300,7 @@ class Gateway:
             "recall_at_10": m.tuning.recall_at_10, "created_at": m.created_at,
             "version": self.version,
             "metadata_columns": sorted(self.searcher.docs.metadata_columns),
+            "lexical": m.lexical.language if m.lexical else None,
         }]}  # fmt: skip
 
     @api.get("/metrics", response_class=PlainTextResponse)

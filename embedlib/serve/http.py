@@ -24,7 +24,13 @@ from ray import serve
 from starlette.exceptions import HTTPException
 from starlette.types import Message
 
-from embedlib.exceptions import ApiError, FilterError, NoTextModelError, QueryError
+from embedlib.exceptions import (
+    ApiError,
+    FilterError,
+    NoLexicalIndexError,
+    NoTextModelError,
+    QueryError,
+)
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
@@ -222,6 +228,8 @@ def _render(e: Exception, timeout_s: float) -> Response:
         return error_response(504, "timeout", f"the request took longer than {timeout_s:g}s")
     if isinstance(e, NoTextModelError):
         return error_response(400, "no_text_model", str(e))
+    if isinstance(e, NoLexicalIndexError):
+        return error_response(422, "no_lexical_index", str(e))
     if isinstance(e, QueryError | FilterError):
         cause = getattr(e, "cause", None) or e  # raised in a searcher replica: Ray wraps it
         return error_response(422, "invalid_query", str(cause))

@@ -18,12 +18,14 @@ from ray.exceptions import RayActorError
 from embedlib.encode import encode_batches
 from embedlib.index.docs import DocsLookup
 from embedlib.index.faiss_ops import merge_topk
+from embedlib.index.lexical import LexicalTask, merge_lexical
 from embedlib.index.reader import ShardedIndex, open_docs, require_text_model
-from embedlib.index.searcher import Searcher
+from embedlib.index.searcher import Searcher, Task
 from embedlib.index.shards import SearchTask
 from embedlib.index.version import IndexVersion
 
 INLINE_SEARCH_ROWS = 16  # smaller unfiltered searches run on the event loop, larger in a thread
+INLINE_LEXICAL_ROWS = 200_000  # ... BM25 searches too, over indexes of at most this many rows
 RETRIES = 3  # calls to a searcher replica that died mid-call
 
 
@@ -34,7 +36,7 @@ class Placement(Protocol):
 
     async def count_tokens(self, texts: list[str]) -> int: ...
 
-    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]: ...
+    async def search(self, task: Task) -> tuple[np.ndarray, np.ndarray]: ...
 
     async def ready(self) -> bool: ...
 
@@ -45,6 +47,7 @@ class LocalPlacement:
     def __init__(self, index: ShardedIndex) -> None:
         self.index = index
         self.searcher = index.searcher
+        self.ntotal = index.ntotal
         if index.manifest.text_model:
             index.query_model()  # load it now, not on the first request
 
@@ -61,13 +64,22 @@ class LocalPlacement:
     async def count_tokens(self, texts: list[str]) -> int:
         return int(self.index.query_model().token_lengths(texts).sum())
 
-    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
-        if len(task.vectors) <= INLINE_SEARCH_ROWS and not task.filter:
+    async def search(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
+        if self._inline(task):
             return self.index.shards.search_one(task)  # microseconds: no thread hop
         return await asyncio.to_thread(self.index.shards.search_one, task)
 
     async def ready(self) -> bool:
         return True
+
+    def _inline(self, task: Task) -> bool:
+        """Whether a search is small enough to run on the event loop."""
+        if task.filter:
+            return False
+        if isinstance(task, SearchTask):
+            return len(task.vectors) <= INLINE_SEARCH_ROWS
+        # BM25 walks the postings of the query's terms: short over a small index
+        return len(task.queries) <= INLINE_SEARCH_ROWS and self.ntotal <= INLINE_LEXICAL_ROWS
 
 
 class RemotePlacement:
@@ -75,7 +87,11 @@ class RemotePlacement:
 
     def __init__(self, version: IndexVersion, searchers: list[Any], encoder: Any | None) -> None:
         docs = open_docs(version, range(len(version.manifest.shards)))
-        self.searcher = Searcher(version.manifest, DocsLookup(docs, version.manifest.text_column))
+        self.searcher = Searcher(
+            version.manifest,
+            DocsLookup(docs, version.manifest.text_column),
+            version.open_lexical_stats(),
+        )
         self.manifest = version.manifest
         self.searchers, self.encoder = searchers, encoder
 
@@ -89,8 +105,10 @@ class RemotePlacement:
     async def count_tokens(self, texts: list[str]) -> int:
         return int(await self._encoder().count_tokens.remote(texts))
 
-    async def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+    async def search(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
         parts = await asyncio.gather(*(_with_retry(s.search, task) for s in self.searchers))
+        if isinstance(task, LexicalTask):
+            return merge_lexical(parts, task.k)
         return merge_topk(parts, task.k, self.manifest.metric)
 
     async def ready(self) -> bool:

@@ -20,8 +20,10 @@ from pydantic import (
 from embedlib.index.query import (
     DEFAULT_INCLUDE,
     MAX_PASSAGES,
+    RRF_K,
     Group,
     Include,
+    Mode,
     Query,
     SearchOptions,
     TextItem,
@@ -79,12 +81,27 @@ class SearchFields(BaseModel):
         default="document",
         description='chunked documents: hits are documents by their best chunk, or "chunk"',
     )
+    mode: Mode | None = Field(
+        default=None,
+        description="text queries: rank by the vectors (dense), by BM25 (lexical), or both "
+        "fused (hybrid); default hybrid when the index has a lexical part, else dense",
+    )
+    rrf_k: float = Field(default=RRF_K, gt=0, description="hybrid: reciprocal-rank fusion's k")
+    alpha: float | None = Field(
+        default=None, ge=0, le=1,
+        description="hybrid: fuse min-max normalized scores, alpha * dense + (1 - alpha) * "
+        "lexical, instead of by reciprocal rank",
+    )  # fmt: skip
+    explain: bool = Field(
+        default=False, description="each hit's dense and lexical rank and score (`explain`)"
+    )
 
     def options(self) -> dict[str, Any]:
         return {
             "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
             "filter": self.filter, "include": self.include, "exclude": self.exclude,
-            "passages": self.passages, "group": self.group,
+            "passages": self.passages, "group": self.group, "mode": self.mode,
+            "rrf_k": self.rrf_k, "alpha": self.alpha, "explain": self.explain,
         }  # fmt: skip
 
 
@@ -246,6 +263,11 @@ class Passage(BaseModel):
     chunk: int
 
 
+class Ranked(BaseModel):
+    rank: int = Field(description="1 = first in that ranking")
+    score: float
+
+
 class Hit(BaseModel):
     id: str
     score: float = Field(description="similarity (cosine, dot: higher first) or squared L2")
@@ -254,6 +276,9 @@ class Hit(BaseModel):
     vector: list[float] | None = None
     passage: Passage | None = Field(default=None, description="chunked documents: the match")
     passages: list[Passage] | None = None
+    explain: dict[str, Ranked | None] | None = Field(
+        default=None, description='with `explain`: {"dense", "lexical"}: where the hit ranked'
+    )
 
 
 class SearchResponse(BaseModel):
@@ -328,6 +353,9 @@ class IndexInfo(BaseModel):
     created_at: str
     version: str
     metadata_columns: list[str]
+    lexical: str | None = Field(
+        default=None, description="the lexical part's analysis language (None: dense only)"
+    )
 
 
 class IndexesResponse(BaseModel):
