@@ -69,7 +69,7 @@ def engine_rows(max_docs: int = 10_000) -> list[list[str]]:
     owners = _chunks(docs)
     texts = [docs[d][a:b] for d, a, b in owners]
     qtexts = [q["query"] for q in queries]
-    depth = 100
+    depth = min(100, len(texts))
     rows = []
     stemmer = Stemmer.Stemmer("english")
 

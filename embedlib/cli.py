@@ -31,6 +31,7 @@ from embedlib.embed_job import embed_corpus
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.build import build_index
 from embedlib.index.update import gc_versions, retrain_index, update_index
+from embedlib.serve.config import api_key_from_env
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -107,7 +108,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         placement=args.placement,
         ingress=args.ingress,
-        api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
+        api_key=api_key_from_env(),
         request_timeout_s=args.timeout,
         recommender=args.recommender,
     )
@@ -155,7 +156,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
         replicas=args.replicas,
         placement=args.placement,
         ingress=args.ingress,
-        api_key=os.environ.get("EMBEDLIB_API_KEY") or None,
+        api_key=api_key_from_env(),
     )
     return 0
 

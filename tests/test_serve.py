@@ -10,6 +10,8 @@ import urllib.error
 import urllib.request
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from embedlib import EmbedOptions, RunOptions, embed_corpus
@@ -302,6 +304,35 @@ def test_bad_requests_get_json_errors(served, body, raw, status):
     assert set(answer) == {"error"} and {"code", "message"} <= set(answer["error"])
 
 
+def test_costly_requests_are_refused_naming_the_cap(served):
+    """Every request's cost is bounded: over a cap, a 422 naming the cap and the value
+    sent, fast; nprobe beyond the list count is clamped, not an error."""
+    from embedlib.serve.schemas import MAX_FILTER_VALUES, MAX_HITS, MAX_ITEMS, MAX_VECTOR_HITS
+
+    v = ShardedIndex(str(served)).vector("2").tolist()
+    many = base64.b64encode(np.tile(np.asarray(v, "<f4"), (200, 1)).tobytes()).decode()
+    cases = [
+        ("/v1/search/batch", {"queries": [{"vector": v, "k": 1000}] * 101}, f"{MAX_HITS}"),
+        ("/v1/search/batch", {"queries": [{"vector": v, "k": 1000, "include": ["vector"]}] * 11},
+         f"{MAX_VECTOR_HITS}"),
+        ("/v1/search/batch", {"vectors": many, "encoding_format": "base64", "k": 1000,
+                              "include": ["vector"]}, "200000 hits"),
+        ("/v1/search", {"vector": v, "ef_search": 2**31}, "4096"),
+        ("/v1/search", {"positive": [str(i) for i in range(MAX_ITEMS + 1)]}, f"{MAX_ITEMS}"),
+        ("/v1/search", {"vector": v, "filter": {"year": {"in": list(range(MAX_FILTER_VALUES + 1))}}},
+         f"{MAX_FILTER_VALUES}"),
+        ("/v1/search", {"query": "x" * 20_001}, "20000"),
+        ("/v1/embeddings", {"input": ["x" * 1_000_000] * 3}, "2000000"),
+    ]  # fmt: skip
+    for path, body, cap in cases:
+        start = time.perf_counter()
+        status, answer = _request(path, body)
+        assert status == 422 and cap in answer["error"]["message"], (path, answer)
+        assert time.perf_counter() - start < 5
+    status, answer = _request("/v1/search", {"vector": v, "k": 3, "nprobe": 2**40})
+    assert status == 200 and answer["results"][0]["id"] == "2"
+
+
 def test_api_key_health_readiness_info_and_metrics(served):
     assert _request("/v1/search", {"query": "cats"}, key=None)[0] == 401
     assert _request("/v1/search", {"query": "cats"}, key="wrong")[0] == 401
@@ -474,7 +505,6 @@ def test_recommend_over_http_equals_the_library(served, tmp_path):
     """A recommender's item index served with --recommender: POST /v1/recommend answers
     like `Recommender.recommend`, an unknown user gets popular items and is told, a k
     over the item count is 422; a server without a recommender says how to get one."""
-    import pyarrow.parquet as pq
     from ray import serve
 
     from embedlib.recommend import Recommender, planted_interactions, train_recommender
@@ -711,8 +741,6 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     """Above the exact-search limit a filter becomes an ID selector inside the IVF search,
     with nprobe scaled to the share of matching rows: recall against exact search over the
     matching rows stays high."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
     import embedlib.index.shards
 
@@ -778,3 +806,32 @@ def test_long_documents_answer_with_their_passages_over_http(served, tmp_path):
         assert status == 200 and len(answer["results"]) == 3
     finally:
         serve.delete("long")
+
+
+def test_watch_keeps_serving_through_a_broken_version_and_moves_on(tmp_path):
+    """`--watch`'s watcher: a version that cannot be opened is skipped (logged, retried
+    later) and the served one stays; a good new version is taken."""
+    from embedlib.index.layout import published_version
+    from embedlib.serve.app import VersionWatcher
+
+    rng = np.random.default_rng(0)
+    table = pa.table({"id": [f"v{i}" for i in range(40)],
+                      "vector": list(rng.standard_normal((40, 8)).astype(np.float32))})  # fmt: skip
+    pq.write_table(table, tmp_path / "v.parquet")
+    root = tmp_path / "idx"
+    build_index(str(tmp_path / "v.parquet"), str(root), run=LOCAL)
+    watcher = VersionWatcher(str(root), "v-00001", {})
+    assert watcher.next_version() is None
+    broken = root / "versions" / "v-00002"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{ not json")
+    (root / "CURRENT").write_text("v-00002")
+    assert watcher.next_version() is None and watcher.failures == 1
+    assert watcher.next_version() is None and watcher.failures == 1  # waiting to retry
+    watcher.retry_at = 0.0
+    assert watcher.next_version() is None and watcher.failures == 2  # still broken
+    (root / "CURRENT").write_text("v-00001")
+    watcher.retry_at = 0.0
+    assert watcher.next_version() is None and watcher.failures == 0
+    build_index(str(tmp_path / "v.parquet"), str(root), run=LOCAL)
+    assert watcher.next_version() == published_version(str(root)) != "v-00001"

@@ -101,13 +101,14 @@ def search_params(
     index: faiss.Index, *, nprobe: int | None, ef_search: int | None, selector: Any = None
 ) -> Any:
     """Per-call search parameters (thread-safe; the index is not modified). `selector`
-    (a faiss.IDSelector over external ids) restricts the search inside FAISS."""
+    (a faiss.IDSelector over external ids) restricts the search inside FAISS. `nprobe`
+    is clamped to the index's list count (more probes than lists search nothing more)."""
     inner: Any = None
-    is_ivf = faiss.try_extract_index_ivf(index) is not None
-    if is_ivf and (nprobe is not None or selector is not None):
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and (nprobe is not None or selector is not None):
         inner = faiss.SearchParametersIVF()
         if nprobe is not None:
-            inner.nprobe = int(nprobe)
+            inner.nprobe = int(min(nprobe, ivf.nlist))
     elif "HNSW" in type(faiss.downcast_index(_inner_index(index))).__name__ and (
         ef_search is not None or selector is not None
     ):

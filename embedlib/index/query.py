@@ -24,6 +24,7 @@ Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
 MAX_PASSAGES = 20
 RRF_K = 60  # reciprocal-rank fusion's constant, as Qdrant, LanceDB and Elasticsearch use
+MAX_EF_SEARCH = 4096  # HNSW search breadth: FAISS allocates per query and step
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class SearchOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise QueryError(f"{name} must be at least 1, got {value}")
+        if self.ef_search is not None and self.ef_search > MAX_EF_SEARCH:
+            raise QueryError(f"ef_search is at most {MAX_EF_SEARCH}, got {self.ef_search}")
         fields_ = frozenset(self.include)
         if not fields_ <= INCLUDE_FIELDS:
             bad = ", ".join(sorted(fields_ - INCLUDE_FIELDS))

@@ -14,10 +14,10 @@ or SIGTERM and then stops everything it started. `app_builder` lets `serve run` 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import socket
 import threading
+import time
 from functools import partial
 from typing import Any
 
@@ -25,11 +25,13 @@ import psutil
 import ray
 from ray import serve
 from ray.serve import Application
+from ray.serve.exceptions import RayServeException
 
 from embedlib.distributed import ensure_ray
+from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.index.layout import published_version
 from embedlib.index.version import IndexVersion
-from embedlib.serve.config import INGRESSES, AppOptions, GatewayConfig, Ingress
+from embedlib.serve.config import INGRESSES, AppOptions, GatewayConfig, Ingress, api_key_from_env
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
 
@@ -113,6 +115,63 @@ def redeploy(options: AppOptions, version: str) -> None:
     serve.run(_build(options, version), name=options.app_name, route_prefix=options.route_prefix)
 
 
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+WATCH_BACKOFF_S = (5.0, 300.0)  # a version that cannot be opened: first and longest wait
+
+
+def servable_version(
+    index: str, version: str | None, storage_options: dict[str, Any] | None = None
+) -> str:
+    """The version `index` resolves to (or `version`), once its manifest reads and every
+    file it lists is there; else a `SourceError` naming the path and what is wrong."""
+    try:
+        opened = IndexVersion(index, version=version, storage_options=storage_options)
+        names = [n for s in opened.manifest.shards for n in (s.file, s.docs, s.lexical) if n]
+        if opened.manifest.lexical is not None:
+            names.append(opened.manifest.lexical.stats)
+        missing = [n for n in names if not opened.fs.exists(opened.file(n))]
+    except (OSError, ValueError, KeyError, TypeError, EmbedlibError) as e:
+        what = f"version {version} of " if version else ""
+        raise SourceError(f"cannot serve {what}{index!r}: {type(e).__name__}: {e}") from e
+    if missing:
+        raise SourceError(f"cannot serve {index!r} ({opened.name}): missing {', '.join(missing)}")
+    return opened.name
+
+
+class VersionWatcher:
+    """`--watch`: the version CURRENT names, when it is new and can be opened. A version
+    that cannot be read (or a storage error) is logged and retried with a growing wait,
+    and the served version stays."""
+
+    def __init__(self, index: str, served: str, storage_options: dict[str, Any]) -> None:
+        self.index, self.served, self.storage_options = index, served, storage_options
+        self.failures = 0
+        self.retry_at = 0.0
+
+    def next_version(self) -> str | None:
+        if time.monotonic() < self.retry_at:
+            return None
+        try:
+            now = published_version(self.index, self.storage_options)
+            if now == self.served:
+                self.failures = 0
+                return None
+            servable_version(self.index, now, self.storage_options)
+        except (OSError, ValueError, EmbedlibError) as e:
+            self.failed(e)
+            return None
+        self.failures, self.retry_at = 0, 0.0
+        return now
+
+    def failed(self, error: Exception) -> None:
+        """Keep the served version; look again after a growing wait."""
+        self.failures += 1
+        first, longest = WATCH_BACKOFF_S
+        wait = min(longest, first * 2 ** (self.failures - 1))
+        log.warning("--watch: keeping %s: %s (retrying in %.0f s)", self.served, error, wait)
+        self.retry_at = time.monotonic() + wait
+
+
 def app_builder(args: dict[str, Any]) -> Application:
     """For Serve config files: `import_path: embedlib.serve.app:app_builder` with
     `args: {index: PATH, replicas: 1, placement: gateway}`; the API key comes from
@@ -121,7 +180,7 @@ def app_builder(args: dict[str, Any]) -> Application:
         str(args["index"]),
         replicas=int(args.get("replicas", 1)),
         placement=args.get("placement", "gateway"),
-        api_key=args.get("api_key") or os.environ.get("EMBEDLIB_API_KEY"),
+        api_key=args.get("api_key") or api_key_from_env(),
     )
 
 
@@ -205,6 +264,10 @@ def serve_index(
     "haproxy" runs Serve's high-throughput mode when this call starts Serve (a Serve
     already running on the cluster keeps the mode it was started with)."""
     options = AppOptions(index=index, **app_options)
+    served = servable_version(index, None, options.storage_options)  # before Ray starts
+    if options.api_key is None and host not in LOOPBACK:
+        log.warning("serving on %s without an API key: anyone who reaches the port can "
+                    "search; set EMBEDLIB_API_KEY", host)  # fmt: skip
     env = serve_env(ingress)
     if ingress == "haproxy" and (stopped := stop_orphaned_haproxy()):
         log.warning("stopped HAProxy processes left by a Ray instance that is gone: %s", stopped)
@@ -218,19 +281,25 @@ def serve_index(
     }
     try:
         serve.start(http_options={"host": host, "port": port})
-        served = published_version(index, options.storage_options)
         serve.run(_build(options, served), name=options.app_name, route_prefix=options.route_prefix)
         on_ready(f"serving {index} ({served}) at http://{host}:{port} (Ctrl-C to stop)")
         if after_ready is not None:
             after_ready(f"http://{host}:{port}")
         if detach:
             return
+        watcher = VersionWatcher(index, served, options.storage_options)
         while not stop.wait(watch_interval_s if watch else 0.5):
-            if watch and (now := published_version(index, options.storage_options)) != served:
-                on_ready(f"CURRENT moved from {served} to {now}: switching without downtime")
-                redeploy(options, now)
-                served = now
-                on_ready(f"serving {index} ({served})")
+            if watch and (now := watcher.next_version()) is not None:
+                on_ready(
+                    f"CURRENT moved from {watcher.served} to {now}: switching without downtime"
+                )
+                try:
+                    redeploy(options, now)
+                except (RayServeException, RuntimeError, EmbedlibError) as e:
+                    watcher.failed(e)
+                    continue
+                watcher.served = now
+                on_ready(f"serving {index} ({now})")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

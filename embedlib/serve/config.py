@@ -3,8 +3,11 @@ replicas are told."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
+
+from embedlib.exceptions import EmbedlibError
 
 Placement = Literal["gateway", "grouped", "per-shard"]
 PLACEMENTS: tuple[Placement, ...] = get_args(Placement)
@@ -12,6 +15,19 @@ Ingress = Literal["haproxy", "proxy"]
 INGRESSES: tuple[Ingress, ...] = get_args(Ingress)
 APP_NAME = "embedlib"
 MAX_BODY_BYTES = 16 * 1024 * 1024
+
+
+def api_key_from_env() -> str | None:
+    """EMBEDLIB_API_KEY: None when unset; refused when set but blank (auth would be off
+    without anyone having asked for that)."""
+    key = os.environ.get("EMBEDLIB_API_KEY")
+    if key is None:
+        return None
+    if not key.strip():
+        raise EmbedlibError(
+            "EMBEDLIB_API_KEY is set but empty: set a key, or unset it to serve without one"
+        )
+    return key
 
 
 @dataclass(frozen=True, kw_only=True)

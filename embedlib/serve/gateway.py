@@ -61,6 +61,7 @@ from embedlib.serve.schemas import (
     UpsertRequest,
     VectorBatchRequest,
     WriteResponse,
+    check_hits,
 )
 from embedlib.serve.writes import submit_write
 
@@ -165,8 +166,10 @@ class Gateway:
                 f"vectors holds {len(raw)} bytes, not a whole number of {dim}-d float32 "
                 f"rows ({row_bytes} bytes each): send little-endian float32 values, row after row"
             )
-        if len(raw) // row_bytes > MAX_BATCH_VECTORS:
-            raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request")
+        rows = len(raw) // row_bytes
+        if rows > MAX_BATCH_VECTORS:
+            raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request, got {rows}")
+        check_hits([(rows, body.k, "vector" in body.include)])
         return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
@@ -264,6 +267,9 @@ class Gateway:
     @api.post("/v1/admin/reload", response_model=ReloadResponse)
     async def reload(self, body: ReloadRequest | None = None) -> Response:
         """Serve another version without downtime: the one named, else CURRENT's."""
+        if self.api_key is None:
+            raise ApiError(403, "admin_disabled", "admin routes need an API key: start the "
+                           "server with EMBEDLIB_API_KEY set")  # fmt: skip
         if self.switch is None:
             raise ApiError(
                 409, "not_reloadable", "this application was not started by embedlib serve"

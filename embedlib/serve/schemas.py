@@ -17,8 +17,10 @@ from pydantic import (
     model_validator,
 )
 
+from embedlib.exceptions import QueryError
 from embedlib.index.query import (
     DEFAULT_INCLUDE,
+    MAX_EF_SEARCH,
     MAX_PASSAGES,
     RRF_K,
     Group,
@@ -29,9 +31,32 @@ from embedlib.index.query import (
     TextItem,
 )
 
+# What one request may cost (each over-the-cap request is a 422 naming the cap and the
+# value sent; README "Limits"). nprobe is clamped to the index's list count.
 MAX_K = 1000
 MAX_BATCH_QUERIES = 1000
 MAX_BATCH_VECTORS = 10_000
+MAX_HITS = 100_000  # hits one request asks for: queries (or vectors) x k
+MAX_VECTOR_HITS = 10_000  # hits with `include: ["vector"]`, per request
+MAX_ITEMS = 1000  # positive + negative items of one query
+MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
+MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
+MAX_EMBED_CHARS = 2_000_000  # the texts of one /v1/embeddings request, together
+
+
+def check_hits(requests: list[tuple[int, int, bool]]) -> None:
+    """Refuse a request whose searches ask for too many hits: (queries, k, vectors
+    included) per part of the request."""
+    hits = sum(n * k for n, k, _ in requests)
+    if hits > MAX_HITS:
+        raise QueryError(f"this request asks for {hits} hits (queries x k); the cap is {MAX_HITS}")
+    vectors = sum(n * k for n, k, with_vectors in requests if with_vectors)
+    if vectors > MAX_VECTOR_HITS:
+        raise QueryError(
+            f"this request asks for {vectors} hits with their vectors; the cap is "
+            f"{MAX_VECTOR_HITS}: include fewer hits or leave out the vector"
+        )
+
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # checked in pydantic-core
 Filter = Annotated[
@@ -66,8 +91,12 @@ class SearchFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     k: int = Field(default=10, ge=1, le=MAX_K, description="how many hits")
-    nprobe: int | None = Field(default=None, ge=1, description="IVF lists probed")
-    ef_search: int | None = Field(default=None, ge=1, description="HNSW search breadth")
+    nprobe: int | None = Field(
+        default=None, ge=1, description="IVF lists probed (clamped to the index's list count)"
+    )
+    ef_search: int | None = Field(
+        default=None, ge=1, le=MAX_EF_SEARCH, description="HNSW search breadth"
+    )
     filter: Filter | None = None
     include: list[Include] = Field(
         default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
@@ -96,6 +125,17 @@ class SearchFields(BaseModel):
         default=False, description="each hit's dense and lexical rank and score (`explain`)"
     )
 
+    @field_validator("filter")
+    @classmethod
+    def _filter_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        values = sum(
+            len(c["in"]) if isinstance(c, dict) and isinstance(c.get("in"), list) else 1
+            for c in (v or {}).values()
+        )
+        if values > MAX_FILTER_VALUES:
+            raise ValueError(f"the filter holds {values} values; the cap is {MAX_FILTER_VALUES}")
+        return v
+
     def options(self) -> dict[str, Any]:
         return {
             "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
@@ -108,10 +148,14 @@ class SearchFields(BaseModel):
 class SearchRequest(SearchFields):
     """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
 
-    query: str | None = Field(default=None, description="text, embedded with the index's model")
+    query: str | None = Field(
+        default=None,
+        max_length=MAX_QUERY_CHARS,
+        description="text, embedded with the index's model",
+    )
     vector: list[FiniteFloat] | None = Field(default=None, min_length=1)
-    positive: list[ArithmeticItem] = Field(default_factory=list)
-    negative: list[ArithmeticItem] = Field(default_factory=list)
+    positive: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    negative: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -134,6 +178,9 @@ class SearchRequest(SearchFields):
         ]
         if sum(kinds) != 1:
             raise ValueError("give exactly one of: query (text), vector, or positive/negative")
+        if len(self.positive) + len(self.negative) > MAX_ITEMS:
+            raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
+        check_hits([(1, self.k, "vector" in self.include)])
         return self
 
     def to_query(self) -> Query:
@@ -160,6 +207,11 @@ class BatchSearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     queries: list[SearchRequest] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
 
+    @model_validator(mode="after")
+    def _hits(self) -> BatchSearchRequest:
+        check_hits([(1, q.k, "vector" in q.include) for q in self.queries])
+        return self
+
 
 class VectorBatchRequest(SearchFields):
     """Many query vectors sharing one set of parameters: `vectors` as rows of floats, or
@@ -177,9 +229,11 @@ class VectorBatchRequest(SearchFields):
                 'encoding_format "base64" takes one base64 string of float32 values; '
                 '"float" (the default) takes a list of vectors'
             )
-        if isinstance(self.vectors, list) and len(self.vectors) > MAX_BATCH_VECTORS:
-            raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
-        return self
+        if isinstance(self.vectors, list):
+            if len(self.vectors) > MAX_BATCH_VECTORS:
+                raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
+            check_hits([(len(self.vectors), self.k, "vector" in self.include)])
+        return self  # base64: the gateway counts the rows once it knows the dimension
 
     def search_options(self) -> SearchOptions:
         return SearchOptions(**self.options())
@@ -216,6 +270,9 @@ class EmbeddingsRequest(BaseModel):
             raise ValueError("input must be a non-empty string or a list of non-empty strings")
         if len(texts) > 2048:
             raise ValueError("at most 2048 inputs per request")
+        chars = sum(map(len, texts))
+        if chars > MAX_EMBED_CHARS:
+            raise ValueError(f"the inputs hold {chars} characters; the cap is {MAX_EMBED_CHARS}")
         return v
 
 
