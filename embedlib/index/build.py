@@ -41,6 +41,7 @@ from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.layout import publish, staging_path
 from embedlib.index.lexical import check_language
 from embedlib.index.lexical_build import write_lexical
+from embedlib.index.lock import index_lock
 from embedlib.index.merge import merge_shard
 from embedlib.index.plan import IndexPlan, plan_index
 from embedlib.index.sources import VectorSource, open_sources
@@ -55,6 +56,7 @@ from embedlib.storage import human
 # given or running: on one machine, Ray's start and its tasks cost more than they save
 # (measured in docs/benchmarks.md).
 SMALL_INDEX_BYTES = 400_000_000
+PUBLISH_WAIT_S = 3600.0  # a finished build waits this long for an update or gc to finish
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,8 +167,10 @@ def build_from_source(
     run: RunOptions,
     echo: Callable[[str], None] | None = None,
     clock: float | None = None,
+    locked: bool = False,
 ) -> IndexReport:
-    """`build_index` on vectors already opened (an index's own docs, for a retrain)."""
+    """`build_index` on vectors already opened (an index's own docs, for a retrain);
+    `locked`: the caller holds the index lock."""
     say = echo or (lambda line: None)
     times: dict[str, float] = {}
     clock = clock if clock is not None else time.perf_counter()
@@ -275,7 +279,11 @@ def build_from_source(
                 f"{options.target_recall} (--strict-recall); nothing was published. Try a factory "
                 "with more lists or less compression, or a larger --memory-budget."
             )
-        version = publish(fs, root, staging)
+        if locked:  # the caller holds the index lock (a retrain)
+            version = publish(fs, root, staging)
+        else:  # publish under the lock: never beside an update's or a gc's work
+            with index_lock(fs, root, wait_s=PUBLISH_WAIT_S, what="build"):
+                version = publish(fs, root, staging)
     except BaseException:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)

@@ -13,6 +13,8 @@ by rewriting CURRENT (write beside, then rename): a reader never sees half an in
 
 from __future__ import annotations
 
+import errno
+import os
 import posixpath
 import re
 import uuid
@@ -22,11 +24,13 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from embedlib.exceptions import SourceError
+from embedlib.index.lock import create_exclusive
 from embedlib.storage import MANIFEST, is_local
 
 CURRENT = "CURRENT"
 VERSIONS = "versions"
 _VERSION = re.compile(r"^v-(\d{5,})$")
+RESERVED = ".reserved"  # object stores: a version name taken, its files being copied
 
 
 def versions_dir(root: str) -> str:
@@ -86,15 +90,31 @@ def has_version(index: str, name: str, storage_options: dict[str, Any] | None = 
 
 
 def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:
-    """Move a finished staging folder to the next version name and point CURRENT at it."""
-    name = next_version(fs, root)
-    target = posixpath.join(versions_dir(root), name)
-    if is_local(fs):
-        fs.mv(staging, target, recursive=True)  # one atomic rename
-    else:  # object stores have no folders to rename: copy each file, then drop the staging
-        for path in fs.find(staging):
+    """Move a finished staging folder to a new version name and point CURRENT at it. The
+    name is taken atomically (a rename that fails onto an existing version, or an
+    exclusively created marker on object stores), so two publishers never share one;
+    on object stores the manifest is copied last, so a version is complete once it has
+    one."""
+    while True:
+        name = next_version(fs, root)
+        target = posixpath.join(versions_dir(root), name)
+        if is_local(fs):
+            try:
+                os.rename(staging, target)  # atomic; refused onto a version that exists
+            except OSError as e:
+                if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    continue  # another publisher took this name first
+                raise
+            break
+        marker = posixpath.join(target, RESERVED)
+        if not create_exclusive(fs, marker, b""):
+            continue
+        files = sorted(fs.find(staging), key=lambda p: p.endswith("/" + MANIFEST))
+        for path in files:  # the manifest last
             fs.copy(path, posixpath.join(target, posixpath.relpath(path, staging)))
+        fs.rm(marker)
         fs.rm(staging, recursive=True)
+        break
     tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
     fs.pipe(tmp, f"{name}\n".encode())
     fs.mv(tmp, posixpath.join(root, CURRENT))

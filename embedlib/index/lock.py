@@ -51,7 +51,7 @@ def index_lock(
         }
     ).encode()
     deadline = time.monotonic() + wait_s
-    while not _create_exclusive(fs, path, body):
+    while not create_exclusive(fs, path, body):
         holder = _read(fs, path)
         age = time.time() - float(str(holder.get("since", 0)))
         if age > stale_after_s:
@@ -73,12 +73,16 @@ def index_lock(
             fs.rm(path)
 
 
-def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> bool:
+def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> bool:
+    """Create `path` holding `body` only if it is absent; whether this call created it."""
     if is_local(fs):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
+        except FileNotFoundError:  # its folder does not exist yet
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return create_exclusive(fs, path, body)
         with os.fdopen(fd, "wb") as fh:
             fh.write(body)
         return True
@@ -97,8 +101,13 @@ def _create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> 
 
 
 def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, object]:
+    """The lock's record; an empty or unreadable one (a crash between create and write)
+    reads as taken at time 0, so it is stale and taken over, with a warning."""
     try:
         data = json.loads(fs.cat(path))
     except FileNotFoundError:
         return {}
+    except ValueError:
+        log.warning("the index lock %r is empty or unreadable: taking it over as stale", path)
+        return {"since": 0, "what": "unknown holder"}
     return data if isinstance(data, dict) else {}

@@ -22,6 +22,7 @@ A crash leaves the published version as it was. The embedding step works in
 from __future__ import annotations
 
 import hashlib
+import logging
 import posixpath
 import time
 from collections import Counter
@@ -57,7 +58,9 @@ from embedlib.options import EmbedOptions, RunOptions
 from embedlib.storage import file_sha256
 from embedlib.tables import conform_table, unify_schemas, vector_array, vectors_of
 
+log = logging.getLogger(__name__)
 UPDATES = "_updates"
+LIVE_STAGING_S = 3600.0  # gc leaves staging folders written to more recently than this
 DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
 DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
 
@@ -531,7 +534,7 @@ def retrain_index(
         src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
                            manifest.metric, manifest.text_column, [source],
                            manifest.chunking)  # fmt: skip
-        return build_from_source(src, index, options=options, run=run, echo=echo)
+        return build_from_source(src, index, options=options, run=run, echo=echo, locked=True)
 
 
 def gc_versions(
@@ -552,7 +555,21 @@ def gc_versions(
                 fs.rm(posixpath.join(versions_dir(root), name), recursive=True)
                 removed.append(name)
         for path in fs.ls(versions_dir(root), detail=False):
-            if posixpath.basename(path.rstrip("/")).startswith(".staging-"):
-                fs.rm(path, recursive=True)
-                removed.append(posixpath.basename(path.rstrip("/")))
+            name = posixpath.basename(path.rstrip("/"))
+            if not name.startswith(".staging-"):
+                continue
+            if _touched_within(fs, path, LIVE_STAGING_S):  # a build still writing it
+                log.info("gc: leaving %s, written to in the last %.0f s", name, LIVE_STAGING_S)
+                continue
+            fs.rm(path, recursive=True)
+            removed.append(name)
     return removed
+
+
+def _touched_within(fs: fsspec.AbstractFileSystem, folder: str, seconds: float) -> bool:
+    """Whether any file under `folder` was modified in the last `seconds`."""
+    newest = 0.0
+    for info in fs.find(folder, detail=True, withdirs=True).values():
+        stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+        newest = max(newest, stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp))
+    return time.time() - newest < seconds
