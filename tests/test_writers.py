@@ -112,3 +112,17 @@ def test_an_empty_lock_is_taken_over_and_gc_leaves_live_staging_alone(tmp_path, 
     assert sorted(removed) == [".staging-old", "v-00001", "v-00002"]
     assert live.exists() and not (root / ".lock").exists()
     assert published_version(str(root)) == "v-00003"
+
+
+@pytest.mark.parametrize("name", ["../../outside.faiss", "/etc/passwd", "sub/shard.faiss", ".."])
+def test_a_manifest_naming_files_outside_its_version_is_refused(tmp_path, vectors, name):
+    from embedlib import ShardedIndex
+
+    root = tmp_path / "idx"
+    build_index(vectors, str(root), run=LOCAL)
+    path = root / "versions" / "v-00001" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["shards"][0]["file"] = name
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="not a plain file name"):
+        ShardedIndex(str(root))

@@ -67,7 +67,25 @@ class ShardEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        entry = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+        for name in (entry.file, entry.docs, entry.lexical):
+            if name is not None:
+                check_file_name(name)
+        return entry
+
+
+def check_file_name(name: str) -> None:
+    """A file a manifest names must be a plain name inside its version folder: no folder
+    part, no `..`, not absolute (a damaged or hostile manifest could reach elsewhere)."""
+    if (
+        not isinstance(name, str)
+        or not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or name != posixpath.basename(name)
+    ):
+        raise ValueError(f"the manifest names the file {name!r}: not a plain file name")
 
 
 @dataclass(frozen=True)
@@ -209,7 +227,7 @@ class IndexManifest:
             updated_from=data.get("updated_from"),
             update=data.get("update"),
             chunking=data.get("chunking"),
-            lexical=LexicalInfo.from_dict(data["lexical"]) if data.get("lexical") else None,
+            lexical=_lexical_info(data.get("lexical")),
         )
 
     @classmethod
@@ -218,6 +236,14 @@ class IndexManifest:
 
     def write(self, fs: fsspec.AbstractFileSystem, version_path: str) -> None:
         write_json_atomic(fs, posixpath.join(version_path, MANIFEST), self.to_dict())
+
+
+def _lexical_info(data: dict[str, Any] | None) -> LexicalInfo | None:
+    if not data:
+        return None
+    info = LexicalInfo.from_dict(data)
+    check_file_name(info.stats)
+    return info
 
 
 def index_cache_dir() -> str:
