@@ -39,7 +39,7 @@ from embedlib.exceptions import RecallError, VectorError
 from embedlib.index.add import PartialResult, add_units, check_unique_ids, plan_units
 from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.layout import publish, staging_path
-from embedlib.index.lexical import check_language
+from embedlib.index.lexical import LexicalInfo, check_language
 from embedlib.index.lexical_build import write_lexical
 from embedlib.index.lock import index_lock
 from embedlib.index.merge import merge_shard
@@ -269,8 +269,7 @@ def build_from_source(
         )
         if fs.exists(posixpath.join(staging, PARTIALS)):  # object stores: gone once empty
             fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
-        manifest = _manifest(src, plan, metric, shards, options, tuning)
-        dataclasses.replace(manifest, lexical=lexical).write(fs, staging)
+        _manifest(src, plan, metric, shards, options, tuning, lexical).write(fs, staging)
         times["tune"] = time.perf_counter() - clock
         recall = tuning.recall_at_10 or 0.0
         if recall < options.target_recall and options.strict_recall:
@@ -322,6 +321,7 @@ def _manifest(
     shards: list[ShardEntry],
     options: IndexOptions,
     tuning: Tuning,
+    lexical: LexicalInfo | None,
 ) -> IndexManifest:
     return IndexManifest(
         factory=plan.factory,
@@ -337,4 +337,5 @@ def _manifest(
         memory_budget=options.memory_budget,
         tuning=tuning,
         chunking=src.chunking,
+        lexical=lexical,
     )

@@ -69,15 +69,17 @@ class QueryRow:
     found: dict[str, Pairs] = field(default_factory=dict)  # each ranking's kept pairs
     more: bool = False  # a ranking gave as many as asked: more may lie deeper
 
-    def tasks(self, params: Any) -> list[Task]:
+    def dense_task(self, params: SearchParams) -> SearchTask:
+        assert self.vector is not None
+        return SearchTask(self.vector[None, :], self.depth, params, self.options.filter or None)
+
+    def lexical_task(self) -> LexicalTask:
+        return LexicalTask((self.terms,), self.depth, self.options.filter or None)
+
+    def tasks(self, params: SearchParams) -> list[Task]:
         """This query's searches alone (a deeper round)."""
-        out: list[Task] = []
-        if self.vector is not None:
-            out.append(SearchTask(self.vector[None, :], self.depth, params,
-                                  self.options.filter or None))  # fmt: skip
-        if self.mode != DENSE:
-            out.append(LexicalTask((self.terms,), self.depth, self.options.filter or None))
-        return out
+        out: list[Task] = [self.dense_task(params)] if self.vector is not None else []
+        return out + ([self.lexical_task()] if self.mode != DENSE else [])
 
 
 @dataclass
@@ -250,20 +252,15 @@ class Searcher:
                 tasks.append(SearchTask(x, first.depth, self._params(first.options)))
                 members.append(dense)
             else:
-                groups = group_tasks([self._task(rows[n]) for n in dense])
+                groups = group_tasks(
+                    [rows[n].dense_task(self._params(rows[n].options)) for n in dense]
+                )
                 tasks += [t for _, t in groups]
                 members += [[dense[m] for m in ms] for ms, _ in groups]
         for n in lexical:
-            tasks.append(LexicalTask((rows[n].terms,), rows[n].depth,
-                                     rows[n].options.filter or None))  # fmt: skip
+            tasks.append(rows[n].lexical_task())
             members.append([n])
         return SearchPlan(rows, tasks, members, started)
-
-    def _task(self, row: QueryRow) -> SearchTask:
-        assert row.vector is not None
-        return SearchTask(
-            row.vector[None, :], row.depth, self._params(row.options), row.options.filter or None
-        )
 
     # -- the rounds -----------------------------------------------------------------------
 
