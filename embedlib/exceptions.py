@@ -62,6 +62,10 @@ class IndexLockedError(EmbedlibError):
     """Another writer holds the index's lock."""
 
 
+class LockLostError(IndexLockedError):
+    """This writer's lock was taken over (its heartbeat stalled): it must not publish."""
+
+
 class QueryError(EmbedlibError, ValueError):
     """A query the index cannot answer (unknown id, wrong dimension, bad parameters)."""
 

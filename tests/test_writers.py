@@ -5,6 +5,7 @@ gc leaving a live build's staging folder alone."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -126,3 +127,94 @@ def test_a_manifest_naming_files_outside_its_version_is_refused(tmp_path, vector
     path.write_text(json.dumps(manifest))
     with pytest.raises(ValueError, match="not a plain file name"):
         ShardedIndex(str(root))
+
+
+HOLDER = """
+import json, sys, time, fsspec
+from pathlib import Path
+from embedlib.exceptions import LockLostError
+from embedlib.index.layout import publish
+from embedlib.index.lock import index_lock
+root, go = sys.argv[1], Path(sys.argv[2])
+fs = fsspec.filesystem("file")
+staging = Path(root, "versions", ".staging-held")
+staging.mkdir(parents=True)
+(staging / "manifest.json").write_text("{}")
+with index_lock(fs, root, what="retrain", beat_s=0.2) as lease:
+    print("held", flush=True)
+    while not go.exists():
+        time.sleep(0.05)
+    try:
+        publish(fs, root, str(staging), lease)
+    except LockLostError as e:
+        print("lost:", e, flush=True)
+        sys.exit(3)
+"""
+
+
+def test_a_holder_that_lost_its_lock_cannot_publish(tmp_path):
+    """The holder is paused (SIGSTOP) past the stale timeout, another writer takes the lock
+    over; resumed, the holder's publish is refused by the fencing check."""
+    import signal
+
+    import fsspec
+
+    from embedlib.index.lock import LOCK, index_lock
+
+    root = tmp_path / "idx"
+    (root / "versions").mkdir(parents=True)
+    go = tmp_path / "go"
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(root), str(go)], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    proc.send_signal(signal.SIGSTOP)  # its heartbeat stops with it
+    try:
+        time.sleep(1.5)
+        fs = fsspec.filesystem("file")
+        with index_lock(fs, str(root), stale_after_s=1.0, what="update") as lease:
+            assert json.loads((root / LOCK).read_text())["token"] == lease.token
+            proc.send_signal(signal.SIGCONT)
+            go.touch()
+            out, _ = proc.communicate(timeout=60)
+            assert proc.returncode == 3, out
+            assert "lost the lock" in out
+            # the holder's exit left this writer's lock alone
+            assert json.loads((root / LOCK).read_text())["token"] == lease.token
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    assert list_versions(fs, str(root)) == [] and not (root / "CURRENT").exists()
+
+
+TAKER = """
+import os, sys, time, fsspec
+from embedlib.index.lock import index_lock
+root, log, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
+fs = fsspec.filesystem("file")
+while time.time() < start:
+    pass
+with index_lock(fs, root, wait_s=120, what="update"):
+    began = time.time()
+    time.sleep(0.5)
+    ended = time.time()
+with open(log, "a") as fh:
+    fh.write(f"{began} {ended}\\n")
+"""
+
+
+def test_a_stale_lock_is_taken_over_by_one_writer_at_a_time(tmp_path):
+    """Four processes find the same stale lock at the same instant: the takeover is a
+    compare-and-swap, so their holdings never overlap."""
+    root = tmp_path / "idx"
+    root.mkdir()
+    stale = {"token": "dead", "host": "gone", "pid": 1, "what": "update", "since": 0, "beat": 0}
+    (root / ".lock").write_text(json.dumps(stale))
+    log = tmp_path / "held.log"
+    start = str(time.time() + 4)
+    procs = [subprocess.Popen([sys.executable, "-c", TAKER, str(root), str(log), start], cwd=ROOT)
+             for _ in range(4)]  # fmt: skip
+    assert [p.wait(timeout=300) for p in procs] == [0, 0, 0, 0]
+    spans = sorted(tuple(map(float, line.split())) for line in log.read_text().splitlines())
+    assert len(spans) == 4
+    for (_, end), (begin, _) in itertools.pairwise(spans):
+        assert begin >= end  # one holder at a time
+    assert not (root / ".lock").exists() and not list(root.glob(".lock.takeover-*"))

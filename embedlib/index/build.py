@@ -41,7 +41,7 @@ from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.layout import publish, staging_path
 from embedlib.index.lexical import LexicalInfo, check_language
 from embedlib.index.lexical_build import write_lexical
-from embedlib.index.lock import index_lock
+from embedlib.index.lock import Lease, index_lock
 from embedlib.index.merge import merge_shard
 from embedlib.index.plan import IndexPlan, plan_index
 from embedlib.index.sources import VectorSource, open_sources
@@ -167,10 +167,10 @@ def build_from_source(
     run: RunOptions,
     echo: Callable[[str], None] | None = None,
     clock: float | None = None,
-    locked: bool = False,
+    lease: Lease | None = None,
 ) -> IndexReport:
     """`build_index` on vectors already opened (an index's own docs, for a retrain);
-    `locked`: the caller holds the index lock."""
+    `lease`: the index lock the caller holds."""
     say = echo or (lambda line: None)
     times: dict[str, float] = {}
     clock = clock if clock is not None else time.perf_counter()
@@ -278,11 +278,11 @@ def build_from_source(
                 f"{options.target_recall} (--strict-recall); nothing was published. Try a factory "
                 "with more lists or less compression, or a larger --memory-budget."
             )
-        if locked:  # the caller holds the index lock (a retrain)
-            version = publish(fs, root, staging)
+        if lease is not None:  # the caller holds the index lock (a retrain)
+            version = publish(fs, root, staging, lease)
         else:  # publish under the lock: never beside an update's or a gc's work
-            with index_lock(fs, root, wait_s=PUBLISH_WAIT_S, what="build"):
-                version = publish(fs, root, staging)
+            with index_lock(fs, root, wait_s=PUBLISH_WAIT_S, what="build") as held:
+                version = publish(fs, root, staging, held)
     except BaseException:
         if fs.exists(staging):
             fs.rm(staging, recursive=True)

@@ -24,7 +24,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from embedlib.exceptions import SourceError
-from embedlib.index.lock import create_exclusive
+from embedlib.index.lock import Lease, create_exclusive
 from embedlib.storage import MANIFEST, is_local
 
 CURRENT = "CURRENT"
@@ -89,12 +89,17 @@ def has_version(index: str, name: str, storage_options: dict[str, Any] | None = 
     )
 
 
-def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:
+def publish(
+    fs: fsspec.AbstractFileSystem, root: str, staging: str, lease: Lease | None = None
+) -> str:
     """Move a finished staging folder to a new version name and point CURRENT at it. The
     name is taken atomically (a rename that fails onto an existing version, or an
     exclusively created marker on object stores), so two publishers never share one;
     on object stores the manifest is copied last, so a version is complete once it has
-    one."""
+    one. With the writer's `lease`, the lock is checked (fencing) before the name is
+    taken and before CURRENT moves: a writer that lost the lock publishes nothing."""
+    if lease is not None:
+        lease.check()
     while True:
         name = next_version(fs, root)
         target = posixpath.join(versions_dir(root), name)
@@ -115,6 +120,8 @@ def publish(fs: fsspec.AbstractFileSystem, root: str, staging: str) -> str:
         fs.rm(marker)
         fs.rm(staging, recursive=True)
         break
+    if lease is not None:
+        lease.check()  # the version stays (complete, unpublished) for gc to remove
     tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
     fs.pipe(tmp, f"{name}\n".encode())
     fs.mv(tmp, posixpath.join(root, CURRENT))

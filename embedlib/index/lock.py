@@ -1,20 +1,32 @@
-"""A lock on an index root, so two updates never interleave.
+"""The lock on an index root that every writer (build publish, update, retrain, gc) holds.
 
 The lock is a file `INDEX/.lock` created only if absent: `O_CREAT | O_EXCL` on local and
-mounted filesystems, fsspec's exclusive create mode ("xb") elsewhere (object stores whose
-fsspec driver cannot create exclusively are refused: they would give no guarantee). It
-holds who took it and when; a lock older than `stale_after_s` is taken over (its holder
-is presumed dead), with a warning. Limits: NFS honours O_EXCL only on NFSv3+; clocks of
-the machines sharing the index must roughly agree for the stale timeout.
+mounted filesystems, fsspec's exclusive create mode ("xb", a conditional write on S3)
+elsewhere; object stores whose driver cannot create exclusively are refused. It holds a
+fencing token (random, one per holding), who took it, and a heartbeat: the holder
+rewrites it every `beat_s` while it works. A lock whose heartbeat is older than
+`stale_after_s` is presumed dead and taken over, atomically: the taker first creates
+`.lock.takeover-<digest of the stale record>` exclusively, so of two writers that see
+the same stale lock only one removes it. An empty or unreadable lock (a crash between
+create and write) is stale too, with a warning.
+
+Fencing: a holder whose heartbeat stalled (a paused process, a long GC) may find its
+lock taken over. `Lease.check()` reads the lock file and raises `LockLostError` unless it
+still holds this lease's token; `publish` calls it before it takes a version name and
+again before it moves CURRENT, so a holder that lost the lock cannot publish. Limits:
+NFS honours O_EXCL only on NFSv3+; clocks of the machines sharing an index must roughly
+agree (stale means heartbeat older than `stale_after_s` by the taker's clock).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import posixpath
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,11 +34,52 @@ from contextlib import contextmanager
 
 import fsspec
 
-from embedlib.exceptions import EmbedlibError, IndexLockedError
+from embedlib.exceptions import EmbedlibError, IndexLockedError, LockLostError
 from embedlib.storage import is_local
 
 LOCK = ".lock"
+BEAT_S = 10.0  # how often a holder rewrites its heartbeat
+STALE_AFTER_S = 120.0  # a heartbeat older than this: the holder is presumed dead
 log = logging.getLogger(__name__)
+
+
+class Lease:
+    """A held index lock: its fencing token, and the heartbeat that keeps it."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, record: dict[str, object]):
+        self.fs, self.path, self.record = fs, path, record
+        self.token = str(record["token"])
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+
+    def check(self) -> None:
+        """Raise `LockLostError` unless the lock file still holds this lease's token."""
+        holder = _read(self.fs, self.path)
+        if holder.get("token") != self.token:
+            self.lost.set()
+            raise LockLostError(
+                f"this {self.record.get('what')} lost the lock of {posixpath.dirname(self.path)!r} "
+                f"(its heartbeat stalled past the stale timeout and another writer took it over: "
+                f"now {holder.get('what', 'nobody')} on host {holder.get('host')}); nothing was "
+                "published. Run it again."
+            )
+
+    def beat(self) -> None:
+        """Rewrite the heartbeat, if the lock is still this lease's."""
+        try:
+            self.check()
+        except LockLostError:
+            log.error("the index lock %r was taken over: this writer cannot publish", self.path)
+            return
+        self.record["beat"] = time.time()
+        _write(self.fs, self.path, json.dumps(self.record).encode())
+
+    def _beat_until_stopped(self, every_s: float) -> None:
+        while not self._stop.wait(every_s) and not self.lost.is_set():
+            try:
+                self.beat()
+            except OSError as e:  # a storage hiccup: the next beat tries again
+                log.warning("could not refresh the index lock %r: %s", self.path, e)
 
 
 @contextmanager
@@ -35,56 +88,85 @@ def index_lock(
     root: str,
     *,
     wait_s: float = 0.0,
-    stale_after_s: float = 3600.0,
+    stale_after_s: float = STALE_AFTER_S,
+    beat_s: float = BEAT_S,
     what: str = "update",
-) -> Iterator[str]:
-    """Hold the lock of the index at `root` for the block; wait up to `wait_s` for it."""
+) -> Iterator[Lease]:
+    """Hold the lock of the index at `root` for the block (waiting up to `wait_s` for it),
+    with a heartbeat every `beat_s`; yields the `Lease` to check before publishing."""
     path = posixpath.join(root, LOCK)
-    token = uuid.uuid4().hex
-    body = json.dumps(
-        {
-            "token": token,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "what": what,
-            "since": time.time(),
-        }
-    ).encode()
+    now = time.time()
+    record: dict[str, object] = {"token": uuid.uuid4().hex, "host": socket.gethostname(),
+                                 "pid": os.getpid(), "what": what, "since": now, "beat": now}  # fmt: skip
     deadline = time.monotonic() + wait_s
-    while not create_exclusive(fs, path, body):
-        holder = _read(fs, path)
-        age = time.time() - float(str(holder.get("since", 0)))
+    while not create_exclusive(fs, path, json.dumps(record).encode()):
+        raw = _cat(fs, path)
+        if raw is None:
+            continue  # released meanwhile
+        holder = _parse(raw, path)
+        age = time.time() - float(str(holder.get("beat", holder.get("since", 0))))
         if age > stale_after_s:
-            log.warning("taking over a stale index lock (%.0f s old): %s", age, holder)
-            fs.rm(path)
+            _take_over(fs, path, raw, holder, age, stale_after_s)
             continue
         if time.monotonic() >= deadline:
             raise IndexLockedError(
                 f"the index {root!r} is locked by another {holder.get('what', 'update')} "
-                f"(host {holder.get('host')}, pid {holder.get('pid')}, {age:.0f} s ago); run "
-                f"again when it is done, or pass a wait. A lock older than {stale_after_s:.0f} s "
-                f"is taken over; remove {path!r} by hand only if that process is gone."
+                f"(host {holder.get('host')}, pid {holder.get('pid')}, heartbeat {age:.0f} s "
+                "ago); run again when it is done, or pass a wait. A lock whose heartbeat is "
+                f"older than {stale_after_s:.0f} s is taken over."
             )
         time.sleep(0.2)
+    lease = Lease(fs, path, record)
+    beating = threading.Thread(target=lease._beat_until_stopped, args=(beat_s,), daemon=True)
+    beating.start()
     try:
-        yield token
+        yield lease
     finally:
-        if _read(fs, path).get("token") == token:
+        lease._stop.set()
+        beating.join()
+        if _read(fs, path).get("token") == lease.token:
             fs.rm(path)
+
+
+def _take_over(
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    raw: bytes,
+    holder: dict[str, object],
+    age: float,
+    stale_after_s: float,
+) -> None:
+    """Remove the stale lock `raw`, if this caller wins the exclusive takeover record
+    (and the lock still holds `raw` then); another taker's win leaves it to them."""
+    marker = f"{path}.takeover-{hashlib.sha256(raw).hexdigest()[:16]}"
+    if not create_exclusive(fs, marker, b""):
+        if _age(fs, marker) > stale_after_s:  # a taker died mid-takeover
+            fs.rm(marker)
+        time.sleep(0.2)
+        return
+    try:
+        if _cat(fs, path) == raw:
+            log.warning("taking over a stale index lock (heartbeat %.0f s old): %s", age, holder)
+            fs.rm(path)
+    finally:
+        fs.rm(marker)
 
 
 def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> bool:
     """Create `path` holding `body` only if it is absent; whether this call created it."""
     if is_local(fs):
+        # written whole beside it, then hard-linked in place: link() refuses an existing
+        # name, and the file is never seen empty (a reader would take it for stale)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(body)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(tmp, path)
         except FileExistsError:
             return False
-        except FileNotFoundError:  # its folder does not exist yet
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            return create_exclusive(fs, path, body)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(body)
+        finally:
+            os.remove(tmp)
         return True
     try:
         with fs.open(path, "xb") as fh:
@@ -100,14 +182,44 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> b
     return True
 
 
-def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, object]:
+def _write(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
+    """Replace the lock's record whole (a reader never sees half of it)."""
+    if is_local(fs):
+        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+        with open(tmp, "wb") as fh:
+            fh.write(body)
+        os.replace(tmp, path)
+    else:
+        fs.pipe(path, body)  # object stores replace an object whole
+
+
+def _cat(fs: fsspec.AbstractFileSystem, path: str) -> bytes | None:
+    try:
+        return bytes(fs.cat(path))
+    except FileNotFoundError:
+        return None
+
+
+def _age(fs: fsspec.AbstractFileSystem, path: str) -> float:
+    try:
+        info = fs.info(path)
+    except FileNotFoundError:
+        return 0.0
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or time.time()
+    return time.time() - (stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp))
+
+
+def _parse(raw: bytes, path: str) -> dict[str, object]:
     """The lock's record; an empty or unreadable one (a crash between create and write)
     reads as taken at time 0, so it is stale and taken over, with a warning."""
     try:
-        data = json.loads(fs.cat(path))
-    except FileNotFoundError:
-        return {}
+        data = json.loads(raw)
     except ValueError:
         log.warning("the index lock %r is empty or unreadable: taking it over as stale", path)
-        return {"since": 0, "what": "unknown holder"}
-    return data if isinstance(data, dict) else {}
+        return {"since": 0, "beat": 0, "what": "unknown holder"}
+    return data if isinstance(data, dict) else {"since": 0, "beat": 0}
+
+
+def _read(fs: fsspec.AbstractFileSystem, path: str) -> dict[str, object]:
+    raw = _cat(fs, path)
+    return {} if raw is None else _parse(raw, path)

@@ -144,7 +144,7 @@ def update_index(
     start = time.perf_counter()
     fs, root = url_to_fs(index, **run.storage_options)
     root = root.rstrip("/")
-    with index_lock(fs, root, wait_s=wait_s):
+    with index_lock(fs, root, wait_s=wait_s) as lease:
         version_path = resolve(fs, root)
         previous = posixpath.basename(version_path)
         manifest = IndexManifest.read(fs, version_path)
@@ -198,7 +198,7 @@ def update_index(
             stats = {"added": len(added), "changed": len(changed), "deleted": len(deleted),
                      "kept": kept}  # fmt: skip
             replace(new_manifest, updated_from=previous, update=stats).write(fs, staging)
-            version = publish(fs, root, staging)
+            version = publish(fs, root, staging, lease)
         except BaseException:
             if fs.exists(staging):
                 fs.rm(staging, recursive=True)
@@ -512,7 +512,7 @@ def retrain_index(
     run = run or RunOptions()
     fs, root = url_to_fs(index, **run.storage_options)
     root = root.rstrip("/")
-    with index_lock(fs, root, what="retrain"):
+    with index_lock(fs, root, what="retrain") as lease:
         version_path = resolve(fs, root)
         manifest = IndexManifest.read(fs, version_path)
         options = options or IndexOptions(
@@ -534,7 +534,7 @@ def retrain_index(
         src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
                            manifest.metric, manifest.text_column, [source],
                            manifest.chunking)  # fmt: skip
-        return build_from_source(src, index, options=options, run=run, echo=echo, locked=True)
+        return build_from_source(src, index, options=options, run=run, echo=echo, lease=lease)
 
 
 def gc_versions(
