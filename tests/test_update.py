@@ -249,3 +249,32 @@ def test_an_hnsw_index_is_refused_before_any_work(versions, tmp_path):
         update_index(index, v2, run=LOCAL)
     assert not (tmp_path / "idx" / "_updates").exists()
     assert ShardedIndex(index).version.name == "v-00001"
+
+
+def test_a_metadata_only_upsert_is_applied_without_embedding(versions, tmp_path):
+    """Same text, new metadata: the documents keep their vectors (nothing embedded), their
+    metadata changes (filters see it), a column left out becomes null, and an upsert
+    that changes nothing publishes nothing."""
+    import pyarrow as pa
+
+    root, (v1, _v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat", shards=2),
+                run=LOCAL)  # fmt: skip
+    before = ShardedIndex(index)
+    text = {r["id"]: r["text"] for r in map(json.loads, Path(v1).read_text().splitlines())}
+    old = before.search_text([text["d7"]], k=1, include=["vector", "metadata"])[0][0]
+    assert old.id == "d7" and old.metadata == {"n": len(text["d7"])}
+    upserts = pa.table({"id": ["d7", "d8"], "text": [text["d7"], text["d8"]], "n": [-1, None]})
+    report = update_index(index, upserts=upserts, delta=True, run=LOCAL)
+    assert (report.version, report.changed, report.embedded, report.added) == ("v-00002", 2, 0, 0)
+    after = ShardedIndex(index)
+    hit = after.search_text([text["d7"]], k=1, include=["vector", "metadata"])[0][0]
+    assert hit.id == "d7" and hit.metadata == {"n": -1}
+    np.testing.assert_array_equal(hit.vector, old.vector)
+    assert after.search_text([text["d7"]], k=3, filter={"n": -1})[0][0].id == "d7"
+    d8 = after.search_text([text["d8"]], k=1, include=["metadata"])[0][0]
+    assert d8.id == "d8" and d8.metadata.get("n") is None
+    assert after.manifest.ntotal == before.manifest.ntotal
+    again = update_index(index, upserts=upserts, delta=True, run=LOCAL)
+    assert again.version is None and again.changed == 0

@@ -34,6 +34,7 @@ import faiss
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
@@ -46,7 +47,7 @@ from embedlib.embedding_set import EmbeddingSet
 from embedlib.encode import backend_for
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
 from embedlib.index.build import IndexOptions, IndexReport, build_from_source
-from embedlib.index.docs import IID
+from embedlib.index.docs import IID, NOT_METADATA
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.layout import list_versions, publish, resolve, staging_path, versions_dir
 from embedlib.index.lexical_build import write_lexical
@@ -167,9 +168,12 @@ def update_index(
                 "nothing was changed"
             )
         deleted = sorted(gone - new_hash.keys())
-        kept = len(known) - len(deleted) - len(changed)
+        same_text = {i for i in incoming.ids if i in known and known[i] == new_hash[i]}
+        restamped = _restamped(fs, version_path, manifest, incoming, same_text, text_column)
         todo = set(added) | set(changed)
-        if not todo and not deleted:
+        changed += sorted(restamped)
+        kept = len(known) - len(deleted) - len(changed)
+        if not todo and not deleted and not restamped:
             return UpdateReport(index, previous, None, 0, 0, 0, kept, 0,
                                 time.perf_counter() - start)  # fmt: skip
         vectors, rows = (
@@ -177,6 +181,10 @@ def update_index(
             if todo
             else (np.zeros((0, manifest.dim), np.float32), None)
         )
+        if restamped:  # metadata changed, text not: the rows move with their vectors
+            vectors = np.concatenate([vectors, vectors_of(restamped.rows.column(VECTOR))])
+            rows = pa.concat_tables([t for t in (rows, restamped.rows) if t is not None],
+                                    promote_options="permissive")  # fmt: skip
         remove = {iid for i in [*deleted, *changed] for iid in current[i][0]}
         next_iid = 1 + max((iid for iids, _ in current.values() for iid in iids), default=-1)
         staging = staging_path(root)
@@ -266,6 +274,64 @@ def _current_docs(
             else:
                 found[0].append(int(iid))
     return out
+
+
+@dataclass
+class _Restamped:
+    """Documents whose text is unchanged but whose metadata the update changes: their docs
+    rows (chunks included, vectors as indexed) carrying the new metadata."""
+
+    ids: list[str]
+    rows: pa.Table
+
+    def __bool__(self) -> bool:
+        return bool(self.ids)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.ids)
+
+
+def _restamped(
+    fs: fsspec.AbstractFileSystem,
+    version_path: str,
+    manifest: IndexManifest,
+    incoming: _Incoming,
+    same_text: set[str],
+    text_column: str,
+) -> _Restamped:
+    """The documents of `same_text` whose incoming metadata differs from the indexed one
+    (an upsert replaces a document whole: a column it leaves out becomes null)."""
+    none = _Restamped([], pa.table({}))
+    if not same_text:
+        return none
+    wanted = pa.array(sorted(same_text), pa.string())
+    new = pa.concat_tables(incoming.rows, promote_options="permissive")
+    new = new.filter(pc.is_in(new.column(ID), value_set=wanted))
+    new_meta = {
+        row.pop(ID): {k: v for k, v in row.items() if k != text_column and v is not None}
+        for row in new.to_pylist()
+    }
+    parts = []
+    for shard in manifest.shards:
+        with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
+            table = pq.read_table(fh)
+        parts.append(table.filter(pc.is_in(table.column(ID), value_set=wanted)))
+    old = pa.concat_tables(parts, promote_options="permissive")
+    meta = [c for c in old.column_names if c not in (*NOT_METADATA, text_column)]
+    old_meta = {
+        row.pop(ID): {k: v for k, v in row.items() if v is not None}
+        for row in old.select([ID, *meta]).to_pylist()
+    }
+    ids = sorted(i for i, m in old_meta.items() if m != new_meta[i])
+    if not ids:
+        return none
+    rows = old.filter(pc.is_in(old.column(ID), value_set=pa.array(ids, pa.string())))
+    rows = rows.drop_columns([IID, *meta])
+    row_ids = rows.column(ID).to_pylist()
+    for name in [c for c in new.column_names if c not in (ID, text_column)]:
+        values = [new_meta[i].get(name) for i in row_ids]
+        rows = rows.append_column(name, pa.array(values, new.schema.field(name).type))
+    return _Restamped(ids, rows)
 
 
 def _read_incoming(

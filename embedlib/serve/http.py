@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
@@ -155,8 +156,10 @@ class GatewayRoute(APIRoute):
                 )
             except Exception as e:  # every error becomes a JSON answer (CancelledError passes)
                 response = _render(e, settings.request_timeout_s)
-                if response.status_code == 500:
-                    log.exception("request to %s failed", path)
+                if response is None:  # unexpected: the log keeps it, the client gets an id
+                    error_id = uuid.uuid4().hex[:16]
+                    log.exception("request to %s failed: error id %s", path, error_id)
+                    response = _internal_error(error_id)
             settings.metrics.observe(path, response.status_code, time.perf_counter() - start)
             return response
 
@@ -215,7 +218,16 @@ def _replay(body: bytes) -> Callable[[], Coroutine[Any, Any, Message]]:
     return receive
 
 
-def _render(e: Exception, timeout_s: float) -> Response:
+def _internal_error(error_id: str) -> Response:
+    """A 500 that says only an error id; the log holds the traceback under it (exception
+    text can carry paths, data or a remote replica's traceback)."""
+    return error_response(
+        500, "internal_error", f"internal error; the server's log holds it as error id {error_id}"
+    )
+
+
+def _render(e: Exception, timeout_s: float) -> Response | None:
+    """The answer for an expected error; None for any other (a 500)."""
     if isinstance(e, ApiError):
         return error_response(e.status, e.code, e.message)
     if isinstance(e, RequestValidationError):
@@ -235,7 +247,7 @@ def _render(e: Exception, timeout_s: float) -> Response:
         return error_response(422, "invalid_query", str(cause))
     if isinstance(e, HTTPException):
         return error_response(e.status_code, "http_error", str(e.detail))
-    return error_response(500, "internal_error", f"{type(e).__name__}: {e}")
+    return None
 
 
 def validation_message(errors: Any) -> str:
