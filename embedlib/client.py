@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -111,6 +112,40 @@ class Client:
         """Items for `user` from a served recommender: results, and `fallback` ("popular",
         with a `reason`) for a user it has never seen."""
         return dict(self._call("/v1/recommend", {"user": user, "k": k}))
+
+    def upsert(
+        self, documents: Sequence[dict[str, Any]], *, wait: bool = True, wait_s: float = 600.0
+    ) -> dict[str, Any]:
+        """Add or replace documents ({"id", "text", "metadata"}); with `wait`, return the
+        finished write (ClientError if it failed), else the accepted one (`write_id`)."""
+        accepted = self._call("/v1/upsert", {"documents": list(documents)})
+        return self.wait_for_write(accepted["write_id"], wait_s) if wait else dict(accepted)
+
+    def delete(
+        self, ids: Sequence[str], *, wait: bool = True, wait_s: float = 600.0
+    ) -> dict[str, Any]:
+        """Remove documents by id; `wait` as `upsert` takes it."""
+        accepted = self._call("/v1/delete", {"ids": list(ids)})
+        return self.wait_for_write(accepted["write_id"], wait_s) if wait else dict(accepted)
+
+    def write(self, write_id: str) -> dict[str, Any]:
+        """A write's state (GET /v1/writes/{id})."""
+        return dict(self._call(f"/v1/writes/{write_id}"))
+
+    def wait_for_write(self, write_id: str, wait_s: float = 600.0) -> dict[str, Any]:
+        """Poll a write until it is done (the app serves its version, or it changed
+        nothing); ClientError when it failed or took longer than `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            record = self.write(write_id)
+            if record["status"] == "done":
+                return record
+            if record["status"] == "failed":
+                error = record.get("error") or {}
+                raise ClientError(422, error.get("code", "write_failed"), error.get("message", ""))
+            if time.monotonic() > deadline:
+                raise ClientError(504, "timeout", f"write {write_id} not done after {wait_s:g}s")
+            time.sleep(0.25)
 
     def info(self) -> dict[str, Any]:
         """What the server serves: model, dim, metric, ntotal, shards, recall at build."""

@@ -14,7 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import EmbedOptions, RunOptions, embed_corpus
+from embedlib import Client, EmbedOptions, RunOptions, embed_corpus
+from embedlib.exceptions import ClientError
 from embedlib.index import ShardedIndex, build_index
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -569,31 +570,95 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
             time.sleep(0.5)
         return False
 
+    def finished(write_id: str) -> dict:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            status, body = _request(f"/upd/v1/writes/{write_id}")
+            assert status == 200, body
+            if body["status"] in ("done", "failed"):
+                return body
+            time.sleep(0.3)
+        raise AssertionError(f"write {write_id} did not finish")
+
     done, failures = threading.Event(), []
     thread = threading.Thread(target=_query_until(done, failures, "/upd"))
     thread.start()
     try:
         new = {"id": "9", "text": "volcanoes erupt with lava and ash", "metadata": {"lang": "en"}}
         status, body = _request("/upd/v1/upsert", {"documents": [new]})
-        assert status == 202, body
-        assert (body["added"], body["version"]) == (1, "v-00002")
-        assert switched_to("v-00002")
+        assert status == 202 and body["status"] in ("queued", "running"), body
+        assert body["status_url"] == f"/v1/writes/{body['write_id']}"
+        record = finished(body["write_id"])
+        assert (record["status"], record["added"], record["version"]) == ("done", 1, "v-00002")
+        assert record["switched"] and switched_to("v-00002")
         status, body = _request("/upd/v1/search", {"query": "lava from a volcano", "k": 1})
         assert body["results"][0]["id"] == "9" and body["results"][0]["metadata"] == {"lang": "en"}
-        status, body = _request("/upd/v1/delete", {"ids": ["9", "2"]})
-        assert status == 202 and body["deleted"] == 2, body
-        assert switched_to("v-00003")
+        # two writes at once, their clients gone: both applied in turn, the newest served
+        first = _request("/upd/v1/delete", {"ids": ["9", "2"]})[1]["write_id"]
+        relabel = {**new, "id": "5", "text": DOCS[5][1], "metadata": {"lang": "it"}}
+        second = _request("/upd/v1/upsert", {"documents": [relabel]})[1]["write_id"]
+        assert finished(first)["deleted"] == 2
+        record = Client(f"http://127.0.0.1:{PORT}/upd", KEY).wait_for_write(second, 120)
+        assert (record["changed"], record["version"]) == (1, "v-00004")  # metadata only
+        assert switched_to("v-00004")
         status, body = _request("/upd/v1/search", {"query": "lava from a volcano", "k": 10})
         assert {"9", "2"}.isdisjoint(r["id"] for r in body["results"])
-        status, body = _request("/upd/v1/delete", {"ids": ["nope"]})
-        assert status == 422 and "not in the index" in body["error"]["message"]
+        status, body = _request("/upd/v1/search", {"query": "bread", "k": 1,
+                                                   "filter": {"lang": "it"}})  # fmt: skip
+        assert [r["id"] for r in body["results"]] == ["5"]
+        with pytest.raises(ClientError, match="not in the index") as failed:
+            Client(f"http://127.0.0.1:{PORT}/upd", KEY).delete(["nope"], wait_s=120)
+        assert failed.value.code == "invalid_update"
+        assert _request("/upd/v1/writes/unknown")[0] == 404
         status, body = _request("/upd/v1/upsert", {"documents": [new]}, key=None)
         assert status == 401
+        status, text = _request("/upd/metrics")
+        assert 'embedlib_version_events_total{event="write_failed"} 1' in text
+        assert 'embedlib_version_events_total{event="switched"} 3' in text
     finally:
         done.set()
         thread.join()
         serve.delete("upd")
     assert failures == []
+
+
+def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_path):
+    """Without a server key, write and admin routes are 403; a body not sent as JSON is a
+    415; a version damaged under the server (a docs table removed) answers 500 with an
+    error id only, never the exception's text or a path."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t, _, _ in DOCS)
+    )
+    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name="nokey",
+                        route_prefix="/nokey"), name="nokey", route_prefix="/nokey")  # fmt: skip
+    try:
+        doc = {"id": "9", "text": "lava", "metadata": {}}
+        for path, body in (("/v1/upsert", {"documents": [doc]}), ("/v1/delete", {"ids": ["1"]}),
+                           ("/v1/admin/reload", {}), ("/v1/writes/x", None)):  # fmt: skip
+            status, answer = _request("/nokey" + path, body, key=None)
+            assert status == 403 and answer["error"]["code"] == "key_required", (path, answer)
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{PORT}/nokey/v1/search", data=b'{"query": "shoes"}',
+            headers={"Content-Type": "text/plain"},
+        )  # fmt: skip
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=30)
+        assert refused.value.code == 415
+        for docs in (tmp_path / "idx" / "versions" / "v-00001").glob("docs-*.parquet"):
+            docs.unlink()
+        status, body = _request("/nokey/v1/search", {"query": "shoes", "k": 2}, key=None)
+        assert status == 500 and body["error"]["code"] == "internal_error", body
+        message = body["error"]["message"]
+        assert "error id" in message and "docs-" not in message and str(tmp_path) not in message
+        assert _request("/nokey/healthz", key=None)[0] == 200
+    finally:
+        serve.delete("nokey")
 
 
 def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, served):
@@ -690,9 +755,6 @@ def test_reload_switches_to_a_new_version_without_dropping_requests(served):
 def test_python_client_and_query_command(served):
     import subprocess
     import sys
-
-    from embedlib import Client
-    from embedlib.exceptions import ClientError
 
     client = Client(f"http://127.0.0.1:{PORT}", api_key=KEY)
     assert client.search("buy cheap shoes", k=1)[0]["id"] == "2"

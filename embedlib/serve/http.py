@@ -155,11 +155,11 @@ class GatewayRoute(APIRoute):
                     handler(OrjsonRequest(request.scope, receive)), settings.request_timeout_s
                 )
             except Exception as e:  # every error becomes a JSON answer (CancelledError passes)
-                response = _render(e, settings.request_timeout_s)
-                if response is None:  # unexpected: the log keeps it, the client gets an id
+                expected = _render(e, settings.request_timeout_s)
+                if expected is None:  # unexpected: the log keeps it, the client gets an id
                     error_id = uuid.uuid4().hex[:16]
                     log.exception("request to %s failed: error id %s", path, error_id)
-                    response = _internal_error(error_id)
+                response = expected or _internal_error(error_id)
             settings.metrics.observe(path, response.status_code, time.perf_counter() - start)
             return response
 

@@ -371,14 +371,42 @@ class RecommendResponse(BaseModel):
     timing_ms: dict[str, float] | None = None
 
 
-class WriteResponse(BaseModel):
-    version: str | None = Field(description="the version published; null when nothing changed")
-    previous: str
-    added: int
-    changed: int
-    deleted: int
-    switching: bool
-    warnings: list[str]
+class WriteAccepted(BaseModel):
+    """A write taken: it runs outside the serving replicas; follow it at `status_url`."""
+
+    write_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    status_url: str
+    submitted_at: float
+    documents: int
+    deletes: int
+
+
+class WriteError(BaseModel):
+    code: str
+    message: str
+
+
+class WriteStatus(BaseModel):
+    """A write's state. Once `done`: the version it published (null when nothing
+    changed), its counts, and whether the app switched to it (a write's switch goes only
+    forward: an older version than the one served is not deployed)."""
+
+    write_id: str
+    status: Literal["queued", "running", "done", "failed"]
+    submitted_at: float
+    documents: int
+    deletes: int
+    finished_at: float | None = None
+    version: str | None = None
+    previous: str | None = None
+    added: int | None = None
+    changed: int | None = None
+    deleted: int | None = None
+    warnings: list[str] = []
+    switched: bool | None = None
+    switch_error: str | None = None
+    error: WriteError | None = None
 
 
 class ReloadRequest(BaseModel):

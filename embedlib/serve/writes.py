@@ -1,22 +1,46 @@
-"""Index writes asked over HTTP (/v1/upsert, /v1/delete), run as Ray work outside the
-serving replica: the update embeds the new documents and rewrites the shards it
-touches, which is heavier than any search and must not hold a replica's CPU or memory.
+"""Index writes asked over HTTP (/v1/upsert, /v1/delete) and version switches, kept
+outside the serving replicas.
+
+A `VersionKeeper` (one detached Ray actor per served application, zero CPUs) owns both:
+- **writes**: `submit` records a write under an id and returns at once (the route
+  answers 202 with it; GET /v1/writes/{id} reports it). The keeper runs the writes one
+  after another, each as a Ray task (`apply_write`: the update embeds the new documents
+  and rewrites the shards it touches, heavier than any search), and switches the app to
+  the version a write published, whether or not its client is still there;
+- **switches**: every deploy of another version (a write's, a reload's, `--watch`'s)
+  goes through `switch`, one at a time. A write's switch goes only forward: a slower
+  write that published v-5 never replaces v-6 already served.
+A replica that is replaced mid-write (the switch itself replaces them) loses nothing:
+the keeper is not a replica.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayError, RayTaskError
 
 from embedlib.distributed import use_worker_env
+from embedlib.exceptions import EmbedlibError, IndexLockedError
 from embedlib.index.update import UpdateReport, update_index
 from embedlib.options import RunOptions
 from embedlib.serve.config import AppOptions
 
+log = logging.getLogger(__name__)
 WRITE_CPUS = 1.0  # the update task embeds: one CPU of the cluster's
+WRITE_LOCK_WAIT_S = 600.0  # a write waits this long for another writer of the index
+WRITES_KEPT = 1000  # finished writes remembered for GET /v1/writes/{id}
+NAMESPACE = "embedlib"
 
 
 def apply_write(
@@ -42,17 +66,148 @@ def apply_write(
     )  # fmt: skip
 
 
-async def submit_write(
-    options: AppOptions,
-    documents: list[dict[str, Any]],
-    deletes: list[str],
-    text_column: str,
-    wait_s: float,
-) -> UpdateReport:
-    """Run `apply_write` as a Ray task and wait for it; its errors are raised here."""
-    task = ray.remote(apply_write).options(num_cpus=WRITE_CPUS, max_retries=0)
-    try:
-        report: UpdateReport = await task.remote(options, documents, deletes, text_column, wait_s)
-    except RayTaskError as e:
-        raise (e.cause if e.cause is not None else e) from None
-    return report
+def keeper_name(options: AppOptions) -> str:
+    """The keeper's actor name: the application's name and its index."""
+    return f"keeper-{options.app_name}-{hashlib.sha256(options.index.encode()).hexdigest()[:12]}"
+
+
+def version_number(name: str) -> int:
+    return int(name.rsplit("-", 1)[-1])
+
+
+class VersionKeeper:
+    """The writes and version switches of one served application (see the module)."""
+
+    def __init__(self, options: AppOptions, served: str, switch: Callable[[str], None]) -> None:
+        self.options, self.served, self._switch = options, served, switch
+        self.writes: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.counts: Counter[str] = Counter()
+        self._write_lock = asyncio.Lock()
+        self._switch_lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, documents: list[dict[str, Any]], deletes: list[str], text_column: str
+    ) -> dict[str, Any]:
+        """Record a write and start it; its record (status "queued")."""
+        write_id = uuid.uuid4().hex
+        record: dict[str, Any] = {"write_id": write_id, "status": "queued",
+                                  "submitted_at": time.time(), "documents": len(documents),
+                                  "deletes": len(deletes)}  # fmt: skip
+        self.writes[write_id] = record
+        while len(self.writes) > WRITES_KEPT:
+            oldest = next(iter(self.writes))
+            if self.writes[oldest]["status"] in ("queued", "running"):
+                break
+            del self.writes[oldest]
+        task = asyncio.get_running_loop().create_task(
+            self._run(record, documents, deletes, text_column)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return dict(record)
+
+    async def status(self, write_id: str) -> dict[str, Any] | None:
+        record = self.writes.get(write_id)
+        return None if record is None else dict(record)
+
+    async def switch(self, version: str, forward_only: bool = True) -> bool:
+        """Deploy `version` (one switch at a time); with `forward_only`, only if it is
+        newer than the served one. Whether it deployed."""
+        async with self._switch_lock:
+            if version == self.served or (
+                forward_only and version_number(version) < version_number(self.served)
+            ):
+                return False
+            try:
+                await asyncio.to_thread(self._switch, version)
+            except Exception:
+                self.counts["switch_failed"] += 1
+                raise
+            self.served = version
+            self.counts["switched"] += 1
+            return True
+
+    async def note(self, event: str) -> None:
+        """Count an event of the application's version keeping (e.g. a --watch failure)."""
+        self.counts[event] += 1
+
+    async def stats(self) -> dict[str, Any]:
+        """The served version and the keeper's counters (for /metrics)."""
+        return {"served": self.served, "counts": dict(self.counts)}
+
+    async def _run(
+        self,
+        record: dict[str, Any],
+        documents: list[dict[str, Any]],
+        deletes: list[str],
+        text_column: str,
+    ) -> None:
+        async with self._write_lock:
+            record["status"] = "running"
+            task = ray.remote(apply_write).options(num_cpus=WRITE_CPUS, max_retries=0)
+            try:
+                report: UpdateReport = await task.remote(
+                    self.options, documents, deletes, text_column, WRITE_LOCK_WAIT_S
+                )
+            except RayTaskError as e:
+                self._failed(record, e.cause if e.cause is not None else e)
+                return
+            except RayError as e:  # its worker or node died
+                self._failed(record, e)
+                return
+        record.update(
+            version=report.version, previous=report.previous, added=report.added,
+            changed=report.changed, deleted=report.deleted, warnings=report.warnings,
+            switched=False,
+        )  # fmt: skip
+        if report.version is not None:
+            try:
+                record["switched"] = await self.switch(report.version, forward_only=True)
+            except Exception as e:  # the version is published; the app could not switch
+                error_id = uuid.uuid4().hex[:16]
+                log.exception("switching to %s failed: error id %s", report.version, error_id)
+                record["switch_error"] = f"{type(e).__name__}; the log holds it as {error_id}"
+        record.update(status="done", finished_at=time.time())  # a waiting client reads on
+        self.counts["write_done"] += 1
+
+    def _failed(self, record: dict[str, Any], error: BaseException) -> None:
+        if isinstance(error, IndexLockedError):
+            code, message = "locked", str(error)
+        elif isinstance(error, EmbedlibError):
+            code, message = "invalid_update", str(error)
+        else:
+            error_id = uuid.uuid4().hex[:16]
+            log.error("write %s failed: error id %s", record["write_id"], error_id,
+                      exc_info=error)  # fmt: skip
+            code, message = "internal_error", f"the write failed; the log holds it as {error_id}"
+        record.update(status="failed", finished_at=time.time(),
+                      error={"code": code, "message": message})  # fmt: skip
+        self.counts["write_failed"] += 1
+
+
+KeeperActor = ray.remote(num_cpus=0, max_restarts=0)(VersionKeeper)
+
+
+def keeper(options: AppOptions, served: str, switch: Callable[[str], None]) -> Any:
+    """The application's keeper, started (detached) if it is not running."""
+    return KeeperActor.options(
+        name=keeper_name(options), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(options, served, switch)
+
+
+def stop_keeper(options: AppOptions) -> None:
+    """Stop the application's keeper, if one runs."""
+    with contextlib.suppress(ValueError):  # none runs
+        ray.kill(ray.get_actor(keeper_name(options), namespace=NAMESPACE))
+
+
+def keeper_metrics(stats: dict[str, Any]) -> str:
+    """The keeper's counters in Prometheus' text format."""
+    lines = [
+        "# HELP embedlib_version_events_total Writes and version switches of the application.",
+        "# TYPE embedlib_version_events_total counter",
+    ]
+    for event, n in sorted(stats["counts"].items()):
+        lines.append(f'embedlib_version_events_total{{event="{event}"}} {n}')
+    return "\n".join(lines) + "\n"
