@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from embedlib.cache import cache_root
+from embedlib.cache import cache_root, private_dir
 from embedlib.exceptions import ModelConversionError
 from embedlib.models import ModelFingerprint, fingerprint_of, load_model, resolve_model_path
 from embedlib.stdlib_docs import stdlib_corpus
@@ -71,6 +71,7 @@ def converted_model(model: str, precision: Precision) -> ConvertedModel:
         cache_root() / "openvino" / f"{folder.name}-{precision}-{_cache_key(folder, precision)}"
     )
     if not (target / "meta.json").is_file():
+        private_dir(cache_root())
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
         try:

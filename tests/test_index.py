@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import signal
+import stat
 import subprocess
 import threading
 import time
@@ -19,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import ModelMismatchError, RunOptions
+from embedlib.cache import FileCache
 from embedlib.exceptions import IndexPlanError, VectorError
 from embedlib.index import IndexOptions, ShardedIndex, build_index, plan_index
 from embedlib.index.plan import parse_bytes
@@ -360,10 +362,16 @@ def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
     )
     embed_corpus(f"{url}/c.jsonl", f"{url}/emb", options=EmbedOptions(), run=LOCAL)
     build_index(f"{url}/emb", f"{url}/idx", run=LOCAL)
-    index = ShardedIndex(f"{url}/idx", cache_dir=str(tmp_path / "cache"))
+    cache = FileCache(tmp_path / "cache", budget_bytes=10**9)
+    index = ShardedIndex(f"{url}/idx", cache=cache)
     assert index.manifest.text_model is True
     hits = index.search_text(["how to train a neural net"], 1)[0]
     assert hits[0].text == "machine learning tutorial" and hits[0].id == "c.jsonl:1"
+    # the cache: private, its files named by the checksums the manifest lists
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    entry = index.manifest.shards[0]
+    assert f"{entry.sha256}-{entry.file}" in cached and not [c for c in cached if c[0] == "."]
     np.save(tmp_path / "v.npy", np.eye(4, dtype=np.float32))
     build_index(str(tmp_path / "v.npy"), str(tmp_path / "vidx"), run=LOCAL)
     with pytest.raises(QueryError, match="without a text model"):

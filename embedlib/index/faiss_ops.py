@@ -137,15 +137,12 @@ def _inner_index(index: faiss.Index) -> faiss.Index:
     return index
 
 
-def local_copy(fs: fsspec.AbstractFileSystem, path: str, cache_dir: str) -> str:
-    """A local path for `path`: itself on a local filesystem, else a cached copy."""
+def local_copy(fs: fsspec.AbstractFileSystem, path: str, folder: str) -> str:
+    """A local path for `path`: itself on a local filesystem, else a copy in `folder` (a
+    temporary folder of the caller's, removed with its work)."""
     if is_local(fs):
         return path
-    os.makedirs(cache_dir, exist_ok=True)
-    target = os.path.join(cache_dir, path.strip("/").replace("/", "__"))
+    target = os.path.join(folder, path.strip("/").replace("/", "__"))
     if not os.path.exists(target):
-        fd, tmp = tempfile.mkstemp(dir=cache_dir)
-        os.close(fd)
-        fs.get(path, tmp)
-        os.replace(tmp, target)
+        fs.get(path, target)
     return target

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from embedlib.cache import FileCache
 from embedlib.encode import TextEncoder, query_encoder
 from embedlib.exceptions import NoTextModelError
 from embedlib.index.docs import DocsLookup, ShardDocs
@@ -74,10 +75,10 @@ class ShardedIndex:
         *,
         version: str | None = None,
         storage_options: dict[str, Any] | None = None,
-        cache_dir: str | None = None,
+        cache: FileCache | None = None,
     ) -> None:
         self.version = IndexVersion(
-            path, version=version, storage_options=storage_options, cache_dir=cache_dir
+            path, version=version, storage_options=storage_options, cache=cache
         )
         numbers = range(len(self.version.manifest.shards))
         docs = open_docs(self.version, numbers)

@@ -14,7 +14,6 @@ retraining) reads the manifest through `IndexManifest` and opens shard files thr
 
 from __future__ import annotations
 
-import os
 import posixpath
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -24,14 +23,14 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from embedlib._version import __version__
-from embedlib.cache import cache_root
-from embedlib.index.faiss_ops import local_copy, read_index_mmap
+from embedlib.cache import FileCache
+from embedlib.index.faiss_ops import read_index_mmap
 from embedlib.index.layout import resolve, versions_dir
 from embedlib.index.lexical import LexicalInfo, LexicalStats, ShardPostings
 from embedlib.index.plan import IndexPlan
 from embedlib.models import ModelFingerprint
 from embedlib.options import Metric
-from embedlib.storage import MANIFEST, read_json, utc_now, write_json_atomic
+from embedlib.storage import MANIFEST, is_local, read_json, utc_now, write_json_atomic
 
 INDEX_FORMAT = "embedlib.index"
 INDEX_FORMAT_VERSION = 1
@@ -239,11 +238,6 @@ def _lexical_info(data: dict[str, Any] | None) -> LexicalInfo | None:
     return info
 
 
-def index_cache_dir() -> str:
-    """Where shard files of remote indexes are copied to be memory-mapped."""
-    return os.fspath(cache_root() / "index")
-
-
 class IndexVersion:
     """A published index version, opened for reading: the index root (the version
     CURRENT names, or `version`) or a version folder, on any fsspec URL."""
@@ -254,7 +248,7 @@ class IndexVersion:
         *,
         version: str | None = None,
         storage_options: dict[str, Any] | None = None,
-        cache_dir: str | None = None,
+        cache: FileCache | None = None,
     ) -> None:
         self.fs, root = url_to_fs(path, **(storage_options or {}))
         root = root.rstrip("/")
@@ -262,7 +256,7 @@ class IndexVersion:
             posixpath.join(versions_dir(root), version) if version else resolve(self.fs, root)
         )
         self.manifest = IndexManifest.read(self.fs, self.path)
-        self.cache_dir = cache_dir or index_cache_dir()
+        self.cache = cache or FileCache()
 
     @property
     def name(self) -> str:
@@ -276,22 +270,29 @@ class IndexVersion:
     def file(self, name: str) -> str:
         return posixpath.join(self.path, name)
 
+    def local(self, name: str, sha256: str) -> str:
+        """A local path of one of the version's files: itself on a local filesystem, else
+        its copy in the cache (verified against `sha256` when it enters)."""
+        if is_local(self.fs):
+            return self.file(name)
+        return self.cache.get(self.fs, self.file(name), sha256)
+
     def open_shard(self, shard: int) -> faiss.Index:
         """A serving shard's index, IVF lists memory-mapped (a remote file is copied to
         the local cache first)."""
         entry = self.manifest.shards[shard]
-        return read_index_mmap(local_copy(self.fs, self.file(entry.file), self.cache_dir))
+        return read_index_mmap(self.local(entry.file, entry.sha256))
 
     def open_postings(self, shard: int) -> ShardPostings | None:
         """A serving shard's BM25 postings (None: the index has no lexical part)."""
         entry, info = self.manifest.shards[shard], self.manifest.lexical
         if info is None or entry.lexical is None:
             return None
-        return ShardPostings(local_copy(self.fs, self.file(entry.lexical), self.cache_dir), info)
+        return ShardPostings(self.local(entry.lexical, entry.lexical_sha256 or ""), info)
 
     def open_lexical_stats(self) -> LexicalStats | None:
         """The corpus-wide BM25 statistics (None: the index has no lexical part)."""
         info = self.manifest.lexical
         if info is None:
             return None
-        return LexicalStats(local_copy(self.fs, self.file(info.stats), self.cache_dir), info)
+        return LexicalStats(self.local(info.stats, info.stats_sha256), info)
