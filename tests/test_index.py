@@ -376,3 +376,28 @@ def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
     build_index(str(tmp_path / "v.npy"), str(tmp_path / "vidx"), run=LOCAL)
     with pytest.raises(QueryError, match="without a text model"):
         ShardedIndex(str(tmp_path / "vidx")).search_text(["anything"])
+
+
+def test_a_selective_filter_reads_only_the_row_groups_of_its_rows(tmp_path):
+    """An exact filtered search over 20,000 rows in 3 row groups, matching rows of one
+    group: only that group's vectors are read (and kept for the next request), and the
+    answer equals brute force over the matching rows."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    x = rng.standard_normal((n, 16)).astype(np.float32)
+    tag = np.where(np.arange(n) >= 17_000, "late", "early")
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "tag": tag,
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), 16)})  # fmt: skip
+    pq.write_table(table, tmp_path / "v.parquet")
+    build_index(str(tmp_path / "v.parquet"), str(tmp_path / "idx"),
+                options=IndexOptions(factory="Flat", metric="l2"), run=LOCAL)  # fmt: skip
+    index = ShardedIndex(str(tmp_path / "idx"))
+    docs = index.shards.shards[0].docs
+    assert len(docs.group_starts) - 1 == 3  # 8192-row groups
+    q = rng.standard_normal((2, 16)).astype(np.float32)
+    hits = index.search(q, 5, filter={"tag": "late"})
+    late = np.arange(17_000, n)
+    for row, query in zip(hits, q, strict=True):
+        want = late[np.argsort(((x[late] - query) ** 2).sum(1))[:5]]
+        assert [h.id for h in row] == [f"r{i}" for i in want]
+    assert sorted(docs._vector_groups) == [2]  # the group of rows 16384..20000 only

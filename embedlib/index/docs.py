@@ -11,6 +11,7 @@ vector, and the result rows of a search ({"id", "score"} plus what the query ask
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ IID = "_iid"  # the FAISS id of a row, in the docs tables
 ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the rows
 NOT_METADATA = (IID, ID, VECTOR, TEXT_HASH, *CHUNK_COLUMNS)  # columns that are not metadata
 CACHED_GROUPS = 64  # row groups of text/vectors kept per shard
+VECTOR_CACHE_BYTES = 128 * 1024 * 1024  # vectors of filtered rows' row groups kept per shard
 
 
 class ShardDocs:
@@ -53,6 +55,7 @@ class ShardDocs:
         self.ids: pa.Array = table.column(ID).combine_chunks()
         self._metadata: pa.Table | None = None
         self._groups: dict[int, dict[str, list[Any]]] = {}
+        self._vector_groups: OrderedDict[int, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -85,10 +88,37 @@ class ShardDocs:
         return out
 
     def vectors(self, positions: np.ndarray) -> np.ndarray:
-        """The indexed vectors at `positions`, read from their row groups."""
+        """The indexed vectors at `positions` (an exact filtered search's rows), read from
+        the row groups that hold them only, those kept for the next request (up to
+        VECTOR_CACHE_BYTES per table, least recently used dropped)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        groups = np.searchsorted(self.group_starts, positions, side="right") - 1
+        out: np.ndarray | None = None
+        for g in np.unique(groups).tolist():
+            block = self._group_vectors(g)
+            if out is None:
+                out = np.empty((len(positions), block.shape[1]), np.float32)
+            here = groups == g
+            out[here] = block[positions[here] - int(self.group_starts[g])]
+        return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def _group_vectors(self, g: int) -> np.ndarray:
+        with self._lock:
+            block = self._vector_groups.get(g)
+            if block is not None:
+                self._vector_groups.move_to_end(g)
+                return block
         with self.fs.open(self.path, "rb") as fh:
-            table = pq.read_table(fh, columns=[VECTOR]).take(pa.array(positions))
-        return vectors_of(table.column(VECTOR))
+            table = pq.ParquetFile(fh).read_row_group(g, columns=[VECTOR])
+        block = np.ascontiguousarray(vectors_of(table.column(VECTOR)), dtype=np.float32)
+        with self._lock:
+            self._vector_groups[g] = block
+            while (
+                len(self._vector_groups) > 1
+                and sum(b.nbytes for b in self._vector_groups.values()) > VECTOR_CACHE_BYTES
+            ):
+                self._vector_groups.popitem(last=False)
+        return block
 
     def _group(self, g: int) -> dict[str, list[Any]]:
         with self._lock:

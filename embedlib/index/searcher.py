@@ -393,7 +393,11 @@ class Searcher:
         """Answer `queries` with an asynchronous encoder and shard search."""
         started = time.perf_counter()
         texts = self.texts(queries)
-        plan = self.plan(queries, await encode(texts) if texts else None, started=started)
+        vectors = await encode(texts) if texts else None
+        if any(q.positive or q.negative for q in queries):  # items by id: docs reads
+            plan = await asyncio.to_thread(self.plan, queries, vectors, started=started)
+        else:
+            plan = self.plan(queries, vectors, started=started)
         return await self.drive_async(plan, search)
 
     def drive(self, plan: SearchPlan, search: Callable[[Task], TaskResult]) -> Answers:

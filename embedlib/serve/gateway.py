@@ -64,6 +64,7 @@ from embedlib.serve.schemas import (
 )
 from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
 
+EMBED_SLICE = 64  # /v1/embeddings encodes this many texts per call
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
     for status, what in (
@@ -208,7 +209,9 @@ class Gateway:
                 422, "validation_error", f"dimensions must be {self.manifest.dim} for this model"
             )
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
-        vectors = await self.placement.encode(texts)
+        # in slices: a request that times out stops at the next slice, freeing the model
+        vectors = np.concatenate([await self.placement.encode(texts[a : a + EMBED_SLICE])
+                                  for a in range(0, len(texts), EMBED_SLICE)])  # fmt: skip
         tokens = await self.placement.count_tokens(texts)
         data = []
         for n, v in enumerate(vectors):

@@ -62,7 +62,9 @@ class LocalPlacement:
         return await asyncio.to_thread(encode_batches, self.index.query_model(), batches)
 
     async def count_tokens(self, texts: list[str]) -> int:
-        return int(self.index.query_model().token_lengths(texts).sum())
+        """Tokens of `texts` (off the event loop: up to 2M characters to tokenize)."""
+        model = self.index.query_model()
+        return int((await asyncio.to_thread(model.token_lengths, texts)).sum())
 
     async def search(self, task: Task) -> tuple[np.ndarray, np.ndarray]:
         if self._inline(task):
