@@ -31,7 +31,7 @@ from embedlib.embed_job import embed_corpus
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.build import build_index
 from embedlib.index.update import gc_versions, retrain_index, update_index
-from embedlib.serve.config import api_key_from_env
+from embedlib.serve.config import api_key_from_env, collection_specs
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -99,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from embedlib.serve.app import serve_index
 
     serve_index(
-        args.index,
+        collections=collection_specs(args.index, args.default),
         host=args.host,
         port=args.port,
         address=args.address,
@@ -116,8 +116,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
-    client = Client(args.url, api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY"))
-    results = client.search(args.text, k=args.k)
+    client = Client(
+        args.url,
+        api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY"),
+        collection=args.collection,
+    )
+    results = client.search(args.text, k=args.k, mode=args.mode)
     print(f"{'#':>3}  {'score':>7}  {'id':<30}  text")
     for n, r in enumerate(results, 1):
         text = " ".join(str(r.get("text", "")).split())
@@ -195,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", help="the query text")
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--api-key", help="API key (default: EMBEDLIB_API_KEY)")
+    p.add_argument("--collection", help="the collection to search (default: the server's default)")
+    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="default: the server's")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser(
         "demo", help="embed the Python stdlib docs, index them, answer queries, serve the index"

@@ -280,7 +280,15 @@ def add_update_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib serve` and `jobs/serve_index.py`."""
-    p.add_argument("index", help="index root (serves the version CURRENT names)")
+    p.add_argument(
+        "index",
+        nargs="+",
+        help="index root (serves the version CURRENT names), or several as NAME=PATH: named "
+        "collections behind one server (a bare path is named after its folder)",
+    )
+    p.add_argument(
+        "--default", help="the collection the un-prefixed routes address (default: the first)"
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000)")
     p.add_argument(

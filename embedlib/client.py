@@ -6,6 +6,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from typing import Any
@@ -16,12 +17,27 @@ from embedlib.exceptions import ClientError
 
 
 class Client:
-    """Talk to `embedlib serve` at `url` (e.g. http://127.0.0.1:8000)."""
+    """Talk to `embedlib serve` at `url` (e.g. http://127.0.0.1:8000); searches and writes
+    address `collection` (None: the server's default collection)."""
 
-    def __init__(self, url: str, api_key: str | None = None, *, timeout_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        timeout_s: float = 60.0,
+        collection: str | None = None,
+    ) -> None:
         self.url = url.rstrip("/")
         self.api_key = api_key
         self.timeout_s = timeout_s
+        self.collection = collection
+
+    def _at(self, route: str) -> str:
+        """`/v1/ROUTE` of the collection addressed."""
+        if self.collection is None:
+            return f"/v1/{route}"
+        return f"/v1/collections/{urllib.parse.quote(self.collection, safe='')}/{route}"
 
     def _call(self, path: str, body: dict[str, Any] | None = None) -> Any:
         headers = {"Content-Type": "application/json"}
@@ -71,11 +87,11 @@ class Client:
             body["exclude"] = list(exclude)
         body.update(_given(passages=passages, group=group, mode=mode, rrf_k=rrf_k,
                            alpha=alpha, explain=explain))  # fmt: skip
-        return list(self._call("/v1/search", body)["results"])
+        return list(self._call(self._at("search"), body)["results"])
 
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         """Several searches in one request; each query is a /v1/search body."""
-        return list(self._call("/v1/search/batch", {"queries": list(queries)})["results"])
+        return list(self._call(self._at("search/batch"), {"queries": list(queries)})["results"])
 
     def search_vectors(
         self,
@@ -96,7 +112,7 @@ class Client:
             "include": list(include),
             **_given(filter=filter, nprobe=nprobe, ef_search=ef_search),
         }
-        return list(self._call("/v1/search/batch", body)["results"])
+        return list(self._call(self._at("search/batch"), body)["results"])
 
     def embed(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
         """Vectors of `texts` from the served model, shape (n, d)."""
@@ -118,14 +134,14 @@ class Client:
     ) -> dict[str, Any]:
         """Add or replace documents ({"id", "text", "metadata"}); with `wait`, return the
         finished write (ClientError if it failed), else the accepted one (`write_id`)."""
-        accepted = self._call("/v1/upsert", {"documents": list(documents)})
+        accepted = self._call(self._at("upsert"), {"documents": list(documents)})
         return self.wait_for_write(accepted["write_id"], wait_s) if wait else dict(accepted)
 
     def delete(
         self, ids: Sequence[str], *, wait: bool = True, wait_s: float = 600.0
     ) -> dict[str, Any]:
         """Remove documents by id; `wait` as `upsert` takes it."""
-        accepted = self._call("/v1/delete", {"ids": list(ids)})
+        accepted = self._call(self._at("delete"), {"ids": list(ids)})
         return self.wait_for_write(accepted["write_id"], wait_s) if wait else dict(accepted)
 
     def write(self, write_id: str) -> dict[str, Any]:
@@ -150,6 +166,10 @@ class Client:
     def info(self) -> dict[str, Any]:
         """What the server serves: model, dim, metric, ntotal, shards, recall at build."""
         return dict(self._call("/v1/indexes"))
+
+    def collections(self) -> list[dict[str, Any]]:
+        """The served collections, the default first (GET /v1/collections)."""
+        return list(self._call("/v1/collections")["collections"])
 
 
 def _search_body(

@@ -3,6 +3,8 @@ on torch or on OpenVINO (fp32: the same vectors, faster; int8: quantized, fastes
 
 from __future__ import annotations
 
+import json
+import threading
 from dataclasses import replace
 from typing import Any
 
@@ -166,6 +168,25 @@ def query_encoder(fingerprint: ModelFingerprint) -> TextEncoder:
         encoder.fingerprint, what="the index", other_what="the query encoder"
     )
     return encoder
+
+
+class QueryModels:
+    """Query encoders by model fingerprint, shared by the indexes that agree on it: one
+    model in memory per distinct fingerprint (several collections in one server)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, TextEncoder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, fingerprint: ModelFingerprint) -> TextEncoder:
+        key = json.dumps(fingerprint.to_dict(), sort_keys=True)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = query_encoder(fingerprint)
+            return self._models[key]
+
+    def __len__(self) -> int:
+        return len(self._models)
 
 
 def encode_batches(encoder: TextEncoder, batches: list[list[str]]) -> list[np.ndarray]:

@@ -148,3 +148,16 @@ def test_the_typed_manifests_keep_every_field(index, tmp_path):
     old = {**stored, "format_version": 1, "shards": stored["parts"]}
     del old["parts"]
     assert EmbeddingSetManifest.from_dict(old).parts == eset.manifest.parts
+
+
+def test_indexes_of_one_model_share_one_query_model(index):
+    """Collections in one server hold one query model per distinct fingerprint."""
+    from embedlib.encode import QueryModels
+
+    models = QueryModels()
+    root = index.version.url.rsplit("/versions/", 1)[0]
+    a = ShardedIndex(root, query_models=models)
+    b = ShardedIndex(root, query_models=models)
+    assert a.query_model() is b.query_model() and len(models) == 1
+    assert ShardedIndex(root).query_model() is not a.query_model()  # not shared unless asked
+    np.testing.assert_allclose(a.encode_text(["a note"]), index.encode_text(["a note"]), atol=1e-6)

@@ -349,7 +349,8 @@ def test_api_key_health_readiness_info_and_metrics(served):
     assert info["indexes"][0]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert _request("/v1/search", raw=b"x" * (17 * 1024 * 1024))[0] == 413
     status, text = _request("/metrics")
-    assert status == 200 and 'embedlib_requests_total{route="/v1/search",status="401"}' in text
+    assert status == 200
+    assert 'embedlib_requests_total{route="/v1/search",collection="idx",status="401"}' in text
 
 
 def test_openai_client_gets_the_models_embeddings(served):
@@ -897,3 +898,85 @@ def test_watch_keeps_serving_through_a_broken_version_and_moves_on(tmp_path):
     assert watcher.next_version() is None and watcher.failures == 0
     build_index(str(tmp_path / "v.parquet"), str(root), run=LOCAL)
     assert watcher.next_version() == published_version(str(root)) != "v-00001"
+
+
+def test_named_collections_behind_one_server(served, tmp_path):
+    """Three collections in one app (two text indexes of one model, GloVe words): each
+    answers its own queries at /v1/collections/NAME/..., the un-prefixed routes answer the
+    default, an unknown name is a 404 naming those that exist, the two text collections
+    share one Encoder, metrics are labelled by collection, and a write to one collection
+    moves only its version."""
+    import shutil
+    import subprocess
+    import sys
+
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+    from embedlib.serve.config import collection_specs
+    from embedlib.word_vectors import PACKAGED_GLOVE, import_word_vectors
+
+    shutil.copytree(served, tmp_path / "docs2")
+    import_word_vectors(PACKAGED_GLOVE, str(tmp_path / "glove"), limit=20_000)
+    build_index(str(tmp_path / "glove"), str(tmp_path / "words"), run=LOCAL)
+    specs = collection_specs(
+        [f"words={tmp_path / 'words'}", f"docs={served}", str(tmp_path / "docs2")], "docs"
+    )
+    assert [s.name for s in specs] == ["docs", "words", "docs2"]  # the default first
+    serve.run(build_app(collections=specs, api_key=KEY, placement="grouped", searcher_cpus=0.05,
+                        encoder_cpus=0.1, app_name="multi", route_prefix="/multi"),
+              name="multi", route_prefix="/multi")  # fmt: skip
+    try:
+        status, body = _request("/multi/v1/collections")
+        assert status == 200 and body["default"] == "docs"
+        info = {c["name"]: c for c in body["collections"]}
+        assert list(info) == ["docs", "words", "docs2"]
+        assert info["words"]["text_model"] is False and info["words"]["dim"] == 50
+        assert info["docs"]["modes"] == ["dense", "lexical", "hybrid"]
+        query = {"query": "how to train a neural net", "k": 3}
+        want = [h.id for h in ShardedIndex(str(served)).search_text([query["query"]], 3)[0]]
+        for path in ("/multi/v1/search", "/multi/v1/collections/docs/search",
+                     "/multi/v1/collections/docs2/search"):  # fmt: skip
+            status, body = _request(path, query)
+            assert status == 200 and [r["id"] for r in body["results"]] == want
+        status, body = _request("/multi/v1/collections/words/search",
+                                {"positive": ["king", "woman"], "negative": ["man"], "k": 1})  # fmt: skip
+        assert status == 200 and body["results"][0]["id"] == "queen"
+        status, body = _request("/multi/v1/collections/nope/search", query)
+        assert status == 404 and body["error"]["code"] == "no_such_collection"
+        assert "docs, docs2, words" in body["error"]["message"]
+        deployments = serve.status().applications["multi"].deployments
+        assert sorted(n for n in deployments if n.startswith("Encoder")) == ["Encoder"]
+        status, text = _request("/multi/metrics")
+        assert 'route="/v1/collections/{collection}/search",collection="words",status="200"' in text
+        assert 'collection="unknown",status="404"' in text
+        url = f"http://127.0.0.1:{PORT}/multi"
+        hits = Client(url, KEY, collection="words").search(positive=["paris", "germany"],
+                                                          negative=["france"], k=1)  # fmt: skip
+        assert hits[0]["id"] == "berlin"
+        out = subprocess.run(
+            [sys.executable, "-m", "embedlib.cli", "query", url, "cheap shoes", "-k", "1",
+             "--collection", "docs2", "--api-key", KEY],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert out.returncode == 0 and "buy cheap shoes" in out.stdout, out.stderr
+        before = info["docs"]["version"]
+        record = Client(url, KEY, collection="docs2").upsert(
+            [{"id": "v1", "text": "volcanoes erupt with lava", "metadata": {}}], wait_s=180
+        )
+        assert record["status"] == "done" and record["switched"], record
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            versions = {
+                c["name"]: c["version"] for c in _request("/multi/v1/collections")[1]["collections"]
+            }
+            if versions["docs2"] == record["version"]:
+                break
+            time.sleep(0.5)
+        assert versions == {"docs": before, "words": "v-00001", "docs2": record["version"]}
+        status, body = _request("/multi/v1/collections/docs2/search", {"query": "lava", "k": 1})
+        assert body["results"][0]["id"] == "v1"
+        status, body = _request("/multi/v1/search", {"query": "lava", "k": 1})
+        assert body["results"][0]["id"] != "v1"  # the default collection is unchanged
+    finally:
+        serve.delete("multi")

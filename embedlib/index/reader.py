@@ -10,14 +10,13 @@ on request the text, metadata and vector.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from embedlib.cache import FileCache
-from embedlib.encode import TextEncoder, query_encoder
+from embedlib.encode import QueryModels, TextEncoder
 from embedlib.exceptions import NoTextModelError
 from embedlib.index.docs import DocsLookup, ShardDocs
 from embedlib.index.faiss_ops import merge_topk, search_params
@@ -76,6 +75,7 @@ class ShardedIndex:
         version: str | None = None,
         storage_options: dict[str, Any] | None = None,
         cache: FileCache | None = None,
+        query_models: QueryModels | None = None,
     ) -> None:
         self.version = IndexVersion(
             path, version=version, storage_options=storage_options, cache=cache
@@ -85,8 +85,7 @@ class ShardedIndex:
         self.docs = DocsLookup(docs, self.manifest.text_column)
         self.shards = open_shard_set(self.version, numbers, docs)
         self.searcher = Searcher(self.manifest, self.docs, self.version.open_lexical_stats())
-        self._encoder: TextEncoder | None = None
-        self._encoder_lock = threading.Lock()
+        self._models = query_models or QueryModels()  # shared: one model per fingerprint
 
     @property
     def manifest(self) -> IndexManifest:
@@ -164,11 +163,7 @@ class ShardedIndex:
     def query_model(self) -> TextEncoder:
         """The index's own model, for query text (loaded on first use, checked against
         the index's fingerprint)."""
-        fingerprint = require_text_model(self.manifest)
-        with self._encoder_lock:
-            if self._encoder is None:
-                self._encoder = query_encoder(fingerprint)
-            return self._encoder
+        return self._models.get(require_text_model(self.manifest))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """Query vectors for `texts`, made with the index's own model."""

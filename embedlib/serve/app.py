@@ -13,12 +13,13 @@ or SIGTERM and then stops everything it started. `app_builder` lets `serve run` 
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -32,7 +33,15 @@ from embedlib.distributed import ensure_ray
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.index.layout import published_version
 from embedlib.index.version import IndexVersion
-from embedlib.serve.config import INGRESSES, AppOptions, GatewayConfig, Ingress, api_key_from_env
+from embedlib.serve.config import (
+    INGRESSES,
+    AppOptions,
+    CollectionSpec,
+    GatewayConfig,
+    Ingress,
+    ServedVersion,
+    api_key_from_env,
+)
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
 from embedlib.serve.writes import keeper, stop_keeper
@@ -54,45 +63,63 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives this resource to the 
 MAX_ONGOING_REQUESTS = 256
 
 
-def build_app(index: str, *, version: str | None = None, **options: Any) -> Application:
+def build_app(index: str = "", *, version: str | None = None, **options: Any) -> Application:
     """The Serve application for an index (`AppOptions` says how): the version named
     (under the index root), else the version CURRENT names, or a version folder given as
-    `index`. With `recommender` (a folder `embedlib recommend train` wrote; `index` is
-    its item index) the app also answers POST /v1/recommend."""
-    return _build(AppOptions(index=index, **options), version)
+    `index`; or for several named indexes (`collections=`, each at CURRENT). With
+    `recommender` (a folder `embedlib recommend train` wrote; `index` is its item index)
+    the app also answers POST /v1/recommend."""
+    app_options = AppOptions(index=index, **options)
+    return _build(app_options, {app_options.default: version} if version else {})
 
 
-def _build(options: AppOptions, version: str | None) -> Application:
-    served = IndexVersion(options.index, version=version, storage_options=options.storage_options)
-    n_shards = len(served.manifest.shards)
+def _build(options: AppOptions, versions: Mapping[str, str | None]) -> Application:
+    """The application serving each collection at the version named in `versions` (else
+    at CURRENT's). Collections whose model fingerprints agree share one Encoder."""
     deployment_options: dict[str, Any] = {
         "num_replicas": options.replicas,
         "max_ongoing_requests": MAX_ONGOING_REQUESTS,
         "ray_actor_options": {"num_cpus": options.searcher_cpus},
     }
-    groups: list[tuple[str, list[int]]] = []
-    if options.placement == "per-shard":
-        groups = [(f"ShardSearcher{s}", [s]) for s in range(n_shards)]
-    elif options.placement == "grouped":
-        groups = [("ShardSearcher", list(range(n_shards)))]
     searcher = serve.deployment()(ShardSearcher)
-    searchers = [
-        searcher.options(name=name, **deployment_options).bind(
-            served.url, shards, options.storage_options
+    encoders: dict[str, Any] = {}  # model fingerprint -> its bound Encoder
+    served, parts = [], {}
+    for spec in options.collections:
+        opened = IndexVersion(
+            spec.index, version=versions.get(spec.name), storage_options=options.storage_options
         )
-        for name, shards in groups
-    ]
-    encoder = None
-    if served.manifest.text_model and options.placement != "gateway":  # "gateway" holds the model
-        encoder = (
-            serve.deployment()(Encoder)
-            .options(
-                num_replicas=1,
-                max_ongoing_requests=MAX_ONGOING_REQUESTS,
-                ray_actor_options={"num_cpus": options.encoder_cpus},
+        served.append(ServedVersion(spec.name, opened.name, opened.url))
+        n_shards = len(opened.manifest.shards)
+        prefix = "" if len(options.collections) == 1 else f"{spec.name}-"
+        groups: list[tuple[str, list[int]]] = []
+        if options.placement == "per-shard":
+            groups = [(f"{prefix}ShardSearcher{s}", [s]) for s in range(n_shards)]
+        elif options.placement == "grouped":
+            groups = [(f"{prefix}ShardSearcher", list(range(n_shards)))]
+        searchers = [
+            searcher.options(name=name, **deployment_options).bind(
+                opened.url, shards, options.storage_options
             )
-            .bind(served.manifest.model)
-        )
+            for name, shards in groups
+        ]
+        encoder = None
+        model = opened.manifest.model
+        # "gateway" holds the models in the gateway replicas (one per fingerprint)
+        if opened.manifest.text_model and model is not None and options.placement != "gateway":
+            key = json.dumps(model.to_dict(), sort_keys=True)
+            if key not in encoders:
+                encoders[key] = (
+                    serve.deployment()(Encoder)
+                    .options(
+                        name="Encoder" if not encoders else f"Encoder{len(encoders)}",
+                        num_replicas=1,
+                        max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                        ray_actor_options={"num_cpus": options.encoder_cpus},
+                    )
+                    .bind(model)
+                )
+            encoder = encoders[key]
+        parts[spec.name] = (searchers, encoder)
     if options.placement == "gateway":
         # The gateway searches the shards itself: one hop per query. Its replicas are the
         # searchers, so they are as many as asked and may run on any node.
@@ -105,16 +132,16 @@ def _build(options: AppOptions, version: str | None) -> Application:
             "max_ongoing_requests": MAX_ONGOING_REQUESTS,
             "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         }
-    config = GatewayConfig(options, served.name, served.url)
+    config = GatewayConfig(options, tuple(served))
     gateway = serve.deployment()(GatewayIngress).options(name="Gateway", **gateway_options)
-    return gateway.bind(config, searchers, encoder, partial(redeploy, options))
+    return gateway.bind(config, parts, partial(redeploy, options))
 
 
-def redeploy(options: AppOptions, version: str) -> None:
-    """Deploy the application again for `version` (under its name and route prefix).
-    Serve replaces the replicas one by one (new ones ready before old ones go), so no
-    request is dropped."""
-    serve.run(_build(options, version), name=options.app_name, route_prefix=options.route_prefix)
+def redeploy(options: AppOptions, versions: Mapping[str, str]) -> None:
+    """Deploy the application again for `versions` (each collection's; under its name and
+    route prefix). Serve replaces the replicas one by one (new ones ready before old ones
+    go), so no request is dropped."""
+    serve.run(_build(options, versions), name=options.app_name, route_prefix=options.route_prefix)
 
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
@@ -185,10 +212,13 @@ class VersionWatcher:
 
 def app_builder(args: dict[str, Any]) -> Application:
     """For Serve config files: `import_path: embedlib.serve.app:app_builder` with
-    `args: {index: PATH, replicas: 1, placement: gateway}`; the API key comes from
+    `args: {index: PATH, replicas: 1, placement: gateway}`, or `collections: {docs: PATH,
+    words: PATH}` (the first is the default) in place of `index`; the API key comes from
     EMBEDLIB_API_KEY."""
+    named = args.get("collections") or {}
     return build_app(
-        str(args["index"]),
+        str(args.get("index", "")),
+        collections=tuple(CollectionSpec(str(k), str(v)) for k, v in named.items()),
         replicas=int(args.get("replicas", 1)),
         placement=args.get("placement", "gateway"),
         api_key=args.get("api_key") or api_key_from_env(),
@@ -255,7 +285,7 @@ def _is_local_instance(ray: Any) -> bool:
 
 
 def serve_index(
-    index: str,
+    index: str = "",
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -270,12 +300,16 @@ def serve_index(
 ) -> None:
     """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
     `detach`, return once it is ready and leave it running on the cluster). With `watch`,
-    follow the index's CURRENT pointer: a new version is deployed without downtime.
+    follow each collection's CURRENT pointer: a new version is deployed without downtime.
+    `index`, or `collections=` (`CollectionSpec`s, the default first) for several.
     `after_ready` is called with the base URL once the application answers. `ingress`
     "haproxy" runs Serve's high-throughput mode when this call starts Serve (a Serve
     already running on the cluster keeps the mode it was started with)."""
     options = AppOptions(index=index, **app_options)
-    served = servable_version(index, None, options.storage_options)  # before Ray starts
+    served = {  # before Ray starts: a mistyped path fails in seconds
+        c.name: servable_version(c.index, None, options.storage_options)
+        for c in options.collections
+    }
     if options.api_key is None and host not in LOOPBACK:
         log.warning("serving on %s without an API key: anyone who reaches the port can "
                     "search; set EMBEDLIB_API_KEY", host)  # fmt: skip
@@ -293,26 +327,36 @@ def serve_index(
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(_build(options, served), name=options.app_name, route_prefix=options.route_prefix)
-        on_ready(f"serving {index} ({served}) at http://{host}:{port} (Ctrl-C to stop)")
+        what = ", ".join(f"{c.name}={c.index} ({served[c.name]})" for c in options.collections)
+        on_ready(f"serving {what} at http://{host}:{port} (Ctrl-C to stop)")
         if after_ready is not None:
             after_ready(f"http://{host}:{port}")
         if detach:
             return
-        switcher = keeper(options, served, partial(redeploy, options))
-        watcher = VersionWatcher(index, served, options.storage_options,
-                                 notify=lambda event: switcher.note.remote(event))  # fmt: skip
+
+        def switcher() -> Any:  # started on first use: an idle server runs no keeper
+            return keeper(options, served, partial(redeploy, options))
+
+        def note(event: str) -> None:
+            switcher().note.remote(event)
+
+        watchers = {
+            c.name: VersionWatcher(c.index, served[c.name], options.storage_options, note)
+            for c in options.collections
+        }
         while not stop.wait(watch_interval_s if watch else 0.5):
-            if watch and (now := watcher.next_version()) is not None:
-                on_ready(
-                    f"CURRENT moved from {watcher.served} to {now}: switching without downtime"
-                )
+            for name, watcher in watchers.items() if watch else ():
+                if (now := watcher.next_version()) is None:
+                    continue
+                on_ready(f"{name}: CURRENT moved from {watcher.served} to {now}: switching "
+                         "without downtime")  # fmt: skip
                 try:  # through the keeper, one switch at a time with writes' switches
-                    ray.get(switcher.switch.remote(now, False))
+                    ray.get(switcher().switch.remote(name, now, False))
                 except (RayError, EmbedlibError) as e:
                     watcher.failed(e)
                     continue
                 watcher.served = now
-                on_ready(f"serving {index} ({now})")
+                on_ready(f"serving {name} ({now})")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -4,6 +4,8 @@ replicas are told."""
 from __future__ import annotations
 
 import os
+import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
@@ -30,6 +32,47 @@ def api_key_from_env() -> str | None:
     return key
 
 
+COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """A named index behind the server: `name` in /v1/collections/{name}/..., `index` its
+    root (or version folder), on any fsspec URL."""
+
+    name: str
+    index: str
+
+    def __post_init__(self) -> None:
+        if not COLLECTION_NAME.match(self.name):
+            raise EmbedlibError(
+                f"collection name {self.name!r}: use letters, digits, '_', '.' or '-' "
+                "(at most 64), starting with a letter or digit"
+            )
+
+    @classmethod
+    def parse(cls, arg: str) -> CollectionSpec:
+        """`NAME=PATH`, or a bare PATH named after its folder."""
+        name, sep, path = arg.partition("=")
+        if sep and COLLECTION_NAME.match(name) and path:
+            return cls(name, path)
+        path = arg
+        return cls(posixpath.basename(path.rstrip("/")) or "index", path)
+
+
+def collection_specs(args: list[str], default: str | None = None) -> tuple[CollectionSpec, ...]:
+    """The collections of `embedlib serve A=PATH B=PATH`, the default first."""
+    specs = [CollectionSpec.parse(a) for a in args]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise EmbedlibError(f"two collections share a name: {names}; name them: NAME=PATH")
+    if default is not None:
+        if default not in names:
+            raise EmbedlibError(f"--default {default!r} is not among the collections {names}")
+        specs.sort(key=lambda s: s.name != default)
+    return tuple(specs)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AppOptions:
     """Everything `build_app` needs to build the application for an index again (for a
@@ -38,9 +81,13 @@ class AppOptions:
     `placement` "gateway" (the default) searches every shard inside the gateway replicas,
     one hop per query; "grouped" puts all shards in one `ShardSearcher` deployment behind
     a single gateway on the head node, so a lost worker node drops no request;
-    "per-shard" gives each shard a deployment of its own."""
+    "per-shard" gives each shard a deployment of its own.
 
-    index: str
+    `collections` are the named indexes served, the default first; without them, `index`
+    is served as one collection named after its folder. `index` is the default's."""
+
+    index: str = ""
+    collections: tuple[CollectionSpec, ...] = ()
     replicas: int = 1
     placement: Placement = "gateway"
     api_key: str | None = None
@@ -54,6 +101,11 @@ class AppOptions:
     route_prefix: str = "/"
 
     def __post_init__(self) -> None:
+        if not self.collections:
+            if not self.index:
+                raise ValueError("give an index, or collections")
+            object.__setattr__(self, "collections", (CollectionSpec.parse(self.index),))
+        object.__setattr__(self, "index", self.collections[0].index)
         if self.placement not in PLACEMENTS:
             raise ValueError(
                 f"placement must be one of {', '.join(PLACEMENTS)}, got {self.placement!r}"
@@ -67,12 +119,34 @@ class AppOptions:
         if self.searcher_cpus < 0 or self.encoder_cpus < 0:
             raise ValueError("searcher_cpus and encoder_cpus must be >= 0")
 
+    @property
+    def default(self) -> str:
+        return self.collections[0].name
+
+    def collection(self, name: str) -> CollectionSpec:
+        for spec in self.collections:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class ServedVersion:
+    """The version of one collection an application is built for."""
+
+    name: str  # the collection's
+    version: str  # e.g. v-00002
+    version_url: str  # the version folder, with its protocol
+
 
 @dataclass(frozen=True)
 class GatewayConfig:
-    """What a gateway replica serves: the application's options and the index version
-    it was built for."""
+    """What a gateway replica serves: the application's options and the version of each
+    collection it was built for (the default first)."""
 
     options: AppOptions
-    version: str  # e.g. v-00002
-    version_url: str  # the version folder, with its protocol
+    served: tuple[ServedVersion, ...]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {s.name: s.version for s in self.served}

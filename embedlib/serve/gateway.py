@@ -1,7 +1,9 @@
-"""The HTTP API: FastAPI routes over one index version, and nothing else.
+"""The HTTP API: FastAPI routes over the served collections, and nothing else.
 
-Each route validates its declared body (schemas.py), asks the one `Searcher` through the
-replica's placement (placement.py), and renders the answer. The API key, body limits,
+Each route validates its declared body (schemas.py), asks the addressed collection's one
+`Searcher` through its placement (collection.py, placement.py), and renders the answer.
+`/v1/collections/{name}/...` address a collection by name; the un-prefixed routes
+(`/v1/search`, ...) the default one (the first; `?collection=NAME` works there too). The API key, body limits,
 timeouts, metrics and the JSON error format are applied to every route by
 `http.GatewayRoute`; index writes run as Ray work (writes.py); switching to another
 version is the `switch` callable the application builder hands in.
@@ -13,7 +15,7 @@ import asyncio
 import base64
 import binascii
 import posixpath
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
 
@@ -24,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from embedlib._version import __version__
+from embedlib.encode import QueryModels
 from embedlib.exceptions import (
     ApiError,
     QueryError,
@@ -31,17 +34,15 @@ from embedlib.exceptions import (
 )
 from embedlib.index.layout import has_version, published_version
 from embedlib.index.query import Query
-from embedlib.index.reader import ShardedIndex
-from embedlib.index.searcher import Answers
-from embedlib.index.version import IndexVersion
 from embedlib.recommend import Recommender
+from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
 from embedlib.serve.http import FastJSONResponse, GatewayRoute, Metrics, openapi_with_key
-from embedlib.serve.placement import LocalPlacement, Placement, RemotePlacement
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
     BatchRequest,
     BatchSearchResponse,
+    CollectionsResponse,
     DeleteRequest,
     EmbeddingsRequest,
     EmbeddingsResponse,
@@ -91,92 +92,71 @@ api.openapi = partial(openapi_with_key, api)  # type: ignore[method-assign]
 
 
 class Gateway:
-    """The ingress of a served index version (one per replica)."""
+    """The ingress of the served collections (one per replica)."""
 
     def __init__(
         self,
         config: GatewayConfig,
-        searchers: list[Any],
-        encoder: Any | None,
-        switch: Callable[[str], None] | None = None,
+        parts: dict[str, tuple[list[Any], Any | None]],
+        switch: Callable[[Mapping[str, str]], None] | None = None,
     ) -> None:
         o = config.options
         self.config = config
-        self.version = config.version
         self.api_key = o.api_key
         self.request_timeout_s = o.request_timeout_s
         self.max_body_bytes = o.max_body_bytes
         self.metrics = Metrics()
-        self.placement: Placement = (
-            LocalPlacement(ShardedIndex(config.version_url, storage_options=o.storage_options))
-            if o.placement == "gateway"
-            else RemotePlacement(
-                IndexVersion(config.version_url, storage_options=o.storage_options),
-                searchers,
-                encoder,
-            )
-        )
-        self.searcher = self.placement.searcher
-        self.manifest = self.searcher.manifest
-        self.metric = self.manifest.metric
+        self.models = QueryModels()  # one query model per distinct fingerprint
+        self.collections = {
+            s.name: ServedCollection(o, s, *parts[s.name], self.models) for s in config.served
+        }
+        self.default = config.served[0].name
         self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
-        self.switch = switch  # deploys another version of this application
+        self.switch = switch  # deploys other versions of this application
         self.keeper: Any = None
-        name = self.manifest.model.name if self.manifest.model else ""
-        self.model_names = {n for n in (name, posixpath.basename(name)) if n}
 
-    async def _run(self, queries: list[Query]) -> Answers:
-        return await self.searcher.run_async(queries, self.placement.encode, self.placement.search)
+    def collection(self, name: str | None) -> ServedCollection:
+        """The collection named (None: the default); 404 naming those that exist."""
+        if name is None:
+            return self.collections[self.default]
+        found = self.collections.get(name)
+        if found is None:
+            raise ApiError(404, "no_such_collection", f"no collection {name!r} here; the "
+                           f"collections are {', '.join(sorted(self.collections))}")  # fmt: skip
+        return found
 
     # -- search ---------------------------------------------------------------------------
 
     @api.post("/v1/search", response_model=SearchResponse)
-    async def search(self, body: SearchRequest) -> Response:
+    @api.post("/v1/collections/{collection}/search", response_model=SearchResponse)
+    async def search(self, body: SearchRequest, collection: str | None = None) -> Response:
         """The k nearest documents of one query: text, a vector, or vector arithmetic."""
-        answers = await self._run([body.to_query()])
+        c = self.collection(collection)
+        answers = await c.run([body.to_query()])
         return FastJSONResponse(
-            {"results": answers.rows[0], "metric": self.metric, "timing_ms": answers.timing_ms}
+            {"results": answers.rows[0], "metric": c.metric, "timing_ms": answers.timing_ms}
         )
 
     @api.post("/v1/search/batch", response_model=BatchSearchResponse)
-    async def search_batch(self, body: BatchRequest) -> Response:
+    @api.post("/v1/collections/{collection}/search/batch", response_model=BatchSearchResponse)
+    async def search_batch(self, body: BatchRequest, collection: str | None = None) -> Response:
         """Many searches in one request: `queries` (each with its own parameters), or
         `vectors` (one search for all, sharing one set of parameters)."""
+        c = self.collection(collection)
         if isinstance(body, VectorBatchRequest):
-            plan = self.searcher.plan_batch(self._batch_matrix(body), body.search_options())
-            answers = await self.searcher.drive_async(plan, self.placement.search)
+            plan = c.searcher.plan_batch(_batch_matrix(c, body), body.search_options())
+            answers = await c.searcher.drive_async(plan, c.placement.search)
             timing: dict[str, float] | None = answers.timing_ms
         else:
-            answers = await self._run([q.to_query() for q in body.queries])
+            answers = await c.run([q.to_query() for q in body.queries])
             timing = None
-        return FastJSONResponse({"results": answers.rows, "metric": self.metric,
+        return FastJSONResponse({"results": answers.rows, "metric": c.metric,
                                  **({"timing_ms": timing} if timing else {})})  # fmt: skip
-
-    def _batch_matrix(self, body: VectorBatchRequest) -> np.ndarray:
-        """The batch's query vectors as an (n, dim) float32 matrix."""
-        if isinstance(body.vectors, list):
-            return self.searcher.vector_rows(body.vectors)
-        try:
-            raw = base64.b64decode(body.vectors, validate=True)
-        except binascii.Error as e:
-            raise QueryError(f"vectors is not valid base64: {e}") from None
-        dim = self.manifest.dim
-        row_bytes = 4 * dim
-        if not raw or len(raw) % row_bytes:
-            raise QueryError(
-                f"vectors holds {len(raw)} bytes, not a whole number of {dim}-d float32 "
-                f"rows ({row_bytes} bytes each): send little-endian float32 values, row after row"
-            )
-        rows = len(raw) // row_bytes
-        if rows > MAX_BATCH_VECTORS:
-            raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request, got {rows}")
-        check_hits([(rows, body.k, "vector" in body.include)])
-        return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
     async def recommend(self, body: RecommendRequest) -> Response:
         """Items for a user, the items the user already has left out; an unknown user
-        gets the popular items, and is told so."""
+        gets the popular items, and is told so (the default collection's recommender)."""
         rec = self.recommender
         if rec is None:
             raise ApiError(404, "no_recommender", "this server has no recommender: serve a "
@@ -190,7 +170,7 @@ class Gateway:
             return FastJSONResponse(rec.popular_answer(body.user, body.k))
         vector, seen = found
         query = Query(vector=vector, k=body.k, include=body.include, exclude=seen)
-        answers = await self._run([query])
+        answers = await self.collection(None).run([query])
         return FastJSONResponse({"user": body.user, "results": answers.rows[0], "fallback": None,
                                  "timing_ms": answers.timing_ms})  # fmt: skip
 
@@ -198,21 +178,18 @@ class Gateway:
 
     @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
     async def embeddings(self, body: EmbeddingsRequest) -> Response:
-        """OpenAI's embeddings API, with the index's own model."""
-        if body.model is not None and body.model not in self.model_names:
-            known = ", ".join(sorted(self.model_names)) or "none (this index has no text model)"
+        """OpenAI's embeddings API, with the served models (`model` names one; without
+        it, the default collection's)."""
+        c = self._by_model(body.model)
+        if body.dimensions is not None and body.dimensions != c.manifest.dim:
             raise ApiError(
-                404, "model_not_found", f"model {body.model!r} is not served here; known: {known}"
-            )
-        if body.dimensions is not None and body.dimensions != self.manifest.dim:
-            raise ApiError(
-                422, "validation_error", f"dimensions must be {self.manifest.dim} for this model"
+                422, "validation_error", f"dimensions must be {c.manifest.dim} for this model"
             )
         texts = [body.input] if isinstance(body.input, str) else list(body.input)
         # in slices: a request that times out stops at the next slice, freeing the model
-        vectors = np.concatenate([await self.placement.encode(texts[a : a + EMBED_SLICE])
+        vectors = np.concatenate([await c.placement.encode(texts[a : a + EMBED_SLICE])
                                   for a in range(0, len(texts), EMBED_SLICE)])  # fmt: skip
-        tokens = await self.placement.count_tokens(texts)
+        tokens = await c.placement.count_tokens(texts)
         data = []
         for n, v in enumerate(vectors):
             v32 = np.asarray(v, dtype="<f4")
@@ -222,34 +199,51 @@ class Gateway:
                 else v32.tolist()
             )
             data.append({"object": "embedding", "index": n, "embedding": embedding})
-        model = body.model or posixpath.basename(
-            self.manifest.model.name if self.manifest.model else ""
-        )
+        model = body.model or posixpath.basename(c.manifest.model.name if c.manifest.model else "")
         return FastJSONResponse({"object": "list", "data": data, "model": model,
                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+    def _by_model(self, model: str | None) -> ServedCollection:
+        """The collection whose text model is `model` (None: the default collection)."""
+        if model is None:
+            return self.collection(None)
+        for c in self.collections.values():
+            if c.manifest.text_model and model in c.model_names:
+                return c
+        known = sorted({n for c in self.collections.values() if c.manifest.text_model
+                        for n in c.model_names})  # fmt: skip
+        raise ApiError(404, "model_not_found", f"model {model!r} is not served here; known: "
+                       f"{', '.join(known) or 'none (no collection has a text model)'}")  # fmt: skip
 
     # -- writes and versions --------------------------------------------------------------
 
     @api.post("/v1/upsert", response_model=WriteAccepted, status_code=202)
-    async def upsert(self, body: UpsertRequest) -> Response:
+    @api.post("/v1/collections/{collection}/upsert", response_model=WriteAccepted,
+              status_code=202)  # fmt: skip
+    async def upsert(self, body: UpsertRequest, collection: str | None = None) -> Response:
         """Add or replace documents (by id; metadata-only changes included): a new
         version, then the app switches to it. Answers 202 with the write's id at once."""
-        return await self._write(body.documents, [])
+        return await self._write(self.collection(collection), body.documents, [])
 
     @api.post("/v1/delete", response_model=WriteAccepted, status_code=202)
-    async def delete(self, body: DeleteRequest) -> Response:
+    @api.post("/v1/collections/{collection}/delete", response_model=WriteAccepted,
+              status_code=202)  # fmt: skip
+    async def delete(self, body: DeleteRequest, collection: str | None = None) -> Response:
         """Remove documents: a new version, then the app switches to it. Answers 202 with
         the write's id at once."""
-        return await self._write([], body.ids)
+        return await self._write(self.collection(collection), [], body.ids)
 
-    async def _write(self, documents: list[UpsertDocument], deletes: list[str]) -> Response:
+    async def _write(
+        self, c: ServedCollection, documents: list[UpsertDocument], deletes: list[str]
+    ) -> Response:
         """Hand the write to the application's keeper (outside this replica), which runs
         it as a Ray task and switches the app to the version it publishes; 202 with the
         write's id at once."""
         self._require_key("writes")
         record = await self._keeper().submit.remote(
-            [d.model_dump() for d in documents], deletes, self.manifest.text_column or "text"
-        )
+            c.name, [d.model_dump() for d in documents], deletes,
+            c.manifest.text_column or "text",
+        )  # fmt: skip
         record["status_url"] = f"/v1/writes/{record['write_id']}"
         return JSONResponse(record, status_code=202)
 
@@ -264,24 +258,26 @@ class Gateway:
         return JSONResponse(record)
 
     @api.post("/v1/admin/reload", response_model=ReloadResponse)
-    async def reload(self, body: ReloadRequest | None = None) -> Response:
+    @api.post("/v1/collections/{collection}/reload", response_model=ReloadResponse)
+    async def reload(
+        self, body: ReloadRequest | None = None, collection: str | None = None
+    ) -> Response:
         """Serve another version without downtime: the one named (a rollback is allowed),
         else CURRENT's."""
         self._require_key("admin routes")
-        o = self.config.options
+        c = self.collection(collection)
+        so = self.config.options.storage_options
         if body is not None and body.version is not None:
             target = body.version
-            if not await asyncio.to_thread(has_version, o.index, target, o.storage_options):
-                raise ApiError(404, "no_such_version", f"{o.index!r} holds no version {target!r}")
+            if not await asyncio.to_thread(has_version, c.index, target, so):
+                raise ApiError(404, "no_such_version", f"{c.index!r} holds no version {target!r}")
         else:
-            target = await asyncio.to_thread(published_version, o.index, o.storage_options)
-        if target == self.version:
+            target = await asyncio.to_thread(published_version, c.index, so)
+        if target == c.version:
             return JSONResponse({"reloading": False, "version": target})
         # the keeper deploys it: this replica is among those replaced
-        self._keeper().switch.remote(target, False)
-        return JSONResponse(
-            {"reloading": True, "from": self.version, "to": target}, status_code=202
-        )
+        self._keeper().switch.remote(c.name, target, False)
+        return JSONResponse({"reloading": True, "from": c.version, "to": target}, status_code=202)
 
     def _require_key(self, what: str) -> None:
         """Writes and admin routes: refused without a server key, or outside `embedlib serve`."""
@@ -297,29 +293,29 @@ class Gateway:
         """The application's `VersionKeeper` (started on first use)."""
         assert self.switch is not None
         if self.keeper is None:
-            self.keeper = keeper(self.config.options, self.version, self.switch)
+            self.keeper = keeper(self.config.options, self.config.versions, self.switch)
         return self.keeper
 
     # -- about the server -----------------------------------------------------------------
 
+    @api.get("/v1/collections", response_model=CollectionsResponse)
+    async def collections_info(self) -> dict[str, Any]:
+        """The collections served, the default first: name, model, dim, metric, counts,
+        version, search modes."""
+        return {"collections": [c.info() for c in self.collections.values()],
+                "default": self.default}  # fmt: skip
+
     @api.get("/v1/indexes", response_model=IndexesResponse)
     async def indexes(self) -> dict[str, Any]:
-        """What is served: model, dimension, metric, size, shards, tuned parameters."""
-        m = self.manifest
-        return {"indexes": [{
-            "model": m.model.name if m.model else None, "text_model": m.text_model,
-            "dim": m.dim, "metric": m.metric, "ntotal": m.ntotal, "shards": len(m.shards),
-            "factory": m.factory, "search_params": m.search_params.to_dict(),
-            "recall_at_10": m.tuning.recall_at_10, "created_at": m.created_at,
-            "version": self.version,
-            "metadata_columns": sorted(self.searcher.docs.metadata_columns),
-            "lexical": m.lexical.language if m.lexical else None,
-        }]}  # fmt: skip
+        """What is served: per collection, model, dimension, metric, size, shards, tuned
+        parameters (as /v1/collections; kept for earlier clients)."""
+        return {"indexes": [c.info() for c in self.collections.values()]}
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text(self) -> Response:
-        """Request counts and time by route and status, and the counts of writes and
-        version switches (done, failed; --watch failures), in Prometheus' text format."""
+        """Request counts and time by route, collection and status, and the counts of
+        writes and version switches (done, failed; --watch failures), in Prometheus' text
+        format."""
         text = self.metrics.render()
         if self.switch is not None:
             try:
@@ -339,10 +335,33 @@ class Gateway:
 
     @api.get("/readyz", response_model=Ready, responses={503: {"model": ErrorResponse}})
     async def readyz(self) -> dict[str, bool]:
-        """Every shard and the encoder answer (no key needed)."""
-        if await self.placement.ready():
-            return {"ready": True}
-        raise ApiError(503, "not_ready", "not every shard answers yet")
+        """Every collection's shards and encoder answer (no key needed)."""
+        for c in self.collections.values():
+            if not await c.placement.ready():
+                raise ApiError(503, "not_ready", f"not every shard of {c.name!r} answers yet")
+        return {"ready": True}
+
+
+def _batch_matrix(c: ServedCollection, body: VectorBatchRequest) -> np.ndarray:
+    """The batch's query vectors as an (n, dim) float32 matrix."""
+    if isinstance(body.vectors, list):
+        return c.searcher.vector_rows(body.vectors)
+    try:
+        raw = base64.b64decode(body.vectors, validate=True)
+    except binascii.Error as e:
+        raise QueryError(f"vectors is not valid base64: {e}") from None
+    dim = c.manifest.dim
+    row_bytes = 4 * dim
+    if not raw or len(raw) % row_bytes:
+        raise QueryError(
+            f"vectors holds {len(raw)} bytes, not a whole number of {dim}-d float32 "
+            f"rows ({row_bytes} bytes each): send little-endian float32 values, row after row"
+        )
+    rows = len(raw) // row_bytes
+    if rows > MAX_BATCH_VECTORS:
+        raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request, got {rows}")
+    check_hits([(rows, body.k, "vector" in body.include)])
+    return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
 
 # The routes above become methods of the deployment (Serve's class-based views), in the

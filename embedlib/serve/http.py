@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
 import orjson
@@ -44,6 +44,8 @@ class HttpSettings(Protocol):
     request_timeout_s: float
     max_body_bytes: int
     metrics: Metrics
+    default: str  # the default collection's name
+    collections: Mapping[str, Any]  # the served collections, by name
 
 
 class FastJSONResponse(JSONResponse):
@@ -91,35 +93,39 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
 
 
 class Metrics:
-    """Request counts and latency per route, in Prometheus text format."""
+    """Request counts and latency per route and collection, in Prometheus text format (a
+    route that addresses no collection counts under the default one)."""
 
     def __init__(self) -> None:
-        self.count: dict[tuple[str, int], int] = defaultdict(int)
-        self.seconds: dict[str, float] = defaultdict(float)
-        self.requests: dict[str, int] = defaultdict(int)
+        self.count: dict[tuple[str, str, int], int] = defaultdict(int)
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+        self.requests: dict[tuple[str, str], int] = defaultdict(int)
 
-    def observe(self, route: str, status: int, seconds: float) -> None:
-        self.count[(route, status)] += 1
-        self.seconds[route] += seconds
-        self.requests[route] += 1
+    def observe(self, route: str, collection: str, status: int, seconds: float) -> None:
+        self.count[(route, collection, status)] += 1
+        self.seconds[(route, collection)] += seconds
+        self.requests[(route, collection)] += 1
 
     def render(self) -> str:
         lines = [
-            "# HELP embedlib_requests_total Requests by route and status.",
+            "# HELP embedlib_requests_total Requests by route, collection and status.",
             "# TYPE embedlib_requests_total counter",
         ]
-        for (route, status), n in sorted(self.count.items()):
-            lines.append(f'embedlib_requests_total{{route="{route}",status="{status}"}} {n}')
+        for (route, name, status), n in sorted(self.count.items()):
+            lines.append(
+                f'embedlib_requests_total{{route="{route}",collection="{name}",status="{status}"}} {n}'
+            )
         lines += [
-            "# HELP embedlib_request_seconds Time spent answering requests, by route.",
+            "# HELP embedlib_request_seconds Time spent answering requests, by route and collection.",
             "# TYPE embedlib_request_seconds summary",
         ]
-        for route in sorted(self.requests):
+        for route, name in sorted(self.requests):
+            labels = f'route="{route}",collection="{name}"'
             lines.append(
-                f'embedlib_request_seconds_sum{{route="{route}"}} {self.seconds[route]:.6f}'
+                f"embedlib_request_seconds_sum{{{labels}}} {self.seconds[(route, name)]:.6f}"
             )
             lines.append(
-                f'embedlib_request_seconds_count{{route="{route}"}} {self.requests[route]}'
+                f"embedlib_request_seconds_count{{{labels}}} {self.requests[(route, name)]}"
             )
         return "\n".join(lines) + "\n"
 
@@ -160,7 +166,16 @@ class GatewayRoute(APIRoute):
                     error_id = uuid.uuid4().hex[:16]
                     log.exception("request to %s failed: error id %s", path, error_id)
                 response = expected or _internal_error(error_id)
-            settings.metrics.observe(path, response.status_code, time.perf_counter() - start)
+            collection = (
+                request.scope.get("path_params", {}).get("collection")
+                or request.query_params.get("collection")
+                or settings.default
+            )
+            if collection not in settings.collections:  # a made-up name: no label of its own
+                collection = "unknown"
+            settings.metrics.observe(
+                path, collection, response.status_code, time.perf_counter() - start
+            )
             return response
 
         return route

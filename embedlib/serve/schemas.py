@@ -426,6 +426,9 @@ class ReloadResponse(BaseModel):
 
 
 class IndexInfo(BaseModel):
+    """One served collection."""
+
+    name: str
     model: str | None
     text_model: bool
     dim: int
@@ -441,10 +444,17 @@ class IndexInfo(BaseModel):
     lexical: str | None = Field(
         default=None, description="the lexical part's analysis language (None: dense only)"
     )
+    modes: list[Literal["dense", "lexical", "hybrid"]]
+    chunked: bool = Field(description="documents are split in passages (chunks)")
 
 
 class IndexesResponse(BaseModel):
     indexes: list[IndexInfo]
+
+
+class CollectionsResponse(BaseModel):
+    collections: list[IndexInfo] = Field(description="the default collection first")
+    default: str
 
 
 class Status(BaseModel):

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -44,13 +44,14 @@ NAMESPACE = "embedlib"
 
 
 def apply_write(
-    options: AppOptions,
+    index: str,
+    storage_options: dict[str, Any],
     documents: list[dict[str, Any]],
     deletes: list[str],
     text_column: str,
     wait_s: float,
 ) -> UpdateReport:
-    """The update of `options.index`: `documents` (id, text, metadata) upserted and
+    """The update of `index`: `documents` (id, text, metadata) upserted and
     `deletes` removed, through the versioned update path (its lock included)."""
     use_worker_env()
     table = (
@@ -61,14 +62,15 @@ def apply_write(
         else None
     )
     return update_index(
-        options.index, upserts=table, delete_ids=deletes, delta=True, wait_s=wait_s,
-        run=RunOptions(runner="local", progress=False, storage_options=options.storage_options),
+        index, upserts=table, delete_ids=deletes, delta=True, wait_s=wait_s,
+        run=RunOptions(runner="local", progress=False, storage_options=storage_options),
     )  # fmt: skip
 
 
 def keeper_name(options: AppOptions) -> str:
-    """The keeper's actor name: the application's name and its index."""
-    return f"keeper-{options.app_name}-{hashlib.sha256(options.index.encode()).hexdigest()[:12]}"
+    """The keeper's actor name: the application's name and its collections."""
+    what = "\n".join(f"{c.name}={c.index}" for c in options.collections)
+    return f"keeper-{options.app_name}-{hashlib.sha256(what.encode()).hexdigest()[:12]}"
 
 
 def version_number(name: str) -> int:
@@ -78,8 +80,13 @@ def version_number(name: str) -> int:
 class VersionKeeper:
     """The writes and version switches of one served application (see the module)."""
 
-    def __init__(self, options: AppOptions, served: str, switch: Callable[[str], None]) -> None:
-        self.options, self.served, self._switch = options, served, switch
+    def __init__(
+        self,
+        options: AppOptions,
+        served: Mapping[str, str],
+        switch: Callable[[Mapping[str, str]], None],
+    ) -> None:
+        self.options, self.served, self._switch = options, dict(served), switch
         self.writes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.counts: Counter[str] = Counter()
         self._write_lock = asyncio.Lock()
@@ -87,11 +94,16 @@ class VersionKeeper:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(
-        self, documents: list[dict[str, Any]], deletes: list[str], text_column: str
+        self,
+        collection: str,
+        documents: list[dict[str, Any]],
+        deletes: list[str],
+        text_column: str,
     ) -> dict[str, Any]:
-        """Record a write and start it; its record (status "queued")."""
+        """Record a write to `collection` and start it; its record (status "queued")."""
         write_id = uuid.uuid4().hex
-        record: dict[str, Any] = {"write_id": write_id, "status": "queued",
+        record: dict[str, Any] = {"write_id": write_id, "collection": collection,
+                                  "status": "queued",
                                   "submitted_at": time.time(), "documents": len(documents),
                                   "deletes": len(deletes)}  # fmt: skip
         self.writes[write_id] = record
@@ -111,20 +123,22 @@ class VersionKeeper:
         record = self.writes.get(write_id)
         return None if record is None else dict(record)
 
-    async def switch(self, version: str, forward_only: bool = True) -> bool:
-        """Deploy `version` (one switch at a time); with `forward_only`, only if it is
-        newer than the served one. Whether it deployed."""
+    async def switch(self, collection: str, version: str, forward_only: bool = True) -> bool:
+        """Deploy `version` of `collection` (one switch at a time); with `forward_only`,
+        only if it is newer than the served one. Whether it deployed."""
         async with self._switch_lock:
-            if version == self.served or (
-                forward_only and version_number(version) < version_number(self.served)
+            served = self.served[collection]
+            if version == served or (
+                forward_only and version_number(version) < version_number(served)
             ):
                 return False
+            wanted = {**self.served, collection: version}
             try:
-                await asyncio.to_thread(self._switch, version)
+                await asyncio.to_thread(self._switch, wanted)
             except Exception:
                 self.counts["switch_failed"] += 1
                 raise
-            self.served = version
+            self.served = wanted
             self.counts["switched"] += 1
             return True
 
@@ -147,9 +161,11 @@ class VersionKeeper:
             record["status"] = "running"
             task = ray.remote(apply_write).options(num_cpus=WRITE_CPUS, max_retries=0)
             try:
+                index = self.options.collection(record["collection"]).index
                 report: UpdateReport = await task.remote(
-                    self.options, documents, deletes, text_column, WRITE_LOCK_WAIT_S
-                )
+                    index, self.options.storage_options, documents, deletes, text_column,
+                    WRITE_LOCK_WAIT_S,
+                )  # fmt: skip
             except RayTaskError as e:
                 self._failed(record, e.cause if e.cause is not None else e)
                 return
@@ -163,7 +179,9 @@ class VersionKeeper:
         )  # fmt: skip
         if report.version is not None:
             try:
-                record["switched"] = await self.switch(report.version, forward_only=True)
+                record["switched"] = await self.switch(
+                    record["collection"], report.version, forward_only=True
+                )
             except Exception as e:  # the version is published; the app could not switch
                 error_id = uuid.uuid4().hex[:16]
                 log.exception("switching to %s failed: error id %s", report.version, error_id)
@@ -189,7 +207,9 @@ class VersionKeeper:
 KeeperActor = ray.remote(num_cpus=0, max_restarts=0)(VersionKeeper)
 
 
-def keeper(options: AppOptions, served: str, switch: Callable[[str], None]) -> Any:
+def keeper(
+    options: AppOptions, served: Mapping[str, str], switch: Callable[[Mapping[str, str]], None]
+) -> Any:
     """The application's keeper, started (detached) if it is not running."""
     return KeeperActor.options(
         name=keeper_name(options), namespace=NAMESPACE, lifetime="detached", get_if_exists=True
