@@ -85,7 +85,8 @@ class ShardedIndex:
         self.docs = DocsLookup(docs, self.manifest.text_column)
         self.shards = open_shard_set(self.version, numbers, docs)
         self.searcher = Searcher(self.manifest, self.docs, self.version.open_lexical_stats())
-        self._models = query_models or QueryModels()  # shared: one model per fingerprint
+        # shared by indexes of one model: one model per fingerprint
+        self._models = query_models if query_models is not None else QueryModels()
 
     @property
     def manifest(self) -> IndexManifest:
