@@ -17,6 +17,14 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# Debian's chromium, for the search page's browser test (Playwright drives it; nothing
+# is downloaded from a browser vendor)
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -q
+	$(SUDO) apt-get install -y -q --no-install-recommends chromium
+
 demo: setup
 	$(VENV)/bin/embedlib demo
 
@@ -27,7 +35,7 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy embedlib jobs
 
-test: lint typecheck  # the fast tier: everything but the tests marked slow
+test: lint typecheck $(CHROMIUM)  # the fast tier: everything but the tests marked slow
 	$(PY) -m pytest
 
 test-slow: setup  # multi-node scenarios, benchmarks, fine-tuning, the lean install

@@ -8,6 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -980,3 +981,61 @@ def test_named_collections_behind_one_server(served, tmp_path):
         assert body["results"][0]["id"] != "v1"  # the default collection is unchanged
     finally:
         serve.delete("multi")
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; `make setup` installs it
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def searched(page, action) -> None:
+    """Do `action` and wait until the page has shown the search it sent."""
+    with page.expect_response(lambda r: r.url.endswith("/search")):
+        action()
+    page.wait_for_function("!document.getElementById('status').textContent.startsWith('search')")
+
+
+def test_the_search_page_in_a_real_browser(served):
+    """The page at / in headless Chromium: a shared link runs its query on load (asking
+    for the key once per tab), shows the library's ranking with the query's words marked,
+    filters on metadata, offers the collection's modes, and "more like this" searches by
+    the document's id. It reaches nothing but this server."""
+    from playwright.sync_api import sync_playwright
+
+    assert Path(CHROMIUM).exists(), "install Debian's chromium (make setup does)"
+    want = [h.id for h in ShardedIndex(str(served)).search_text(["training a neural net"], 10)[0]]
+    asked, outside = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.on("dialog", lambda d: (asked.append(d.message), d.accept(KEY)))
+            page.on("request", lambda r: outside.append(r.url)
+                    if not r.url.startswith(f"http://127.0.0.1:{PORT}/") else None)  # fmt: skip
+            page.goto(f"http://127.0.0.1:{PORT}/?q=training+a+neural+net")
+            page.wait_for_selector("li.hit")
+            assert page.locator("li.hit .id").all_inner_texts() == want
+            assert len(asked) == 1 and "API key" in asked[0]
+            marked = {m.lower() for m in page.locator("li.hit mark").all_inner_texts()}
+            assert marked == {"training", "neural", "net"}  # at word starts; "a": too short
+            assert page.locator("#mode option").all_inner_texts()[1:] == [
+                "dense",
+                "lexical",
+                "hybrid",
+            ]
+            page.reload()  # the key is kept for the tab
+            page.wait_for_selector("li.hit")
+            assert len(asked) == 1
+            page.fill("#filter", "lang=de")
+            searched(page, lambda: page.click("button[type=submit]"))
+            langs = page.locator("li.hit .meta span").all_inner_texts()
+            assert langs and all(t == 'lang: "de"' or t.startswith("year") for t in langs)
+            page.fill("#filter", "")
+            first = page.locator("li.hit .id").first.inner_text()
+            searched(page, lambda: page.locator("li.hit .more a").first.click())
+            assert "like=" in page.url
+            assert first not in page.locator("li.hit .id").all_inner_texts()
+            assert "like" in page.locator("#status").inner_text()
+        finally:
+            browser.close()
+    assert outside == []

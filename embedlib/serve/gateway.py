@@ -17,12 +17,13 @@ import binascii
 import posixpath
 from collections.abc import Callable, Mapping
 from functools import partial
+from importlib import resources
 from typing import Any
 
 import numpy as np
 import ray
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
 
 from embedlib._version import __version__
@@ -65,6 +66,14 @@ from embedlib.serve.schemas import (
 )
 from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
 
+SEARCH_PAGE = (resources.files("embedlib.serve") / "static" / "search.html").read_text("utf-8")
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
+    "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 EMBED_SLICE = 64  # /v1/embeddings encodes this many texts per call
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
@@ -327,6 +336,12 @@ class Gateway:
             if running is not None:
                 text += keeper_metrics(await running.stats.remote())
         return PlainTextResponse(text)
+
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(self) -> Response:
+        """The search page (one static file; it uses the JSON API, with the key it asks
+        for once per tab). Its policy lets it reach this server only."""
+        return HTMLResponse(SEARCH_PAGE, headers=PAGE_HEADERS)
 
     @api.get("/healthz", response_model=Status)
     async def healthz(self) -> dict[str, str]:

@@ -34,7 +34,7 @@ from embedlib.exceptions import (
 )
 
 log = logging.getLogger(__name__)
-OPEN_ROUTES = frozenset({"/healthz", "/readyz"})
+OPEN_ROUTES = frozenset({"/", "/healthz", "/readyz"})  # the page holds no data
 
 
 class HttpSettings(Protocol):
