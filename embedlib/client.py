@@ -72,21 +72,22 @@ class Client:
         passages: int | None = None,
         group: str | None = None,
         mode: str | None = None,
+        fusion: str | None = None,
         rrf_k: float | None = None,
         alpha: float | None = None,
         explain: bool | None = None,
     ) -> list[dict[str, Any]]:
         """Top-k results, best first: dicts with id, score and the included fields;
         `exclude` leaves those ids out; `passages` and `group` for chunked documents;
-        `mode` ("dense", "lexical", "hybrid"), `rrf_k`, `alpha` and `explain` as
+        `mode` ("dense", "lexical", "hybrid"), `fusion`, `rrf_k`, `alpha` and `explain` as
         `SearchOptions` takes them. Options left None take the server's defaults."""
         body = _search_body(
             query, vector, positive, negative, k, filter, include, nprobe, ef_search
         )
         if exclude:
             body["exclude"] = list(exclude)
-        body.update(_given(passages=passages, group=group, mode=mode, rrf_k=rrf_k,
-                           alpha=alpha, explain=explain))  # fmt: skip
+        body.update(_given(passages=passages, group=group, mode=mode, fusion=fusion,
+                           rrf_k=rrf_k, alpha=alpha, explain=explain))  # fmt: skip
         return list(self._call(self._at("search"), body)["results"])
 
     def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:

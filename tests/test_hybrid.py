@@ -16,7 +16,7 @@ import Stemmer
 
 from embedlib import NoLexicalIndexError, Query, QueryError, RunOptions, ShardedIndex, embed_corpus
 from embedlib.index import IndexOptions, build_index
-from embedlib.index.fusion import fuse_rrf
+from embedlib.index.fusion import fuse_relative, fuse_rrf
 from embedlib.index.lexical import MAX_QUERY_TERMS, Analyzer
 from embedlib.index.searcher import FUSION_FETCH
 from tests import corpora
@@ -92,12 +92,15 @@ def test_hybrid_is_the_default_and_fuses_the_global_rankings(indexes):
         dense = index.search_text([text], depth, group="chunk", mode="dense")[0]
         lexical = index.search_text([text], depth, group="chunk", mode="lexical")[0]
         iid = {(h.id, h.passage.chunk): n for n, h in enumerate(dense + lexical)}
-        fused = fuse_rrf(
-            [[(h.score, iid[(h.id, h.passage.chunk)]) for h in hs] for hs in (dense, lexical)], 60
-        )
         by_iid = {v: key for key, v in iid.items()}
+        lists = [[(h.score, iid[(h.id, h.passage.chunk)]) for h in hs] for hs in (dense, lexical)]
+        attainable = index.searcher.lexical.weigh(text)[1]
+        fused = fuse_relative(*lists, 0.5, metric="cosine", attainable=attainable)
         assert [(h.id, h.passage.chunk) for h in default] == [by_iid[i] for _, i in fused[:k]]
         assert np.allclose([h.score for h in default], [s for s, _ in fused[:k]])
+        rrf = index.search_text([text], k, group="chunk", fusion="rrf")[0]
+        fused = fuse_rrf(lists, 60)
+        assert [(h.id, h.passage.chunk) for h in rrf] == [by_iid[i] for _, i in fused[:k]]
         for h in default:  # explain: where the hit stood in each ranking
             ranks = {
                 kind: next((n for n, g in enumerate(hs, 1)
@@ -110,8 +113,11 @@ def test_hybrid_is_the_default_and_fuses_the_global_rankings(indexes):
         only_dense = index.search_text([text], k, group="chunk", alpha=1.0)[0]
         only_lexical = index.search_text([text], k, group="chunk", alpha=0.0)[0]
         assert [h.id for h in only_dense] == [h.id for h in dense[:k]]
+        matched = [h.id for h in only_lexical if h.score > 0]  # then the rest, at 0
+        assert matched == [h.id for h in lexical[:k]][: len(matched)] and matched
+        minmax = index.search_text([text], k, group="chunk", fusion="minmax", alpha=0.0)[0]
         # (min-max scaling gives a list's last row 0, as it gives rows not in the list)
-        positive = [h.id for h in only_lexical if h.score > 0]
+        positive = [h.id for h in minmax if h.score > 0]
         assert positive == [h.id for h in lexical[: len(positive)]] and positive
     # documents by their best fused chunk: k distinct documents with exact passages
     docs = index.search_text(QUERIES, k, passages=2)
@@ -170,3 +176,30 @@ def test_other_languages_and_raw_tokens(tmp_path):
     pq.write_table(table, tmp_path / "v.parquet")
     build_index(str(tmp_path / "v.parquet"), str(tmp_path / "idx"), run=LOCAL)
     assert ShardedIndex(str(tmp_path / "idx")).manifest.lexical is None
+
+
+def test_a_first_place_dense_hit_keeps_first_place_against_a_weak_lexical_match(tmp_path):
+    """Relative fusion: "how to train a neural net" shares only "train" with 25 notes
+    about train timetables and no word with "machine learning tutorial", which dense
+    ranks first by far; reciprocal-rank fusion puts a timetable first (a document in
+    both lists), relative fusion keeps the tutorial first."""
+    from embedlib import EmbedOptions
+
+    run = RunOptions(runner="local", progress=False)
+    topics = ["gardening", "tax forms", "train timetables", "soup recipes", "knitting",
+              "bird watching", "car repair", "chess openings"]  # fmt: skip
+    texts = ["cat video", "machine learning tutorial", "buy cheap shoes"] + [
+        f"note {i} about {topic}" for i, topic in enumerate(topics * 25)
+    ]
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": f"doc{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    embed_corpus(
+        str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), options=EmbedOptions(), run=run
+    )
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=run)
+    index = ShardedIndex(str(tmp_path / "idx"))
+    query = ["how to train a neural net"]
+    assert index.search_text(query, 1, mode="dense")[0][0].id == "doc1"
+    assert "train" in index.search_text(query, 1, fusion="rrf")[0][0].text
+    assert index.search_text(query, 1)[0][0].id == "doc1"  # the default: relative

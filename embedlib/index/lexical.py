@@ -221,15 +221,21 @@ class LexicalStats:
         self.analyzer = Analyzer(info.language)
         self.df = dict(zip(_unpack_terms(data["terms"]), data["df"].tolist(), strict=True))
 
-    def weigh(self, text: str) -> tuple[tuple[str, float], ...]:
-        """The query's terms found in the index, each with its idf (repeats count)."""
+    def weigh(self, text: str) -> tuple[tuple[tuple[str, float], ...], float]:
+        """The query's terms found in the index, each with its idf (repeats count), and
+        the best score the query could reach: the sum of every term's idf (Lucene's BM25
+        of a term tends to its idf as its frequency grows), terms the index lacks at
+        document frequency 0."""
         n = self.info.documents
         out = []
+        attainable = 0.0
         for term in self.analyzer.query_terms(text):
-            df = self.df.get(term)
+            df = self.df.get(term, 0)
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            attainable += idf
             if df:
-                out.append((term, math.log(1 + (n - df + 0.5) / (df + 0.5))))
-        return tuple(out)
+                out.append((term, idf))
+        return tuple(out), attainable
 
 
 @dataclass(frozen=True)

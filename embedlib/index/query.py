@@ -24,6 +24,9 @@ Mode = Literal["dense", "lexical", "hybrid"]
 MODES: tuple[str, ...] = get_args(Mode)
 MAX_PASSAGES = 20
 RRF_K = 60  # reciprocal-rank fusion's constant, as Qdrant, LanceDB and Elasticsearch use
+Fusion = Literal["relative", "rrf", "minmax"]
+FUSIONS: tuple[str, ...] = get_args(Fusion)
+ALPHA = 0.5  # relative and min-max fusion: the dense side's weight (equal weights)
 MAX_EF_SEARCH = 4096  # HNSW search breadth: FAISS allocates per query and step
 
 
@@ -49,10 +52,11 @@ class SearchOptions:
     "chunk" answers with the chunks themselves.
 
     `mode` (text queries): "dense" ranks by the vectors, "lexical" by BM25, "hybrid"
-    fuses both rankings, by reciprocal rank (`rrf_k`) or, with `alpha`, by the weighted
-    sum of min-max normalized scores (alpha on the dense side); None is hybrid when the
-    index has a lexical part, else dense. `explain` adds each hit's dense and lexical
-    rank and score."""
+    fuses both rankings (`fusion.py`): "relative" (the default) weighs the cosine
+    similarity and the BM25 score relative to the best the query could score, alpha *
+    dense + (1 - alpha) * lexical; "rrf" by reciprocal rank (`rrf_k`); "minmax" by each
+    list's min-max normalized scores. None is hybrid when the index has a lexical part,
+    else dense. `explain` adds each hit's dense and lexical rank and score."""
 
     k: int = 10
     nprobe: int | None = None
@@ -63,8 +67,9 @@ class SearchOptions:
     passages: int = 1
     group: Group = "document"
     mode: Mode | None = None
+    fusion: Fusion = "relative"
     rrf_k: float = RRF_K
-    alpha: float | None = None
+    alpha: float = ALPHA
     explain: bool = False
     fields: frozenset[str] = field(init=False, repr=False)  # `include` as a set
 
@@ -79,7 +84,9 @@ class SearchOptions:
             raise QueryError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
         if not self.rrf_k > 0:
             raise QueryError(f"rrf_k must be positive, got {self.rrf_k}")
-        if self.alpha is not None and not 0 <= self.alpha <= 1:
+        if self.fusion not in FUSIONS:
+            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
+        if not 0 <= self.alpha <= 1:
             raise QueryError(f"alpha must be between 0 and 1, got {self.alpha}")
         for name in ("nprobe", "ef_search"):
             value = getattr(self, name)

@@ -39,7 +39,7 @@ import numpy as np
 from embedlib.exceptions import NoLexicalIndexError, QueryError
 from embedlib.index.docs import DocsLookup
 from embedlib.index.filters import check_filter
-from embedlib.index.fusion import fuse_rrf, fuse_weighted
+from embedlib.index.fusion import fuse_relative, fuse_rrf, fuse_weighted
 from embedlib.index.lexical import LexicalStats, LexicalTask
 from embedlib.index.query import Query, SearchOptions, TextItem
 from embedlib.index.shards import SearchTask, group_tasks
@@ -66,6 +66,7 @@ class QueryRow:
     depth: int  # rows asked of each ranking
     mode: str = DENSE
     terms: tuple[tuple[str, float], ...] = ()  # weighted BM25 terms (lexical, hybrid)
+    attainable: float = 0.0  # the best BM25 score the query could reach
     found: dict[str, Pairs] = field(default_factory=dict)  # each ranking's kept pairs
     more: bool = False  # a ranking gave as many as asked: more may lie deeper
 
@@ -228,9 +229,11 @@ class Searcher:
         depth = wanted * FIRST_FETCH * options.passages if grouped else wanted
         if mode == HYBRID:
             depth *= FUSION_FETCH
-        terms = self.lexical.weigh(text) if mode != DENSE and self.lexical and text else ()
+        terms, attainable = (
+            self.lexical.weigh(text) if mode != DENSE and self.lexical and text else ((), 0.0)
+        )
         return QueryRow(vector, options, excluded, grouped, min(max(self.ntotal, 1), depth),
-                        mode, terms)  # fmt: skip
+                        mode, terms, attainable)  # fmt: skip
 
     def _stack(self, rows: list[QueryRow], started: float) -> SearchPlan:
         """One SearchTask per group of rows with equal parameters, and the BM25 searches."""
@@ -314,10 +317,13 @@ class Searcher:
         if row.mode != HYBRID:
             return row.found[row.mode]
         dense, lexical = row.found[DENSE], row.found[LEXICAL]
-        if row.options.alpha is not None:
-            return fuse_weighted(dense, lexical, row.options.alpha,
-                                 dense_lower_is_better=self.metric == "l2")  # fmt: skip
-        return fuse_rrf([dense, lexical], row.options.rrf_k)
+        o = row.options
+        if o.fusion == "rrf":
+            return fuse_rrf([dense, lexical], o.rrf_k)
+        if o.fusion == "minmax":
+            return fuse_weighted(dense, lexical, o.alpha, dense_lower_is_better=self.metric == "l2")
+        return fuse_relative(dense, lexical, o.alpha, metric=self.metric,
+                             attainable=row.attainable)  # fmt: skip
 
     def _hits(self, row: QueryRow, pairs: Pairs) -> list[Pairs]:
         """The hits of one query: each a list of pairs (a document's best chunks when

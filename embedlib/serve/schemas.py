@@ -19,10 +19,12 @@ from pydantic import (
 
 from embedlib.exceptions import QueryError
 from embedlib.index.query import (
+    ALPHA,
     DEFAULT_INCLUDE,
     MAX_EF_SEARCH,
     MAX_PASSAGES,
     RRF_K,
+    Fusion,
     Group,
     Include,
     Mode,
@@ -115,12 +117,15 @@ class SearchFields(BaseModel):
         description="text queries: rank by the vectors (dense), by BM25 (lexical), or both "
         "fused (hybrid); default hybrid when the index has a lexical part, else dense",
     )
-    rrf_k: float = Field(default=RRF_K, gt=0, description="hybrid: reciprocal-rank fusion's k")
-    alpha: float | None = Field(
-        default=None, ge=0, le=1,
-        description="hybrid: fuse min-max normalized scores, alpha * dense + (1 - alpha) * "
-        "lexical, instead of by reciprocal rank",
-    )  # fmt: skip
+    fusion: Fusion = Field(
+        default="relative",
+        description="hybrid: relative (alpha * cosine + (1 - alpha) * BM25 / the query's "
+        "attainable BM25), rrf (reciprocal rank, rrf_k) or minmax (min-max normalized scores)",
+    )
+    rrf_k: float = Field(default=RRF_K, gt=0, description="hybrid, rrf: reciprocal-rank fusion's k")
+    alpha: float = Field(
+        default=ALPHA, ge=0, le=1, description="hybrid, relative or minmax: the dense weight"
+    )
     explain: bool = Field(
         default=False, description="each hit's dense and lexical rank and score (`explain`)"
     )
@@ -141,7 +146,8 @@ class SearchFields(BaseModel):
             "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
             "filter": self.filter, "include": self.include, "exclude": self.exclude,
             "passages": self.passages, "group": self.group, "mode": self.mode,
-            "rrf_k": self.rrf_k, "alpha": self.alpha, "explain": self.explain,
+            "fusion": self.fusion, "rrf_k": self.rrf_k, "alpha": self.alpha,
+            "explain": self.explain,
         }  # fmt: skip
 
 
