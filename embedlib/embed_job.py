@@ -511,7 +511,7 @@ def _write_manifest(
             "files": [{"path": f.relpath, "format": f.format, "bytes": f.size} for f in files],
         },
         options=options.to_dict(),
-        chunking=_chunking_record(options),
+        chunking=chunking_record(options),
         counts={
             "documents": sum(r["documents"] for r in records),
             "rows_read": sum(r["rows_read"] for r in records),
@@ -533,7 +533,7 @@ def chunk_options(options: EmbedOptions) -> ChunkOptions | None:
     return ChunkOptions(options.chunk_tokens, options.chunk_overlap, options.max_chunks)
 
 
-def _chunking_record(options: EmbedOptions) -> dict[str, Any] | None:
+def chunking_record(options: EmbedOptions) -> dict[str, Any] | None:
     """The manifest's record of the chunking (None: texts truncated)."""
     if options.chunking == "none":
         return None

@@ -172,6 +172,20 @@ class PartFile:
     sha256: str
 
 
+def part_table(docs: Documents, vectors: np.ndarray, dtype: str) -> pa.Table:
+    """The rows of a part: id, vector, content hash, then the passthrough columns (and for
+    chunked documents the chunk number and span)."""
+    return pa.Table.from_arrays(
+        [
+            pa.array(docs.ids, pa.string()),
+            vector_array(vectors, dtype),
+            pa.array(docs.hashes, pa.string()),
+            *docs.passthrough.columns,
+        ],
+        names=[ID, VECTOR, TEXT_HASH, *docs.passthrough.column_names],
+    )
+
+
 class PartWriter:
     """Streams one part's documents and vectors into a Parquet file.
 
@@ -192,15 +206,7 @@ class PartWriter:
     def write(self, docs: Documents, vectors: np.ndarray) -> None:
         if len(docs) == 0:
             return
-        table = pa.Table.from_arrays(
-            [
-                pa.array(docs.ids, pa.string()),
-                vector_array(vectors, self.dtype),
-                pa.array(docs.hashes, pa.string()),
-                *docs.passthrough.columns,
-            ],
-            names=[ID, VECTOR, TEXT_HASH, *docs.passthrough.column_names],
-        )
+        table = part_table(docs, vectors, self.dtype)
         if self._writer is not None:
             schema = self._chunks[-1][1]
             fitted = conform_table(table, schema)
