@@ -58,7 +58,7 @@ SIZES = {
     "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
     "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
 }
-STAGES = ("encode", "index", "serve", "memory", "quality", "lexical")
+STAGES = ("encode", "index", "serve", "memory", "quality", "lexical", "collections")
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -282,6 +282,10 @@ def main() -> None:
 
             rows += engine_rows(size.quality_docs)
             rows += build_share_rows(Path(tmp), size.short_texts, size.quality_docs)
+        if "collections" in stages:
+            from benchmarks.memory import collection_rows
+
+            rows += collection_rows(Path(tmp), PY, ENV, size.memory_docs)
         if "memory" in stages:
             from benchmarks.memory import memory_rows
 

@@ -9,6 +9,7 @@ model files count once) and RSS (which counts them in every process).
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -80,3 +81,76 @@ def memory_rows(
             f"{processes} processes, RSS summed {rss:.0f} MB",
         ])  # fmt: skip
     return rows
+
+
+def _served_memory(py: str, env: dict[str, str], args: list[str], port: int,
+                   queries: list[str]) -> tuple[float, float]:  # fmt: skip
+    """`embedlib serve ARGS` on its own Ray: once every collection has answered a text
+    query, (the gateway replica's PSS MB, the whole process tree's PSS MB)."""
+    import json
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen([py, "-m", "embedlib.cli", "serve", *args, "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 300
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise SystemExit(
+                        f"embedlib serve {' '.join(args)} never became ready"
+                    ) from None
+                time.sleep(1)
+        for path in queries:
+            body = json.dumps({"query": "how to train a neural net", "k": 3}).encode()
+            req = urllib.request.Request(url + path, data=body,
+                                         headers={"Content-Type": "application/json"})  # fmt: skip
+            urllib.request.urlopen(req, timeout=60).read()
+        time.sleep(2)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        gateway = total = 0.0
+        for p in tree:
+            try:
+                pss = p.memory_full_info().pss / 2**20
+                name = " ".join(p.cmdline())
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            total += pss
+            if "Gateway" in name:
+                gateway += pss
+        return gateway, total
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=120)
+
+
+def collection_rows(work: Path, py: str, env: dict[str, str], docs: int) -> list[list[str]]:
+    """One server, one text collection against two of the same model: the second adds
+    its shards and docs, not a second query model."""
+    import shutil
+
+    from benchmarks.__main__ import _corpus
+
+    _corpus(docs, work / "coll-corpus.parquet")
+    for cmd in (["embed", str(work / "coll-corpus.parquet"), str(work / "coll-emb")],
+                ["index", str(work / "coll-emb"), str(work / "coll-a")]):  # fmt: skip
+        subprocess.run([py, "-m", "embedlib.cli", *cmd, "--no-progress"], env=env, check=True,
+                       capture_output=True)  # fmt: skip
+    shutil.copytree(work / "coll-a", work / "coll-b")
+    one = _served_memory(py, env, [f"a={work / 'coll-a'}"], 18611, ["/v1/search"])
+    two = _served_memory(py, env, [f"a={work / 'coll-a'}", f"b={work / 'coll-b'}"], 18612,
+                         ["/v1/collections/a/search", "/v1/collections/b/search"])  # fmt: skip
+    return [
+        [f"memory: serve, 1 text collection ({docs} docs)", "", "",
+         f"gateway {one[0]:.0f} MB (PSS)", "1x", f"process tree {one[1]:.0f} MB (PSS)"],
+        ["memory: serve, 2 text collections of one model", "", "",
+         f"gateway {two[0]:.0f} MB (PSS)", f"{two[0] / one[0]:.2f}x of 1",
+         f"process tree {two[1]:.0f} MB (PSS); one query model"],
+    ]  # fmt: skip

@@ -55,6 +55,7 @@ def test_openvino_tokenizes_as_the_models_own_tokenizer(encoder, demo_texts):
     assert np.array_equal(ov.token_lengths(texts), encoder.token_lengths(texts))
 
 
+@pytest.mark.slow  # a quality measurement: 20 s
 def test_openvino_int8_keeps_quality_on_the_demo_corpus(demo_texts, fp32_vectors):
     int8 = TextEncoder("default", backend="openvino")
     q, _ = int8.encode(demo_texts)

@@ -28,6 +28,6 @@ def test_every_benchmark_stage_runs_at_smoke_size():
     firsts = [row.split(" | ")[0].removeprefix("| ") for row in rows]
     for stage in ("encode 200 docs: embedlib openvino", "index GloVe 40k", "size synthetic",
                   "search over HTTP, gateway", "text query over HTTP", "memory: index build", "lexical engines",
-                  "lexical part of the index build"):  # fmt: skip
+                  "lexical part of the index build", "memory: serve, 2 text collections"):  # fmt: skip
         assert any(f.startswith(stage) for f in firsts), (stage, firsts)
     assert all("nan" not in row for row in rows), rows

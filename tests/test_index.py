@@ -162,6 +162,7 @@ def test_a_faiss_task_uses_the_cpus_it_was_given():
     assert ray.get(threads_in_task.options(num_cpus=1).remote()) == (1, 1)
 
 
+@pytest.mark.slow  # 400k real vectors: 12 s
 @pytest.mark.usefixtures("ray_cluster")
 def test_glove_400k_recall_analogy_and_versions(tmp_path, glove):
     path, words, vectors = glove
@@ -281,6 +282,7 @@ def test_embedding_sets_from_different_models_are_refused(tmp_path):
         build_index([str(tmp_path / "a"), str(tmp_path / "b")], str(tmp_path / "idx"), run=LOCAL)
 
 
+@pytest.mark.slow  # a fault scenario: 16 s
 @pytest.mark.usefixtures("ray_cluster")
 def test_a_killed_add_task_is_retried_and_the_index_is_unchanged(tmp_path, glove):
     path, _, _ = glove
