@@ -207,7 +207,7 @@ def serve_rows(work: Path, n_vectors: int = 400_000, queries: int = 1000) -> lis
         p50 = {m: float(np.median([r["p50_ms"] for r in rs])) for m, rs in runs.items()}
         qps = {m: float(np.median([r["qps"] for r in rs])) for m, rs in runs.items()}
         rows.append([
-            "text query over HTTP at 16 clients: hybrid (dense + BM25, RRF) vs dense",
+            "text query over HTTP at 16 clients: hybrid (dense + BM25, fused) vs dense",
             f"p50 {p50['hybrid']:.1f} ms vs {p50['dense']:.1f} ms",
             f"{p50['hybrid'] / p50['dense']:.2f}x", f"{qps['hybrid']:.0f} vs {qps['dense']:.0f} q/s",
             f"{qps['hybrid'] / qps['dense']:.2f}x", "",
