@@ -327,7 +327,12 @@ def serve_index(
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(_build(options, served), name=options.app_name, route_prefix=options.route_prefix)
-        what = ", ".join(f"{c.name}={c.index} ({served[c.name]})" for c in options.collections)
+        what = ", ".join(
+            f"{c.index} ({served[c.name]})"
+            if len(served) == 1
+            else f"{c.name}={c.index} ({served[c.name]})"
+            for c in options.collections
+        )
         on_ready(f"serving {what} at http://{host}:{port} (Ctrl-C to stop)")
         if after_ready is not None:
             after_ready(f"http://{host}:{port}")
