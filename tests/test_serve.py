@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import posixpath
 import threading
 import time
 import urllib.error
@@ -663,6 +664,7 @@ def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_p
         serve.delete("nokey")
 
 
+@pytest.mark.slow  # a Ray instance and a Serve app of its own, started and stopped: 35 s
 def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, served):
     import os
     import shutil
@@ -951,6 +953,11 @@ def test_named_collections_behind_one_server(served, tmp_path):
         status, text = _request("/multi/metrics")
         assert 'route="/v1/collections/{collection}/search",collection="words",status="200"' in text
         assert 'collection="unknown",status="404"' in text
+        model = posixpath.basename(ShardedIndex(str(served)).manifest.model.name)
+        status, body = _request("/multi/v1/embeddings", {"input": "cat video", "model": model})
+        assert status == 200 and len(body["data"][0]["embedding"]) == 384, body
+        status, body = _request("/multi/v1/embeddings", {"input": "cat", "model": "glove"})
+        assert status == 404 and model in body["error"]["message"]  # names the served model
         url = f"http://127.0.0.1:{PORT}/multi"
         hits = Client(url, KEY, collection="words").search(positive=["paris", "germany"],
                                                           negative=["france"], k=1)  # fmt: skip
