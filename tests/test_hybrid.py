@@ -18,7 +18,7 @@ from embedlib import NoLexicalIndexError, Query, QueryError, RunOptions, Sharded
 from embedlib.index import IndexOptions, build_index
 from embedlib.index.fusion import fuse_relative, fuse_rrf
 from embedlib.index.lexical import MAX_QUERY_TERMS, Analyzer
-from embedlib.index.searcher import FUSION_FETCH
+from embedlib.index.searcher import FUSION_FETCH, FUSION_WINDOW
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -88,7 +88,7 @@ def test_hybrid_is_the_default_and_fuses_the_global_rankings(indexes):
         default = index.search_text([text], k, group="chunk", explain=True)[0]
         hybrid = index.search_text([text], k, group="chunk", mode="hybrid")[0]
         assert [h.id for h in default] == [h.id for h in hybrid]
-        depth = k * FUSION_FETCH
+        depth = max(k * FUSION_FETCH, FUSION_WINDOW)
         dense = index.search_text([text], depth, group="chunk", mode="dense")[0]
         lexical = index.search_text([text], depth, group="chunk", mode="lexical")[0]
         iid = {(h.id, h.passage.chunk): n for n, h in enumerate(dense + lexical)}
@@ -203,3 +203,30 @@ def test_a_first_place_dense_hit_keeps_first_place_against_a_weak_lexical_match(
     assert index.search_text(query, 1, mode="dense")[0][0].id == "doc1"
     assert "train" in index.search_text(query, 1, fusion="rrf")[0][0].text
     assert index.search_text(query, 1)[0][0].id == "doc1"  # the default: relative
+
+
+def test_a_hybrid_ranking_does_not_depend_on_k(tmp_path):
+    """A document missing from one ranking scores 0 there, so fusing lists only k deep let
+    k change the top hit: with 50 notes about neural networks, "how to train a neural net"
+    put one first at k=1 and another at k=3. Both lists go at least FUSION_WINDOW deep:
+    every k up to it gives a prefix of one ranking, with the same scores, in every fusion."""
+    topics = ["gardening", "tax forms", "train timetables", "soup recipes", "neural networks",
+              "running shoes"]  # fmt: skip
+    texts = ["cat video", "machine learning tutorial", "buy cheap shoes"] + [
+        f"a note about {topics[i % 6]} number {i}" for i in range(300)
+    ]
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(
+        str(tmp_path / "emb"), str(tmp_path / "idx"), options=IndexOptions(shards=2), run=LOCAL
+    )
+    index = ShardedIndex(str(tmp_path / "idx"))
+    deepest = FUSION_WINDOW // FUSION_FETCH
+    for fusion in ("relative", "rrf", "minmax"):
+        for query in ("how to train a neural net", "cheap running shoes", "soup"):
+            full = [(h.id, h.score) for h in index.search_text([query], deepest, fusion=fusion)[0]]
+            for k in (1, 2, 3, 5, 10, 20):
+                got = [(h.id, h.score) for h in index.search_text([query], k, fusion=fusion)[0]]
+                assert got == full[:k], (fusion, query, k)

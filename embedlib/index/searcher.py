@@ -51,6 +51,9 @@ Task = SearchTask | LexicalTask
 Pairs = list[tuple[float, int]]  # (score, int64 id), best first
 FIRST_FETCH = 4  # a chunked search first fetches this many chunks per document wanted
 FUSION_FETCH = 2  # a hybrid search fetches each ranking this many times as deep
+# ... and at least this deep (Elasticsearch's rank_window_size): a document missing from
+# one list scores 0 there, so a shallow window would let k change the top hits
+FUSION_WINDOW = 100
 Rounds = Generator[list[Task], list[TaskResult], "Answers"]
 DENSE, LEXICAL, HYBRID = "dense", "lexical", "hybrid"
 
@@ -228,7 +231,7 @@ class Searcher:
         wanted = options.k + len(excluded)
         depth = wanted * FIRST_FETCH * options.passages if grouped else wanted
         if mode == HYBRID:
-            depth *= FUSION_FETCH
+            depth = max(depth * FUSION_FETCH, FUSION_WINDOW)
         terms, attainable = (
             self.lexical.weigh(text) if mode != DENSE and self.lexical and text else ((), 0.0)
         )
