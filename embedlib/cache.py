@@ -5,7 +5,9 @@ files): a private per-user folder, `$EMBEDLIB_CACHE` or ~/.cache/embedlib, mode 
 its bytes match the sha256 its manifest lists, versions that share a file share one copy
 (an update copies the shards it leaves alone), and the least recently used files go once
 the cache is over its size budget (`EMBEDLIB_CACHE_MAX_GB`, default 20). A file evicted
-while memory-mapped stays readable to whoever mapped it (POSIX keeps its pages).
+while memory-mapped stays readable to whoever mapped it (POSIX keeps its pages); a file
+used in the last minute is not evicted, so a path just handed out can still be opened
+(the budget may be overrun for that minute).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import logging
 import os
 import stat
 import tempfile
+import time
 from pathlib import Path
 
 import fsspec
@@ -24,6 +27,9 @@ from embedlib.exceptions import StorageError
 log = logging.getLogger(__name__)
 DEFAULT_BUDGET_GB = 20.0
 CHUNK = 1 << 22
+# a file used this recently is never evicted: another process sharing the folder (a
+# replica on the same node) may have just been handed its path and not opened it yet
+EVICT_GRACE_S = 60.0
 
 
 def cache_root() -> Path:
@@ -61,9 +67,15 @@ def cache_budget_bytes() -> int:
 class FileCache:
     """Verified local copies of remote files, by sha256 (see the module)."""
 
-    def __init__(self, folder: Path | None = None, budget_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        folder: Path | None = None,
+        budget_bytes: int | None = None,
+        grace_s: float = EVICT_GRACE_S,
+    ) -> None:
         self.folder = folder or cache_root() / "index"
         self.budget_bytes = cache_budget_bytes() if budget_bytes is None else budget_bytes
+        self.grace_s = grace_s
 
     def get(self, fs: fsspec.AbstractFileSystem, path: str, sha256: str) -> str:
         """A local copy of `path` whose content has that sha256 (copied and verified on a
@@ -97,7 +109,8 @@ class FileCache:
 
     def evict(self, keep: Path | None = None) -> list[Path]:
         """Remove the least recently used files until the cache fits its budget (never
-        `keep`); the files removed."""
+        `keep` nor a file used in the last `grace_s` seconds); the files removed."""
+        recent = time.time() - self.grace_s
         files = []
         for entry in os.scandir(self.folder):
             if entry.is_file() and not entry.name.startswith(".incoming-"):
@@ -105,10 +118,10 @@ class FileCache:
                 files.append((info.st_mtime, info.st_size, Path(entry.path)))
         total = sum(size for _, size, _ in files)
         removed = []
-        for _, size, path in sorted(files):
+        for mtime, size, path in sorted(files):
             if total <= self.budget_bytes:
                 break
-            if path == keep:
+            if path == keep or mtime > recent:
                 continue
             path.unlink(missing_ok=True)
             total -= size

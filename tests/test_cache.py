@@ -50,7 +50,7 @@ def test_least_recently_used_files_are_evicted_past_the_budget(memfs, tmp_path):
     for name, blob in blobs.items():
         fs.pipe(f"{url}/{name}", blob)
         digests[name] = hashlib.sha256(blob).hexdigest()
-    cache = FileCache(tmp_path / "cache", budget_bytes=2500)
+    cache = FileCache(tmp_path / "cache", budget_bytes=2500, grace_s=0)
 
     def get(name: str) -> str:
         path = cache.get(fs, f"{url}/{name}", digests[name])
@@ -64,6 +64,26 @@ def test_least_recently_used_files_are_evicted_past_the_budget(memfs, tmp_path):
     with open(get("a"), "rb") as fh:
         assert fh.read() == blobs["a"]
     assert sorted(p.name[-1] for p in cache.folder.iterdir()) == ["a", "b"]
+
+
+def test_a_file_just_handed_out_is_not_evicted(memfs, tmp_path):
+    """Two caches on one folder (two replicas on one node): one is handed a's path, then
+    the other's download of b goes over the budget; a, used within the grace period, is
+    still there to open. Once a is older than that, it is the one evicted."""
+    fs, url = memfs
+    blobs = {name: os.urandom(1000) for name in "abc"}
+    for name, blob in blobs.items():
+        fs.pipe(f"{url}/{name}", blob)
+    digest = {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()}
+    first, second = (FileCache(tmp_path / "cache", budget_bytes=1500) for _ in range(2))
+    handed = first.get(fs, f"{url}/a", digest["a"])
+    second.get(fs, f"{url}/b", digest["b"])  # over the budget, a within the grace period
+    with open(handed, "rb") as fh:
+        assert fh.read() == blobs["a"]
+    old = time.time() - 2 * first.grace_s
+    os.utime(handed, (old, old))
+    second.get(fs, f"{url}/c", digest["c"])
+    assert sorted(p.name[-1] for p in second.folder.iterdir()) == ["b", "c"]
 
 
 def test_the_cache_folder_is_private(tmp_path):
