@@ -5,6 +5,7 @@ sizing work to the cluster, and checking that every node can reach a storage loc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 # Set by each model-holding process itself (not as a Ray runtime env: a task or actor
 # with one cannot use the workers Ray prestarts, and waits ~0.6 s for a fresh one).
 WORKER_ENV = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+STOP_WAIT_S = 10.0  # how long a command's end waits for its Ray processes before killing them
 
 
 def use_worker_env() -> None:
@@ -116,9 +118,13 @@ def stop_ray() -> None:
 
     The local instance's autoscaler monitor (a child of this process) is killed first:
     `ray.shutdown` stops the GCS before it, and the monitor's SIGTERM handler then waits
-    on the dead GCS until Ray kills it a second later (1.0 of shutdown's 1.3 s)."""
+    on the dead GCS until Ray kills it a second later (1.0 of shutdown's 1.3 s). Then it
+    waits for the instance's processes (workers leave once they see their raylet gone,
+    seconds later on a busy machine) and kills any still there after STOP_WAIT_S: the
+    command ends with nothing of its Ray left running."""
     if not ray_connected():
         return
+    ours = psutil.Process().children(recursive=True)  # raylet, GCS, workers, monitors
     for child in psutil.Process().children():
         try:
             if any(part.endswith("autoscaler/_private/monitor.py") for part in child.cmdline()):
@@ -126,6 +132,11 @@ def stop_ray() -> None:
         except psutil.NoSuchProcess:
             continue  # gone already
     ray.shutdown()
+    _, alive = psutil.wait_procs(ours, timeout=STOP_WAIT_S)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=STOP_WAIT_S)
 
 
 def _beside_job_env(runtime_env: dict[str, Any]) -> dict[str, Any]:
