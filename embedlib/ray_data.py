@@ -182,11 +182,8 @@ def _fixed_size_vectors(batch: pa.Table) -> pa.Table:
     column = batch.column(VECTOR)
     if pa.types.is_fixed_size_list(column.type):
         return batch
-    rows = column.to_numpy() if hasattr(column, "to_numpy") else None
-    matrix = np.asarray(
-        np.stack(list(rows)) if rows is not None and rows.dtype == object else rows,
-        dtype=np.float32,
-    )
+    rows = column.to_numpy()
+    matrix = np.asarray(np.stack(list(rows)) if rows.dtype == object else rows, np.float32)
     if matrix.ndim != 2:
         raise SourceError(f"the vector column must hold vectors of one length, got {column.type}")
     at = batch.column_names.index(VECTOR)

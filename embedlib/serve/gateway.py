@@ -16,7 +16,7 @@ import base64
 import binascii
 import posixpath
 from collections.abc import Callable, Mapping
-from functools import partial
+from functools import cache, partial
 from importlib import resources
 from typing import Any
 
@@ -66,7 +66,6 @@ from embedlib.serve.schemas import (
 )
 from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
 
-SEARCH_PAGE = (resources.files("embedlib.serve") / "static" / "search.html").read_text("utf-8")
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
     "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
@@ -75,6 +74,14 @@ PAGE_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 EMBED_SLICE = 64  # /v1/embeddings encodes this many texts per call
+
+
+@cache
+def search_page() -> str:
+    """The search page's HTML, read from the package once, when first asked for."""
+    return (resources.files("embedlib.serve") / "static" / "search.html").read_text("utf-8")
+
+
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": what}
     for status, what in (
@@ -341,7 +348,7 @@ class Gateway:
     async def page(self) -> Response:
         """The search page (one static file; it uses the JSON API, with the key it asks
         for once per tab). Its policy lets it reach this server only."""
-        return HTMLResponse(SEARCH_PAGE, headers=PAGE_HEADERS)
+        return HTMLResponse(search_page(), headers=PAGE_HEADERS)
 
     @api.get("/healthz", response_model=Status)
     async def healthz(self) -> dict[str, str]:
