@@ -710,9 +710,13 @@ def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, serve
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    time.sleep(2)
-    out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
-    left = [line for line in out.splitlines() if line.split()[1] == str(proc.pid)]
+    deadline = time.time() + 30  # workers leave once they see their raylet gone
+    while True:
+        out = subprocess.run(["ps", "-eo", "pid=,sid="], capture_output=True, text=True).stdout
+        left = [line for line in out.splitlines() if line.split()[1] == str(proc.pid)]
+        if not left or time.time() > deadline:
+            break
+        time.sleep(1)
     assert left == [], f"{len(left)} processes of the server's session outlived Ctrl-C"
     assert stop_orphaned_haproxy() == []  # HAProxy (a session of its own) stopped with Serve
 
