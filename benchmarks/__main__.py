@@ -175,7 +175,7 @@ def index_rows(n_synth: int, n_glove: int, work: Path) -> list[list[str]]:
 
     from embedlib import RunOptions
     from embedlib.index import IndexOptions, ShardedIndex, build_index
-    from embedlib.index.plan import TRAIN_POINTS_PER_CENTROID
+    from embedlib.index.build.plan import TRAIN_POINTS_PER_CENTROID
 
     sets = {
         f"GloVe {n_glove // 1000}k x 50": np.load(ROOT + "/glove_6B_50d_emb.npy")[:n_glove].astype(

@@ -29,8 +29,8 @@ def _chunks(docs: dict[str, str]) -> list[tuple[str, int, int]]:
     """(document, start, end) of embedlib's chunks (the model's tokenizer, 254 tokens)."""
     from tokenizers import Tokenizer
 
-    from embedlib.chunking import Chunker
-    from embedlib.models import resolve_model_path
+    from embedlib.embed.chunking import Chunker
+    from embedlib.models.fingerprint import resolve_model_path
 
     tokenizer = Tokenizer.from_file(str(Path(resolve_model_path("default")) / "tokenizer.json"))
     tokenizer.no_truncation()
@@ -140,8 +140,8 @@ def short_texts(n: int) -> list[str]:
 def build_share_rows(work: Path, n_short: int = 200_000, max_docs: int = 10_000) -> list[list[str]]:
     """The lexical phase's share of `embedlib index` on two sets."""
     from embedlib import EmbedOptions, RunOptions, build_index, embed_corpus
-    from embedlib.embedding_set import write_vector_set
     from embedlib.index import IndexOptions
+    from embedlib.sets.embedding_set import write_vector_set
 
     run = RunOptions(runner="local", progress=False)
     rows = []

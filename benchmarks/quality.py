@@ -299,8 +299,8 @@ def quality_rows(work: Path, max_docs: int = 10_000) -> list[list[str]]:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    from embedlib.chunking import Chunker
-    from embedlib.models import resolve_model_path
+    from embedlib.embed.chunking import Chunker
+    from embedlib.models.fingerprint import resolve_model_path
 
     model = SentenceTransformer(resolve_model_path("default"), device="cpu")
     tokenizer = Tokenizer.from_file(str(Path(resolve_model_path("default")) / "tokenizer.json"))
@@ -401,7 +401,7 @@ def _demo_row(work: Path) -> list[str]:
     import pyarrow.parquet as pq
 
     from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
-    from embedlib.stdlib_docs import stdlib_corpus
+    from embedlib.embed.stdlib_docs import stdlib_corpus
 
     run = RunOptions(runner="local", progress=False)
     pq.write_table(stdlib_corpus(), work / "demo.parquet")

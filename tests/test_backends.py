@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from embedlib import EmbedOptions, RunOptions, embed_corpus
-from embedlib.encode import TextEncoder
 from embedlib.exceptions import IncompatibleOutputError, ModelMismatchError
-from embedlib.openvino_backend import INT8_PRECISION, ModelConversionError
+from embedlib.models.encoders import TextEncoder
+from embedlib.models.openvino_backend import INT8_PRECISION, ModelConversionError
 from tests import corpora
 
 
 @pytest.fixture(scope="module")
 def demo_texts() -> list[str]:
-    from embedlib.stdlib_docs import stdlib_corpus
+    from embedlib.embed.stdlib_docs import stdlib_corpus
 
     return stdlib_corpus().column("text").to_pylist()
 

@@ -17,7 +17,7 @@ from embedlib import (
     StorageError,
     embed_corpus,
 )
-from embedlib.embedding_set import COMMITS
+from embedlib.sets.embedding_set import COMMITS
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)

@@ -12,10 +12,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import EmbeddingSet, EmbedOptions, Query, RunOptions, ShardedIndex, embed_corpus
-from embedlib.chunking import Chunker
-from embedlib.encode import TextEncoder
+from embedlib.embed.chunking import Chunker
 from embedlib.index import IndexOptions, build_index
-from embedlib.index.update import update_index
+from embedlib.index.update.upsert import update_index
+from embedlib.models.encoders import TextEncoder
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -108,7 +108,7 @@ def test_chunks_on_request_filters_by_document_and_arithmetic_by_document_vector
 
 def test_long_scripts_without_spaces_and_too_many_chunks(tmp_path):
     encoder = TextEncoder("default", backend="openvino-fp32")
-    from embedlib.chunking import ChunkOptions
+    from embedlib.embed.chunking import ChunkOptions
 
     chunker: Chunker = encoder.chunker(ChunkOptions())
     for text in ("ภาษาไทย" * 3000, "漢字かな交じり文" * 2000, "word " * 3000 + "end."):
@@ -172,11 +172,11 @@ def test_clusters_and_maps_of_a_chunked_set_are_of_documents(long_docs, tmp_path
 
 
 def test_a_tiny_last_chunk_joins_the_one_before_and_options_decide_the_output(tmp_path):
-    from embedlib.chunking import ChunkOptions
+    from embedlib.embed.chunking import ChunkOptions
     from embedlib.exceptions import IncompatibleOutputError
 
     chunker = TextEncoder("default", backend="openvino-fp32").chunker(ChunkOptions(tokens=40))
-    from embedlib.chunking import Span
+    from embedlib.embed.chunking import Span
 
     short = "alpha beta gamma delta epsilon. x"
     assert chunker._tidy(short, [Span(0, 31), Span(32, 33)]) == [Span(0, 33)]  # joined

@@ -82,7 +82,8 @@ def test_killed_run_resumes_from_committed_shards(tmp_path):
 
 
 def test_index_and_pipeline_options_map_to_the_library():
-    from embedlib.cli import build_parser, index_options
+    from embedlib.cli.args import index_options
+    from embedlib.cli.commands import build_parser
 
     args = build_parser().parse_args(
         ["index", "a", "b", "out", "--metric", "l2", "--id-column", "w", "--shards", "3"]

@@ -13,11 +13,11 @@ import pytest
 
 from embedlib import EmbeddingSet, RunOptions
 from embedlib.cli import main
-from embedlib.clustering import CLUSTER, SUMMARY, assign, cluster_vectors, train_centroids
 from embedlib.exceptions import EmbedlibError
 from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.sources import open_source
-from embedlib.maps import draw_map
+from embedlib.sets.sources import open_source
+from embedlib.uses.clustering import CLUSTER, SUMMARY, assign, cluster_vectors, train_centroids
+from embedlib.uses.maps import draw_map
 
 LOCAL = RunOptions(runner="local", progress=False)
 RAY = RunOptions(progress=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from embedlib import RunOptions
-from embedlib.demo import run_demo
-from embedlib.stdlib_docs import CLASSIC, stdlib_corpus
+from embedlib.cli.demo import run_demo
+from embedlib.embed.stdlib_docs import CLASSIC, stdlib_corpus
 
 
 def test_stdlib_corpus_is_real_and_deterministic():

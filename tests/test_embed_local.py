@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import EmbeddingSet, EmbedOptions, RunOptions, embed_corpus
-from embedlib.documents import text_hash
+from embedlib.embed.documents import text_hash
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -165,7 +165,7 @@ def test_a_model_given_as_a_local_path(memfs, tmp_path, st_model):
 
 
 def test_resume_with_other_model_weights_is_refused(memfs, monkeypatch):
-    import embedlib.embed_job as embed_job
+    import embedlib.embed.job as embed_job
     from embedlib import IncompatibleOutputError
 
     fs, url = memfs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import embedlib.embed_job as embed_job
+import embedlib.embed.job as embed_job
 from embedlib import EmbeddingSet, EmbedOptions, RunOptions, SourceError, embed_corpus
 from tests import corpora
 

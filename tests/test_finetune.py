@@ -12,8 +12,8 @@ import pytest
 
 from embedlib import EmbedOptions, RunOptions, embed_corpus
 from embedlib.exceptions import IncompatibleOutputError, ModelMismatchError, SourceError
-from embedlib.finetune import finetune, read_pairs
 from embedlib.index import build_index
+from embedlib.uses.finetune import finetune, read_pairs
 
 LOCAL = RunOptions(runner="local", progress=False)
 

@@ -16,9 +16,9 @@ import Stemmer
 
 from embedlib import NoLexicalIndexError, Query, QueryError, RunOptions, ShardedIndex, embed_corpus
 from embedlib.index import IndexOptions, build_index
-from embedlib.index.fusion import fuse_relative, fuse_rrf
-from embedlib.index.lexical import MAX_QUERY_TERMS, Analyzer
-from embedlib.index.searcher import FUSION_FETCH, FUSION_WINDOW
+from embedlib.search.fusion import fuse_relative, fuse_rrf
+from embedlib.search.lexical import MAX_QUERY_TERMS, Analyzer
+from embedlib.search.searcher import FUSION_FETCH, FUSION_WINDOW
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)

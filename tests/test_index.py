@@ -23,8 +23,8 @@ from embedlib import ModelMismatchError, RunOptions
 from embedlib.cache import FileCache
 from embedlib.exceptions import IndexPlanError, VectorError
 from embedlib.index import IndexOptions, ShardedIndex, build_index, plan_index
-from embedlib.index.plan import parse_bytes
-from embedlib.index.version import SearchParams
+from embedlib.index.build.plan import parse_bytes
+from embedlib.index.store.version import SearchParams
 
 LOCAL = RunOptions(runner="local", progress=False)
 RAY = RunOptions(progress=False)
@@ -119,8 +119,8 @@ def test_ray_sharded_build_equals_one_index_in_one_process(tmp_path, glove, n, s
 )  # fmt: skip
 def test_merging_ivf_files_on_disk_equals_faiss_merge(tmp_path, factory, parts, rows):
     """The list-by-list merge writes the very bytes FAISS writes after merge_from."""
+    from embedlib.index.build.ivf_file import merge_ivf_files, streamable
     from embedlib.index.faiss_ops import merge_into
-    from embedlib.index.ivf_file import merge_ivf_files, streamable
 
     x = np.random.default_rng(0).standard_normal((parts * rows + 4000, 32)).astype(np.float32)
     trained = faiss.index_factory(32, factory, faiss.METRIC_INNER_PRODUCT)

@@ -22,9 +22,9 @@ from embedlib import (
     TextItem,
     embed_corpus,
 )
-from embedlib.embedding_set import EmbeddingSetManifest
 from embedlib.index import IndexOptions, build_index
-from embedlib.index.version import SearchParams
+from embedlib.index.store.version import SearchParams
+from embedlib.sets.embedding_set import EmbeddingSetManifest
 
 LOCAL = RunOptions(runner="local", progress=False)
 TOPICS = ["gardening", "tax forms", "train timetables", "soup recipes", "neural networks"]
@@ -152,7 +152,7 @@ def test_the_typed_manifests_keep_every_field(index, tmp_path):
 
 def test_indexes_of_one_model_share_one_query_model(index):
     """Collections in one server hold one query model per distinct fingerprint."""
-    from embedlib.encode import QueryModels
+    from embedlib.models.encoders import QueryModels
 
     models = QueryModels()
     root = index.version.url.rsplit("/versions/", 1)[0]

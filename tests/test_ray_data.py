@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from embedlib import EmbeddingSet, EmbedOptions, RunOptions, ShardedIndex, build_index, embed_corpus
-from embedlib.documents import CHUNK, ID
+from embedlib.embed.documents import CHUNK, ID
 from embedlib.exceptions import SourceError
 from embedlib.ray_data import Embedder, write_embedding_set
 from tests import corpora

@@ -13,7 +13,7 @@ import pytest
 from embedlib import RunOptions
 from embedlib.cli import main
 from embedlib.exceptions import RecommendError, SourceError
-from embedlib.recommend import (
+from embedlib.uses.recommend import (
     Recommender,
     planted_interactions,
     read_interactions,

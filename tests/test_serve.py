@@ -464,7 +464,7 @@ def test_glove_arithmetic_and_analogies_over_http(served, tmp_path):
     from ray import serve
 
     from embedlib.serve.app import build_app
-    from embedlib.word_vectors import (
+    from embedlib.uses.word_vectors import (
         PACKAGED_GLOVE,
         evaluate_analogies,
         import_word_vectors,
@@ -511,8 +511,8 @@ def test_recommend_over_http_equals_the_library(served, tmp_path):
     over the item count is 422; a server without a recommender says how to get one."""
     from ray import serve
 
-    from embedlib.recommend import Recommender, planted_interactions, train_recommender
     from embedlib.serve.app import build_app
+    from embedlib.uses.recommend import Recommender, planted_interactions, train_recommender
 
     table, _, _ = planted_interactions(users=200, items=120, seed=2)
     pq.write_table(table, tmp_path / "i.parquet")
@@ -812,7 +812,7 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
     with nprobe scaled to the share of matching rows: recall against exact search over the
     matching rows stays high."""
 
-    import embedlib.index.shards
+    import embedlib.search.shards
 
     _, words, vectors = glove
     n = 60_000
@@ -827,7 +827,7 @@ def test_filters_inside_faiss_keep_recall(tmp_path, glove, monkeypatch):
         options=__import__("embedlib").index.IndexOptions(shards=2),
         run=LOCAL,
     )
-    monkeypatch.setattr(embedlib.index.shards, "EXACT_FILTER_LIMIT", 0)
+    monkeypatch.setattr(embedlib.search.shards, "EXACT_FILTER_LIMIT", 0)
     index = ShardedIndex(str(tmp_path / "idx"))
     xn = vectors[:n] / np.linalg.norm(vectors[:n], axis=1, keepdims=True)
     rng = np.random.default_rng(1)
@@ -881,7 +881,7 @@ def test_long_documents_answer_with_their_passages_over_http(served, tmp_path):
 def test_watch_keeps_serving_through_a_broken_version_and_moves_on(tmp_path):
     """`--watch`'s watcher: a version that cannot be opened is skipped (logged, retried
     later) and the served one stays; a good new version is taken."""
-    from embedlib.index.layout import published_version
+    from embedlib.index.store.layout import published_version
     from embedlib.serve.app import VersionWatcher
 
     rng = np.random.default_rng(0)
@@ -921,7 +921,7 @@ def test_named_collections_behind_one_server(served, tmp_path):
 
     from embedlib.serve.app import build_app
     from embedlib.serve.config import collection_specs
-    from embedlib.word_vectors import PACKAGED_GLOVE, import_word_vectors
+    from embedlib.uses.word_vectors import PACKAGED_GLOVE, import_word_vectors
 
     shutil.copytree(served, tmp_path / "docs2")
     import_word_vectors(PACKAGED_GLOVE, str(tmp_path / "glove"), limit=20_000)

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedlib.corpus import discover, plan_splits, read_split
-from embedlib.corpus.plan import plan_digest
+from embedlib.embed.corpus import discover, plan_splits, read_split
+from embedlib.embed.corpus.plan import plan_digest
 
 FS = fsspec.filesystem("memory")
 line_text = st.text(

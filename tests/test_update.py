@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from embedlib import EmbedOptions, RunOptions, embed_corpus
-from embedlib.embedding_set import EmbeddingSet
 from embedlib.exceptions import EmbedlibError, IndexLockedError, ModelMismatchError, SourceError
 from embedlib.index import ShardedIndex, build_index
-from embedlib.index.build import IndexOptions
-from embedlib.index.lock import LOCK, index_lock
-from embedlib.index.update import Drift, gc_versions, update_index
+from embedlib.index.build.driver import IndexOptions
+from embedlib.index.store.lock import LOCK, index_lock
+from embedlib.index.update.upsert import Drift, gc_versions, update_index
+from embedlib.sets.embedding_set import EmbeddingSet
 from tests import corpora
 
 LOCAL = RunOptions(runner="local", progress=False)
@@ -107,7 +107,7 @@ def test_a_crash_before_publishing_leaves_the_served_version_and_a_rerun_complet
     root, (_v1, v2) = versions
     index = str(tmp_path / "idx")
     build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
-    import embedlib.index.update as update_module
+    import embedlib.index.update.upsert as update_module
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed while publishing")

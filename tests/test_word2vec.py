@@ -14,7 +14,7 @@ from embedlib import EmbeddingSet, RunOptions
 from embedlib.cli import main
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.index import ShardedIndex, build_index
-from embedlib.word2vec import MODEL_FILE, train_word2vec
+from embedlib.uses.word2vec import MODEL_FILE, train_word2vec
 
 LOCAL = RunOptions(runner="local", progress=False)
 

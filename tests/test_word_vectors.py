@@ -11,7 +11,7 @@ from gensim.test.utils import datapath
 from embedlib import EmbeddingSet, RunOptions
 from embedlib.exceptions import EmbedlibError, QueryError, SourceError
 from embedlib.index import IndexOptions, ShardedIndex, build_index
-from embedlib.word_vectors import (
+from embedlib.uses.word_vectors import (
     PACKAGED_GLOVE,
     evaluate_analogies,
     import_word_vectors,

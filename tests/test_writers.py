@@ -20,8 +20,8 @@ import pytest
 
 from embedlib import RunOptions
 from embedlib.index import build_index
-from embedlib.index.layout import list_versions, published_version
-from embedlib.index.update import gc_versions
+from embedlib.index.store.layout import list_versions, published_version
+from embedlib.index.update.upsert import gc_versions
 
 LOCAL = RunOptions(runner="local", progress=False)
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PUBLISHER = """
 import sys, time, fsspec
 from pathlib import Path
-from embedlib.index.layout import publish
+from embedlib.index.store.layout import publish
 root, tag, n, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 fs = fsspec.filesystem("file")
 stagings = []
@@ -133,8 +133,8 @@ HOLDER = """
 import json, sys, time, fsspec
 from pathlib import Path
 from embedlib.exceptions import LockLostError
-from embedlib.index.layout import publish
-from embedlib.index.lock import index_lock
+from embedlib.index.store.layout import publish
+from embedlib.index.store.lock import index_lock
 root, go = sys.argv[1], Path(sys.argv[2])
 fs = fsspec.filesystem("file")
 staging = Path(root, "versions", ".staging-held")
@@ -159,7 +159,7 @@ def test_a_holder_that_lost_its_lock_cannot_publish(tmp_path):
 
     import fsspec
 
-    from embedlib.index.lock import LOCK, index_lock
+    from embedlib.index.store.lock import LOCK, index_lock
 
     root = tmp_path / "idx"
     (root / "versions").mkdir(parents=True)
@@ -187,7 +187,7 @@ def test_a_holder_that_lost_its_lock_cannot_publish(tmp_path):
 
 TAKER = """
 import os, sys, time, fsspec
-from embedlib.index.lock import index_lock
+from embedlib.index.store.lock import index_lock
 root, log, start = sys.argv[1], sys.argv[2], float(sys.argv[3])
 fs = fsspec.filesystem("file")
 while time.time() < start:

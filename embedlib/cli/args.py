@@ -5,13 +5,14 @@ and each `*_options` turns the parsed arguments into the library's typed options
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from embedlib.corpus.discover import FORMATS
-from embedlib.index.build import IndexOptions
-from embedlib.index.plan import parse_bytes
-from embedlib.models import DEFAULT_MODEL
+from embedlib.embed.corpus.discover import FORMATS
+from embedlib.models.fingerprint import DEFAULT_MODEL
 from embedlib.options import BACKENDS, METRICS, EmbedOptions, RunOptions
+
+if TYPE_CHECKING:
+    from embedlib.index.build.driver import IndexOptions
 
 
 def _storage_option(text: str) -> tuple[str, str]:
@@ -242,6 +243,9 @@ def add_index_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def index_options(args: argparse.Namespace) -> IndexOptions:
+    from embedlib.index.build.driver import IndexOptions
+    from embedlib.index.build.plan import parse_bytes
+
     return IndexOptions(
         factory=args.factory,
         metric=getattr(args, "index_metric", None),

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from embedlib.cli_args import (
+from embedlib.cli.args import (
     add_embed_arguments,
     add_index_arguments,
     add_pipeline_arguments,
@@ -23,24 +23,21 @@ from embedlib.cli_args import (
     index_options,
     run_options,
 )
-from embedlib.cli_uses import add_use_commands
-from embedlib.client import Client
-from embedlib.demo import run_demo, show_served
-from embedlib.distributed import ensure_ray, ray_connected, stop_ray
-from embedlib.embed_job import embed_corpus
+from embedlib.cli.uses import add_use_commands
 from embedlib.exceptions import EmbedlibError
-from embedlib.index.build import build_index
-from embedlib.index.update import gc_versions, retrain_index, update_index
-from embedlib.serve.config import api_key_from_env, collection_specs
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
+    from embedlib.embed.job import embed_corpus
+
     report = embed_corpus(args.source, args.out, options=embed_options(args), run=run_options(args))
     print(report)
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    from embedlib.cli.demo import run_demo, show_served
+
     run_demo(args.out, run=run_options(args))
     if args.no_serve:
         return 0
@@ -53,6 +50,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from embedlib.index.build.driver import build_index
+    from embedlib.index.update.upsert import retrain_index
+
     def echo(line: str) -> None:
         print(line, flush=True)
 
@@ -74,6 +74,8 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
+    from embedlib.index.update.upsert import update_index
+
     if args.source is None and not args.delete_ids:
         raise EmbedlibError("give a SOURCE to update from, --delete-ids FILE, or both")
     deletes: list[str] = []
@@ -90,6 +92,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from embedlib.index.update.upsert import gc_versions
+
     removed = gc_versions(args.index, keep=args.keep)
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")
     return 0
@@ -97,6 +101,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from embedlib.serve.app import serve_index
+    from embedlib.serve.config import api_key_from_env, collection_specs
 
     serve_index(
         collections=collection_specs(args.index, args.default),
@@ -116,6 +121,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    from embedlib.client import Client
+
     client = Client(
         args.url,
         api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY"),
@@ -131,6 +138,11 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
     """embed -> index -> serve: OUT/embeddings, OUT/index, and the Serve app (left running)."""
+    from embedlib.distributed import ensure_ray
+    from embedlib.embed.job import embed_corpus
+    from embedlib.index.build.driver import build_index
+    from embedlib.serve.config import api_key_from_env
+
     embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
     run = run_options(args)
     if not args.no_serve and run.runner != "local":
@@ -221,12 +233,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    connected_before = ray_connected()  # a caller's Ray (e.g. a test session) stays up
+    connected_before = _ray_connected()  # a caller's Ray (e.g. a test session) stays up
     try:
         return _run(argv)
     finally:
-        if not connected_before:
+        if not connected_before and "ray" in sys.modules:  # a command that used Ray
+            from embedlib.distributed import stop_ray
+
             stop_ray()
+
+
+def _ray_connected() -> bool:
+    """Whether this process already holds Ray (never imported: it does not)."""
+    if "ray" not in sys.modules:
+        return False
+    from embedlib.distributed import ray_connected
+
+    return ray_connected()
 
 
 def _run(argv: Sequence[str] | None) -> int:

@@ -15,13 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.client import Client
-from embedlib.embed_job import embed_corpus
-from embedlib.embedding_set import EmbeddingSet
-from embedlib.index.build import build_index
-from embedlib.index.layout import CURRENT
-from embedlib.index.reader import ShardedIndex
+from embedlib.embed.job import embed_corpus
+from embedlib.embed.stdlib_docs import stdlib_corpus
+from embedlib.index.build.driver import build_index
+from embedlib.index.store.layout import CURRENT
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.stdlib_docs import stdlib_corpus
+from embedlib.search.sharded_index import ShardedIndex
+from embedlib.sets.embedding_set import EmbeddingSet
 
 QUERIES = (
     "how to train a neural net",

@@ -10,24 +10,10 @@ from typing import Any
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 
-from embedlib.cli_args import add_run_arguments, run_options
-from embedlib.client import Client
-from embedlib.clustering import cluster_vectors
-from embedlib.corpus.discover import FORMATS as CORPUS_FORMATS
-from embedlib.finetune import DEMO_PAIRS, finetune
-from embedlib.maps import PROJECTIONS, draw_map
-from embedlib.models import DEFAULT_MODEL
-from embedlib.recommend import Recommender, planted_interactions, train_recommender
-from embedlib.word2vec import train_word2vec
-from embedlib.word_vectors import (
-    FORMATS as VECTOR_FORMATS,
-)
-from embedlib.word_vectors import (
-    PACKAGED_GLOVE,
-    evaluate_analogies,
-    import_word_vectors,
-    read_analogies,
-)
+from embedlib.cli.args import add_run_arguments, run_options
+from embedlib.embed.corpus.discover import FORMATS as CORPUS_FORMATS
+from embedlib.models.fingerprint import DEFAULT_MODEL
+from embedlib.options import DEMO_PAIRS, PACKAGED_GLOVE, PROJECTIONS, VECTOR_FORMATS
 
 METRIC_CHOICES = ("cosine", "dot", "l2")
 
@@ -83,6 +69,7 @@ def add_use_commands(sub: Any) -> None:
 
 def add_import_vectors_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib import-vectors` and `jobs/import_vectors.py`."""
+
     p.add_argument("source", help=f"a word2vec or GloVe file (any fsspec URL), or {PACKAGED_GLOVE}")
     p.add_argument("out", help="the embedding set to write (the word is the id)")
     p.add_argument(
@@ -95,6 +82,8 @@ def add_import_vectors_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_import_vectors(args: argparse.Namespace) -> int:
+    from embedlib.uses.word_vectors import import_word_vectors
+
     manifest = import_word_vectors(
         args.source, args.out, format=args.format, limit=args.limit, metric=args.metric
     )
@@ -124,6 +113,8 @@ def add_train_word2vec_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_word2vec(args: argparse.Namespace) -> int:
+    from embedlib.uses.word2vec import train_word2vec
+
     report = train_word2vec(
         args.source, args.out, text_column=args.text_column, format=args.format,
         skip_gram=not args.cbow, dim=args.dim, window=args.window, min_count=args.min_count,
@@ -134,6 +125,8 @@ def cmd_train_word2vec(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_analogies(args: argparse.Namespace) -> int:
+    from embedlib.uses.word_vectors import evaluate_analogies, read_analogies
+
     questions = read_analogies(args.file, lowercase=not args.case_sensitive)
     report = evaluate_analogies(
         questions,
@@ -166,6 +159,8 @@ def add_cluster_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_cluster(args: argparse.Namespace) -> int:
+    from embedlib.uses.clustering import cluster_vectors
+
     report = cluster_vectors(
         args.input, args.out, k=args.k, metric=args.metric, sample=args.sample,
         niter=args.niter, seed=args.seed, nearest=args.nearest, run=run_options(args),
@@ -176,6 +171,7 @@ def cmd_cluster(args: argparse.Namespace) -> int:
 
 def add_map_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib map` and `jobs/draw_map.py`."""
+
     p.add_argument("input", help="an embedding set, or Parquet with id and vector columns")
     p.add_argument("out", help="folder for map.png, map.html, points.parquet (and clustered/)")
     p.add_argument(
@@ -192,6 +188,8 @@ def add_map_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_map(args: argparse.Namespace) -> int:
+    from embedlib.uses.maps import draw_map
+
     report = draw_map(
         args.input, args.out, k=args.k, projection=args.projection,
         max_points=args.max_points, seed=args.seed, title=args.title, run=run_options(args),
@@ -248,6 +246,8 @@ def add_recommend_train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_recommend_train(args: argparse.Namespace) -> int:
+    from embedlib.uses.recommend import train_recommender
+
     report = train_recommender(
         args.interactions, args.out, user_column=args.user_column,
         item_column=args.item_column, weight_column=args.weight_column, factors=args.factors,
@@ -260,6 +260,9 @@ def cmd_recommend_train(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend_query(args: argparse.Namespace) -> int:
+    from embedlib.client import Client
+    from embedlib.uses.recommend import Recommender
+
     if args.url:
         key = args.api_key or os.environ.get("EMBEDLIB_API_KEY")
         answer = Client(args.url, api_key=key).recommend(args.user, k=args.k)
@@ -273,6 +276,8 @@ def cmd_recommend_query(args: argparse.Namespace) -> int:
 
 
 def cmd_recommend_example(args: argparse.Namespace) -> int:
+    from embedlib.uses.recommend import planted_interactions
+
     table, _, _ = planted_interactions(
         users=args.users, items=args.items, per_user=args.per_user, seed=args.seed
     )
@@ -291,6 +296,7 @@ def cmd_recommend_example(args: argparse.Namespace) -> int:
 
 def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     """The options of `embedlib finetune` and `jobs/finetune.py`."""
+
     p.add_argument(
         "pairs",
         help=f"Parquet, JSON Lines or CSV with anchor and positive columns, or {DEMO_PAIRS!r} "
@@ -309,6 +315,8 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    from embedlib.uses.finetune import finetune
+
     report = finetune(
         args.pairs, args.out, model=args.model, anchor_column=args.anchor_column,
         positive_column=args.positive_column, eval_pairs=args.eval_pairs, steps=args.steps,

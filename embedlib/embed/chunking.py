@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 from semantic_text_splitter import TextSplitter
 
-from embedlib.corpus.read import QuarantineRecord
-from embedlib.documents import CHUNK, CHUNK_END, CHUNK_START, Documents
+from embedlib.embed.corpus.read import QuarantineRecord
+from embedlib.embed.documents import CHUNK, CHUNK_END, CHUNK_START, Documents
 
 MIN_CHUNK_TOKENS = 8  # a last chunk shorter than this merges into the one before
 MAX_CHARS_PER_TOKEN = 16  # beyond this, a chunk's text is cut into character windows

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedlib.corpus.read import ROW, QuarantineRecord, RawBatch
+from embedlib.embed.corpus.read import ROW, QuarantineRecord, RawBatch
 from embedlib.exceptions import SourceError
 
 ID = "id"

@@ -18,13 +18,17 @@ import numpy as np
 from fsspec.core import url_to_fs
 from tqdm.auto import tqdm
 
-from embedlib.chunking import ChunkOptions
-from embedlib.corpus.discover import SourceFile, discover
-from embedlib.corpus.plan import Split, plan_digest, plan_splits
 from embedlib.distributed import check_reachable_by_workers, check_workers_reach, choose_runner
-from embedlib.documents import CHUNK_COLUMNS, RESERVED_COLUMNS, DocumentSpec, id_hashes
-from embedlib.embed_pool import Runner, make_runner
-from embedlib.embedding_set import (
+from embedlib.embed.chunking import ChunkOptions
+from embedlib.embed.corpus.discover import SourceFile, discover
+from embedlib.embed.corpus.plan import Split, plan_digest, plan_splits
+from embedlib.embed.documents import CHUNK_COLUMNS, RESERVED_COLUMNS, DocumentSpec, id_hashes
+from embedlib.embed.pool import Runner, make_runner
+from embedlib.embed.split import SplitContext, SplitResult, SplitScan, iter_documents
+from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
+from embedlib.models.fingerprint import ModelFingerprint
+from embedlib.options import EmbedOptions, RunOptions
+from embedlib.sets.embedding_set import (
     ATTEMPTS,
     COMMITS,
     FORMAT_NAME,
@@ -34,10 +38,6 @@ from embedlib.embedding_set import (
     PartEntry,
     join,
 )
-from embedlib.exceptions import DuplicateIdError, IncompatibleOutputError, MissingColumnError
-from embedlib.models import ModelFingerprint
-from embedlib.options import EmbedOptions, RunOptions
-from embedlib.split_work import SplitContext, SplitResult, SplitScan, iter_documents
 from embedlib.storage import MANIFEST, human, read_json, write_json_atomic
 
 _DUPLICATES_SHOWN = 5

@@ -17,13 +17,13 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import RayActorError, RayTaskError
 
-from embedlib.corpus.plan import Split
 from embedlib.distributed import current_node, ensure_ray, use_worker_env, worker_slots
-from embedlib.encode import TextEncoder, resolve_backend
-from embedlib.models import ModelFingerprint
-from embedlib.openvino_backend import converted_model
+from embedlib.embed.corpus.plan import Split
+from embedlib.embed.split import SplitContext, SplitResult, SplitScan, embed_split, scan_split
+from embedlib.models.encoders import TextEncoder, resolve_backend
+from embedlib.models.fingerprint import ModelFingerprint
+from embedlib.models.openvino_backend import converted_model
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.split_work import SplitContext, SplitResult, SplitScan, embed_split, scan_split
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import fsspec
 import numpy as np
 
-from embedlib.chunking import ChunkOptions, chunk_documents
-from embedlib.corpus.plan import Split
-from embedlib.corpus.read import QuarantineRecord, read_split
-from embedlib.documents import Documents, DocumentSpec, id_hashes, prepare
-from embedlib.embedding_set import ATTEMPTS, PartFile, PartWriter, join
-from embedlib.encode import TextEncoder
+from embedlib.embed.chunking import ChunkOptions, chunk_documents
+from embedlib.embed.corpus.plan import Split
+from embedlib.embed.corpus.read import QuarantineRecord, read_split
+from embedlib.embed.documents import Documents, DocumentSpec, id_hashes, prepare
+from embedlib.models.encoders import TextEncoder
+from embedlib.sets.embedding_set import ATTEMPTS, PartFile, PartWriter, join
 
 
 @dataclass

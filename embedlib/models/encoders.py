@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from embedlib.chunking import Chunker, ChunkOptions
-from embedlib.models import ModelFingerprint, fingerprint_of, load_model
-from embedlib.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
+from embedlib.embed.chunking import Chunker, ChunkOptions
+from embedlib.models.fingerprint import ModelFingerprint, fingerprint_of, load_model
+from embedlib.models.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
 from embedlib.options import BACKENDS
 
 

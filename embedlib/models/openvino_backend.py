@@ -20,9 +20,14 @@ from typing import Any, Literal
 import numpy as np
 
 from embedlib.cache import cache_root, private_dir
+from embedlib.embed.stdlib_docs import stdlib_corpus
 from embedlib.exceptions import ModelConversionError
-from embedlib.models import ModelFingerprint, fingerprint_of, load_model, resolve_model_path
-from embedlib.stdlib_docs import stdlib_corpus
+from embedlib.models.fingerprint import (
+    ModelFingerprint,
+    fingerprint_of,
+    load_model,
+    resolve_model_path,
+)
 
 Precision = Literal["fp32", "int8"]
 INT8_PRECISION = "int8-openvino"  # the fingerprint's precision for the quantized model

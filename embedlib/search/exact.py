@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedlib.embedding_set import EmbeddingSet
+from embedlib.sets.embedding_set import EmbeddingSet
 
 
 def normalize_rows(x: np.ndarray) -> np.ndarray:

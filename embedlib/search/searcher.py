@@ -37,13 +37,13 @@ from typing import Any
 import numpy as np
 
 from embedlib.exceptions import NoLexicalIndexError, QueryError
-from embedlib.index.docs import DocsLookup
-from embedlib.index.filters import check_filter
-from embedlib.index.fusion import fuse_relative, fuse_rrf, fuse_weighted
-from embedlib.index.lexical import LexicalStats, LexicalTask
-from embedlib.index.query import Query, SearchOptions, TextItem
-from embedlib.index.shards import SearchTask, group_tasks
-from embedlib.index.version import IndexManifest, SearchParams
+from embedlib.index.store.docs import DocsLookup
+from embedlib.index.store.version import IndexManifest, SearchParams
+from embedlib.search.filters import check_filter
+from embedlib.search.fusion import fuse_relative, fuse_rrf, fuse_weighted
+from embedlib.search.lexical import LexicalStats, LexicalTask
+from embedlib.search.query import Query, SearchOptions, TextItem
+from embedlib.search.shards import SearchTask, group_tasks
 
 Row = dict[str, Any]
 TaskResult = tuple[np.ndarray, np.ndarray]

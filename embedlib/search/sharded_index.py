@@ -16,11 +16,13 @@ from typing import Any
 import numpy as np
 
 from embedlib.cache import FileCache
-from embedlib.encode import QueryModels, TextEncoder
 from embedlib.exceptions import NoTextModelError
-from embedlib.index.docs import DocsLookup, ShardDocs
 from embedlib.index.faiss_ops import merge_topk, search_params
-from embedlib.index.query import (
+from embedlib.index.store.docs import DocsLookup, ShardDocs
+from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
+from embedlib.models.encoders import QueryModels, TextEncoder
+from embedlib.models.fingerprint import ModelFingerprint
+from embedlib.search.query import (
     DEFAULT_INCLUDE,
     ArithmeticItem,
     Group,
@@ -28,10 +30,8 @@ from embedlib.index.query import (
     Query,
     SearchOptions,
 )
-from embedlib.index.searcher import Answers, Searcher, prepare_queries
-from embedlib.index.shards import IndexShard, ShardSet
-from embedlib.index.version import IndexManifest, IndexVersion, SearchParams
-from embedlib.models import ModelFingerprint
+from embedlib.search.searcher import Answers, Searcher, prepare_queries
+from embedlib.search.shards import IndexShard, ShardSet
 
 
 def open_docs(version: IndexVersion, shards: Sequence[int]) -> list[ShardDocs]:

@@ -22,11 +22,11 @@ import faiss
 import numpy as np
 
 from embedlib.exceptions import QueryError
-from embedlib.index.docs import ShardDocs
 from embedlib.index.faiss_ops import merge_topk, search_params
-from embedlib.index.filters import Filter, filter_mask
-from embedlib.index.lexical import LexicalTask, ShardPostings, merge_lexical, top_rows
-from embedlib.index.version import SearchParams
+from embedlib.index.store.docs import ShardDocs
+from embedlib.index.store.version import SearchParams
+from embedlib.search.filters import Filter, filter_mask
+from embedlib.search.lexical import LexicalTask, ShardPostings, merge_lexical, top_rows
 
 EXACT_FILTER_LIMIT = 20_000  # at most this many matching rows: exact search over them
 PARALLEL_SHARD_ROWS = 16  # from this many queries on, shards are searched in parallel

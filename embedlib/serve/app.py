@@ -31,8 +31,8 @@ from ray.serve import Application
 
 from embedlib.distributed import ensure_ray
 from embedlib.exceptions import EmbedlibError, SourceError
-from embedlib.index.layout import published_version
-from embedlib.index.version import IndexVersion
+from embedlib.index.store.layout import published_version
+from embedlib.index.store.version import IndexVersion
 from embedlib.serve.config import (
     INGRESSES,
     AppOptions,

@@ -6,11 +6,11 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
-from embedlib.encode import QueryModels
-from embedlib.index.query import Query
-from embedlib.index.reader import ShardedIndex
-from embedlib.index.searcher import Answers
-from embedlib.index.version import IndexVersion
+from embedlib.index.store.version import IndexVersion
+from embedlib.models.encoders import QueryModels
+from embedlib.search.query import Query
+from embedlib.search.searcher import Answers
+from embedlib.search.sharded_index import ShardedIndex
 from embedlib.serve.config import AppOptions, ServedVersion
 from embedlib.serve.placement import LocalPlacement, Placement, RemotePlacement
 

@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from embedlib.encode import encode_batches, query_encoder
-from embedlib.index.reader import open_docs, open_shard_set
-from embedlib.index.searcher import Task
-from embedlib.index.version import IndexVersion
-from embedlib.models import ModelFingerprint
+from embedlib.index.store.version import IndexVersion
+from embedlib.models.encoders import encode_batches, query_encoder
+from embedlib.models.fingerprint import ModelFingerprint
+from embedlib.search.searcher import Task
+from embedlib.search.sharded_index import open_docs, open_shard_set
 
 
 class ShardSearcher:

@@ -27,15 +27,14 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Res
 from ray import serve
 
 from embedlib._version import __version__
-from embedlib.encode import QueryModels
 from embedlib.exceptions import (
     ApiError,
     QueryError,
     RecommendError,
 )
-from embedlib.index.layout import has_version, published_version
-from embedlib.index.query import Query
-from embedlib.recommend import Recommender
+from embedlib.index.store.layout import has_version, published_version
+from embedlib.models.encoders import QueryModels
+from embedlib.search.query import Query
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
 from embedlib.serve.http import FastJSONResponse, GatewayRoute, Metrics, openapi_with_key
@@ -65,6 +64,7 @@ from embedlib.serve.schemas import (
     check_hits,
 )
 from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
+from embedlib.uses.recommend import Recommender
 
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "

@@ -15,14 +15,14 @@ import numpy as np
 from ray import serve
 from ray.exceptions import RayActorError
 
-from embedlib.encode import encode_batches
-from embedlib.index.docs import DocsLookup
 from embedlib.index.faiss_ops import merge_topk
-from embedlib.index.lexical import LexicalTask, merge_lexical
-from embedlib.index.reader import ShardedIndex, open_docs, require_text_model
-from embedlib.index.searcher import Searcher, Task
-from embedlib.index.shards import SearchTask
-from embedlib.index.version import IndexVersion
+from embedlib.index.store.docs import DocsLookup
+from embedlib.index.store.version import IndexVersion
+from embedlib.models.encoders import encode_batches
+from embedlib.search.lexical import LexicalTask, merge_lexical
+from embedlib.search.searcher import Searcher, Task
+from embedlib.search.sharded_index import ShardedIndex, open_docs, require_text_model
+from embedlib.search.shards import SearchTask
 
 INLINE_SEARCH_ROWS = 16  # smaller unfiltered searches run on the event loop, larger in a thread
 INLINE_LEXICAL_ROWS = 200_000  # ... BM25 searches too, over indexes of at most this many rows

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from embedlib.exceptions import QueryError
-from embedlib.index.query import (
+from embedlib.search.query import (
     ALPHA,
     DEFAULT_INCLUDE,
     MAX_EF_SEARCH,

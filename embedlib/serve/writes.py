@@ -32,7 +32,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from embedlib.distributed import use_worker_env
 from embedlib.exceptions import EmbedlibError, IndexLockedError
-from embedlib.index.update import UpdateReport, update_index
+from embedlib.index.update.upsert import UpdateReport, update_index
 from embedlib.options import RunOptions
 from embedlib.serve.config import AppOptions
 

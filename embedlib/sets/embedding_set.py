@@ -30,12 +30,12 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib._version import __version__
-from embedlib.documents import CHUNK_COLUMNS, ID, TEXT_HASH, VECTOR, Documents
+from embedlib.embed.documents import CHUNK_COLUMNS, ID, TEXT_HASH, VECTOR, Documents
 from embedlib.exceptions import EmbedlibError, IncompleteEmbeddingSetError, SourceError
-from embedlib.models import STATIC, ModelFingerprint
+from embedlib.models.fingerprint import STATIC, ModelFingerprint
 from embedlib.options import Dtype, Metric
+from embedlib.sets.columns import conform_table, unify_schemas, vector_array, vectors_of
 from embedlib.storage import MANIFEST, file_sha256, read_json, utc_now, write_json_atomic
-from embedlib.tables import conform_table, unify_schemas, vector_array, vectors_of
 
 JOB = "_job.json"
 COMMITS = "_commits"

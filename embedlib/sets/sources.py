@@ -18,12 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.documents import ID, VECTOR
-from embedlib.embedding_set import EmbeddingSetManifest
+from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import SourceError, VectorError
-from embedlib.models import ModelFingerprint
+from embedlib.models.fingerprint import ModelFingerprint
+from embedlib.sets.columns import vectors_of
+from embedlib.sets.embedding_set import EmbeddingSetManifest
 from embedlib.storage import MANIFEST
-from embedlib.tables import vectors_of
 
 RANGE_ROWS = 50_000  # rows per unit of add work
 

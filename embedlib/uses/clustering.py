@@ -24,21 +24,21 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.distributed import choose_runner, map_tasks
-from embedlib.documents import ID, VECTOR
-from embedlib.embedding_set import (
+from embedlib.embed.documents import ID, VECTOR
+from embedlib.exceptions import EmbedlibError
+from embedlib.index.build.driver import SMALL_INDEX_BYTES
+from embedlib.index.build.train import read_rows
+from embedlib.index.faiss_ops import prepare_vectors
+from embedlib.models.fingerprint import STATIC, ModelFingerprint
+from embedlib.options import RunOptions
+from embedlib.sets.embedding_set import (
     EmbeddingSetManifest,
     PartEntry,
     part_file,
     refuse_existing_set,
     write_document_set,
 )
-from embedlib.exceptions import EmbedlibError
-from embedlib.index.build import SMALL_INDEX_BYTES
-from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.sources import RowRange, VectorSource, open_source, read_range
-from embedlib.index.train import read_rows
-from embedlib.models import STATIC, ModelFingerprint
-from embedlib.options import RunOptions
+from embedlib.sets.sources import RowRange, VectorSource, open_source, read_range
 from embedlib.storage import file_sha256, human, write_json_atomic
 
 CLUSTER = "cluster"

@@ -21,12 +21,11 @@ import pyarrow.json as pjson
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
+from embedlib.embed.stdlib_docs import docstring_pairs
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.extras import optional_import
-from embedlib.models import load_model
-from embedlib.stdlib_docs import docstring_pairs
-
-DEMO_PAIRS = "demo"  # pairs from the standard library's docstrings (summary -> the rest)
+from embedlib.models.fingerprint import load_model
+from embedlib.options import DEMO_PAIRS
 
 
 @dataclass(frozen=True)

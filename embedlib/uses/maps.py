@@ -20,15 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.clustering import CLUSTER, cluster_vectors
-from embedlib.documents import ID
+from embedlib.embed.documents import ID
 from embedlib.exceptions import EmbedlibError
 from embedlib.extras import optional_import
 from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.sources import VectorSource, open_source, read_range
-from embedlib.options import RunOptions
+from embedlib.options import PROJECTIONS, RunOptions
+from embedlib.sets.sources import VectorSource, open_source, read_range
+from embedlib.uses.clustering import CLUSTER, cluster_vectors
 
-PROJECTIONS = ("pca", "umap")
 PNG, HTML, POINTS, CLUSTERED = "map.png", "map.html", "points.parquet", "clustered"
 HOVER_CHARS = 160
 

@@ -32,12 +32,12 @@ import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.embedding_set import write_vector_set
 from embedlib.exceptions import EmbedlibError, RecommendError, SourceError
 from embedlib.extras import optional_import
-from embedlib.index.build import IndexOptions, build_index
-from embedlib.index.reader import ShardedIndex
+from embedlib.index.build.driver import IndexOptions, build_index
 from embedlib.options import RunOptions
+from embedlib.search.sharded_index import ShardedIndex
+from embedlib.sets.embedding_set import write_vector_set
 from embedlib.storage import read_json, write_json_atomic
 
 META, USERS, ITEMS, INDEX = "recommender.json", "users.parquet", "items", "index"

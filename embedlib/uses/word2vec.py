@@ -13,11 +13,11 @@ from typing import Any
 
 from fsspec.core import url_to_fs
 
-from embedlib.corpus import read_corpus
-from embedlib.corpus.discover import Format
-from embedlib.embedding_set import write_vector_set
+from embedlib.embed.corpus import read_corpus
+from embedlib.embed.corpus.discover import Format
 from embedlib.exceptions import SourceError
 from embedlib.extras import optional_import
+from embedlib.sets.embedding_set import write_vector_set
 from embedlib.storage import MANIFEST, is_local
 
 MODEL_FILE = "word2vec.model"  # gensim's full model: load it to train further

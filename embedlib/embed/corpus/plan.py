@@ -13,7 +13,7 @@ from typing import Literal
 import fsspec
 import pyarrow.parquet as pq
 
-from embedlib.corpus.discover import SourceFile
+from embedlib.embed.corpus.discover import SourceFile
 from embedlib.exceptions import SourceError
 
 SplitKind = Literal["row_groups", "bytes", "whole"]

@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from embedlib.corpus.discover import Format, discover
-from embedlib.corpus.plan import Split, plan_splits
+from embedlib.embed.corpus.discover import Format, discover
+from embedlib.embed.corpus.plan import Split, plan_splits
 from embedlib.exceptions import SourceError
 
 ROW = "__row"

@@ -34,21 +34,21 @@ from embedlib.distributed import (
     map_tasks,
     worker_slots,
 )
-from embedlib.documents import ID, VECTOR
+from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import RecallError, VectorError
-from embedlib.index.add import PartialResult, add_units, check_unique_ids, plan_units
+from embedlib.index.build.add import PartialResult, add_units, check_unique_ids, plan_units
 from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.layout import publish, staging_path
-from embedlib.index.lexical import LexicalInfo, check_language
-from embedlib.index.lexical_build import write_lexical
-from embedlib.index.lock import Lease, index_lock
-from embedlib.index.merge import merge_shard
-from embedlib.index.plan import IndexPlan, plan_index
-from embedlib.index.sources import VectorSource, open_sources
-from embedlib.index.staging import PARTIALS, BuildContext
-from embedlib.index.train import read_rows, row_picks, train_index
-from embedlib.index.tune import ground_truth, tune
-from embedlib.index.version import IndexManifest, SearchParams, ShardEntry, Tuning
+from embedlib.index.store.layout import publish, staging_path
+from embedlib.search.lexical import LexicalInfo, check_language
+from embedlib.index.build.lexical import write_lexical
+from embedlib.index.store.lock import Lease, index_lock
+from embedlib.index.build.merge import merge_shard
+from embedlib.index.build.plan import IndexPlan, plan_index
+from embedlib.sets.sources import VectorSource, open_sources
+from embedlib.index.build.staging import PARTIALS, BuildContext
+from embedlib.index.build.train import read_rows, row_picks, train_index
+from embedlib.index.build.tune import ground_truth, tune
+from embedlib.index.store.version import IndexManifest, SearchParams, ShardEntry, Tuning
 from embedlib.options import METRICS, Metric, RunOptions
 from embedlib.storage import human
 

@@ -12,7 +12,7 @@ from dataclasses import replace
 import fsspec
 
 from embedlib.distributed import map_tasks
-from embedlib.index.lexical import (
+from embedlib.search.lexical import (
     LEXICAL_STATS,
     LexicalInfo,
     TermCounts,
@@ -21,7 +21,7 @@ from embedlib.index.lexical import (
     write_shard_postings,
     write_stats,
 )
-from embedlib.index.version import ShardEntry
+from embedlib.index.store.version import ShardEntry
 from embedlib.options import RunOptions
 from embedlib.storage import file_sha256
 

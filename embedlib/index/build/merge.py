@@ -13,11 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.index.faiss_ops import merge_into, read_index_file, write_index
-from embedlib.index.ivf_file import merge_ivf_files
-from embedlib.index.staging import DOCS_ROW_GROUP, BuildContext, shard_entry
-from embedlib.index.version import ShardEntry, docs_file, shard_file
+from embedlib.index.build.ivf_file import merge_ivf_files
+from embedlib.index.build.staging import DOCS_ROW_GROUP, BuildContext, shard_entry
+from embedlib.index.store.version import ShardEntry, docs_file, shard_file
 from embedlib.storage import is_local
-from embedlib.tables import conform_table, unify_schemas
+from embedlib.sets.columns import conform_table, unify_schemas
 
 
 def merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) -> ShardEntry:

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import fsspec
 import numpy as np
 
-from embedlib.index.plan import IndexPlan
-from embedlib.index.version import TRAINED, ShardEntry, docs_file, shard_file
+from embedlib.index.build.plan import IndexPlan
+from embedlib.index.store.version import TRAINED, ShardEntry, docs_file, shard_file
 from embedlib.options import Metric
 from embedlib.storage import file_sha256
 

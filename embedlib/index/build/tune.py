@@ -14,11 +14,11 @@ import faiss
 import fsspec
 import numpy as np
 
-from embedlib.index.add import PartialResult
+from embedlib.index.build.add import PartialResult
 from embedlib.index.faiss_ops import local_copy, merge_topk, read_index_mmap, search_params
-from embedlib.index.plan import IndexPlan
-from embedlib.index.staging import K_TUNE
-from embedlib.index.version import SearchParams, Tuning
+from embedlib.index.build.plan import IndexPlan
+from embedlib.index.build.staging import K_TUNE
+from embedlib.index.store.version import SearchParams, Tuning
 
 
 def ground_truth(

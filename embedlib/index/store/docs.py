@@ -20,9 +20,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib.documents import CHUNK, CHUNK_COLUMNS, CHUNK_END, CHUNK_START, ID, TEXT_HASH, VECTOR
+from embedlib.embed.documents import (
+    CHUNK,
+    CHUNK_COLUMNS,
+    CHUNK_END,
+    CHUNK_START,
+    ID,
+    TEXT_HASH,
+    VECTOR,
+)
 from embedlib.exceptions import QueryError, SourceError
-from embedlib.tables import vectors_of
+from embedlib.sets.columns import vectors_of
 
 IID = "_iid"  # the FAISS id of a row, in the docs tables
 ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the rows

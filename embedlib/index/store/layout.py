@@ -24,7 +24,7 @@ import fsspec
 from fsspec.core import url_to_fs
 
 from embedlib.exceptions import SourceError
-from embedlib.index.lock import Lease, create_exclusive
+from embedlib.index.store.lock import Lease, create_exclusive
 from embedlib.storage import MANIFEST, is_local
 
 CURRENT = "CURRENT"

@@ -24,12 +24,12 @@ from fsspec.core import url_to_fs
 
 from embedlib._version import __version__
 from embedlib.cache import FileCache
+from embedlib.index.build.plan import IndexPlan
 from embedlib.index.faiss_ops import read_index_mmap
-from embedlib.index.layout import resolve, versions_dir
-from embedlib.index.lexical import LexicalInfo, LexicalStats, ShardPostings
-from embedlib.index.plan import IndexPlan
-from embedlib.models import ModelFingerprint
+from embedlib.index.store.layout import resolve, versions_dir
+from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.options import Metric
+from embedlib.search.lexical import LexicalInfo, LexicalStats, ShardPostings
 from embedlib.storage import MANIFEST, is_local, read_json, utc_now, write_json_atomic
 
 INDEX_FORMAT = "embedlib.index"

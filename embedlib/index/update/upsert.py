@@ -38,26 +38,26 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
-from embedlib.corpus import read_corpus
-from embedlib.corpus.discover import Format
-from embedlib.corpus.read import ROW, RawBatch
-from embedlib.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
-from embedlib.embed_job import embed_corpus
-from embedlib.embedding_set import EmbeddingSet
-from embedlib.encode import backend_for
+from embedlib.embed.corpus import read_corpus
+from embedlib.embed.corpus.discover import Format
+from embedlib.embed.corpus.read import ROW, RawBatch
+from embedlib.embed.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
+from embedlib.embed.job import embed_corpus
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
-from embedlib.index.build import IndexOptions, IndexReport, build_from_source
-from embedlib.index.docs import IID, NOT_METADATA
+from embedlib.index.build.driver import IndexOptions, IndexReport, build_from_source
+from embedlib.index.build.lexical import write_lexical
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
-from embedlib.index.layout import list_versions, publish, resolve, staging_path, versions_dir
-from embedlib.index.lexical_build import write_lexical
-from embedlib.index.lock import index_lock
-from embedlib.index.sources import RANGE_ROWS, RowRange, VectorSource
-from embedlib.index.version import TRAINED, IndexManifest, ShardEntry
-from embedlib.models import ModelFingerprint, canonical_model_name
+from embedlib.index.store.docs import IID, NOT_METADATA
+from embedlib.index.store.layout import list_versions, publish, resolve, staging_path, versions_dir
+from embedlib.index.store.lock import index_lock
+from embedlib.index.store.version import TRAINED, IndexManifest, ShardEntry
+from embedlib.models.encoders import backend_for
+from embedlib.models.fingerprint import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
+from embedlib.sets.columns import conform_table, unify_schemas, vector_array, vectors_of
+from embedlib.sets.embedding_set import EmbeddingSet
+from embedlib.sets.sources import RANGE_ROWS, RowRange, VectorSource
 from embedlib.storage import file_sha256
-from embedlib.tables import conform_table, unify_schemas, vector_array, vectors_of
 
 log = logging.getLogger(__name__)
 UPDATES = "_updates"

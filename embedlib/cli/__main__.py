@@ -1,0 +1,7 @@
+"""`python -m embedlib.cli`."""
+
+import sys
+
+from embedlib.cli.commands import main
+
+sys.exit(main())
