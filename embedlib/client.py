@@ -1,4 +1,5 @@
-"""`Client`: a small Python client of an embedlib server's HTTP API (standard library only)."""
+"""`Client`: a small Python client of an embedlib server's HTTP API (the standard library's
+HTTP, the search contract's `Query` and `Hit`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from embedlib.exceptions import ClientError
+from embedlib.search.query import Hit, Query, VectorBatch
 
 
 class Client:
@@ -56,64 +59,36 @@ class Client:
                 error = {"code": "http_error", "message": raw.decode(errors="replace")[:500]}
             raise ClientError(e.code, error.get("code", ""), error.get("message", "")) from None
 
-    def search(
-        self,
-        query: str | None = None,
-        *,
-        vector: Sequence[float] | None = None,
-        positive: Sequence[Any] = (),
-        negative: Sequence[Any] = (),
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
-        include: Sequence[str] = ("text", "metadata"),
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-        exclude: Sequence[str] = (),
-        passages: int | None = None,
-        group: str | None = None,
-        mode: str | None = None,
-        fusion: str | None = None,
-        rrf_k: float | None = None,
-        alpha: float | None = None,
-        explain: bool | None = None,
-    ) -> list[dict[str, Any]]:
-        """Top-k results, best first: dicts with id, score and the included fields;
-        `exclude` leaves those ids out; `passages` and `group` for chunked documents;
-        `mode` ("dense", "lexical", "hybrid"), `fusion`, `rrf_k`, `alpha` and `explain` as
-        `SearchOptions` takes them. Options left None take the server's defaults."""
-        body = _search_body(
-            query, vector, positive, negative, k, filter, include, nprobe, ef_search
-        )
-        if exclude:
-            body["exclude"] = list(exclude)
-        body.update(_given(passages=passages, group=group, mode=mode, fusion=fusion,
-                           rrf_k=rrf_k, alpha=alpha, explain=explain))  # fmt: skip
-        return list(self._call(self._at("search"), body)["results"])
+    def search(self, query: Query | str | None = None, /, **fields: Any) -> list[Hit]:
+        """Top-k hits, best first, of one `Query`, or of text with the query's fields as
+        keywords (`client.search("cheap shoes", k=3, filter={"lang": "en"})`; `vector=`
+        or `positive=` / `negative=` without text). Fields left out take the server's
+        defaults."""
+        if isinstance(query, Query):
+            if fields:
+                raise TypeError("give a Query, or its fields as keywords, not both")
+            q = query
+        else:
+            q = Query(text=query, **fields) if query is not None else Query(**fields)
+        answer = self._call(self._at("search"), _body(q))
+        return [Hit.from_json(h) for h in answer["results"]]
 
-    def search_batch(self, queries: Sequence[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-        """Several searches in one request; each query is a /v1/search body."""
-        return list(self._call(self._at("search/batch"), {"queries": list(queries)})["results"])
+    def search_batch(self, queries: Sequence[Query]) -> list[list[Hit]]:
+        """Several searches in one request, each with its own fields."""
+        answer = self._call(self._at("search/batch"), {"queries": [_body(q) for q in queries]})
+        return [[Hit.from_json(h) for h in hits] for hits in answer["results"]]
 
-    def search_vectors(
-        self,
-        vectors: np.ndarray,
-        *,
-        k: int = 10,
-        filter: dict[str, Any] | None = None,
-        include: Sequence[str] = (),
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-    ) -> list[list[dict[str, Any]]]:
-        """One search for every row of `vectors` (n, dim), sent as base64 float32."""
+    def search_vectors(self, vectors: np.ndarray, **options: Any) -> list[list[Hit]]:
+        """One search for every row of `vectors` (n, dim), sent as base64 float32, with
+        one set of `SearchOptions` (`k=`, `filter=`, `include=`, ...)."""
         x = np.ascontiguousarray(np.atleast_2d(vectors), dtype="<f4")
-        body: dict[str, Any] = {
-            "vectors": base64.b64encode(x.tobytes()).decode("ascii"),
-            "encoding_format": "base64",
-            "k": k,
-            "include": list(include),
-            **_given(filter=filter, nprobe=nprobe, ef_search=ef_search),
-        }
-        return list(self._call(self._at("search/batch"), body)["results"])
+        batch = VectorBatch(
+            vectors=base64.b64encode(x.tobytes()).decode("ascii"),
+            encoding_format="base64",
+            **options,
+        )
+        answer = self._call(self._at("search/batch"), _body(batch))
+        return [[Hit.from_json(h) for h in hits] for hits in answer["results"]]
 
     def embed(self, texts: str | Sequence[str], model: str | None = None) -> np.ndarray:
         """Vectors of `texts` from the served model, shape (n, d)."""
@@ -173,29 +148,6 @@ class Client:
         return list(self._call("/v1/collections")["collections"])
 
 
-def _search_body(
-    query: str | None,
-    vector: Sequence[float] | None,
-    positive: Sequence[Any],
-    negative: Sequence[Any],
-    k: int,
-    filter: dict[str, Any] | None,
-    include: Sequence[str],
-    nprobe: int | None,
-    ef_search: int | None,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {"k": k, "include": list(include)}
-    if query is not None:
-        body["query"] = query
-    if vector is not None:
-        body["vector"] = [float(x) for x in vector]
-    if positive:
-        body["positive"] = list(positive)
-    if negative:
-        body["negative"] = list(negative)
-    return {**body, **_given(filter=filter, nprobe=nprobe, ef_search=ef_search)}
-
-
-def _given(**fields: Any) -> dict[str, Any]:
-    """The optional search fields that were given (None: the server's default)."""
-    return {key: value for key, value in fields.items() if value is not None}
+def _body(value: BaseModel) -> dict[str, Any]:
+    """A contract value as the HTTP API takes it: the fields given, by their JSON names."""
+    return dict(value.model_dump(mode="json", by_alias=True, exclude_unset=True, exclude_none=True))

@@ -9,6 +9,8 @@ from embedlib.embed.corpus.discover import FORMATS, Format
 from embedlib.models.fingerprint import DEFAULT_MODEL
 
 Metric = Literal["cosine", "dot", "l2"]
+Mode = Literal["dense", "lexical", "hybrid"]  # how a text query is ranked
+MODES: tuple[Mode, ...] = ("dense", "lexical", "hybrid")
 Dtype = Literal["float32", "float16"]
 Chunking = Literal["auto", "none"]
 OnDuplicate = Literal["error", "keep-first"]

@@ -83,7 +83,7 @@ def test_answers_are_documents_by_their_best_chunk_with_exact_passages(long_docs
             )
             for p in h.passages or [h.passage]:
                 assert docs[h.id][p.start : p.end] == p.text
-            assert len(h.passages) <= 3
+            assert len(h.passages or [h.passage]) <= 3
     top = index.search_text(["shell-style wildcards for file names"], k=2)[0]
     assert {h.id for h in top} == {"fnmatch", "glob"}
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from embedlib import Client, EmbedOptions, RunOptions, embed_corpus
+from embedlib import Client, EmbedOptions, Query, RunOptions, embed_corpus
 from embedlib.exceptions import ClientError
 from embedlib.index import ShardedIndex, build_index
 
@@ -139,7 +139,7 @@ def _same(http_rows: list[dict], hits: list, docs: bool = False) -> bool:
     if any(r.get("explain") != h.explain for r, h in zip(http_rows, hits, strict=True)):
         return False
     return not docs or all(
-        (r.get("text"), r.get("metadata") or {}) == (h.text, h.metadata)
+        (r.get("text"), r.get("metadata") or {}) == (h.text, h.metadata or {})
         for r, h in zip(http_rows, hits, strict=True)
     )
 
@@ -208,7 +208,7 @@ def test_the_openapi_document_declares_every_body(served):
         assert "schema" in body, f"{path} declares no JSON body"
         assert "200" in op["responses"] or "202" in op["responses"], path
         assert "422" in op["responses"], path
-    search = spec["components"]["schemas"]["SearchRequest"]["properties"]
+    search = spec["components"]["schemas"]["Query"]["properties"]
     assert {"query", "vector", "positive", "negative", "k", "filter", "include", "exclude"} <= set(
         search
     )
@@ -310,7 +310,8 @@ def test_bad_requests_get_json_errors(served, body, raw, status):
 def test_costly_requests_are_refused_naming_the_cap(served):
     """Every request's cost is bounded: over a cap, a 422 naming the cap and the value
     sent, fast; nprobe beyond the list count is clamped, not an error."""
-    from embedlib.serve.schemas import MAX_FILTER_VALUES, MAX_HITS, MAX_ITEMS, MAX_VECTOR_HITS
+    from embedlib.search.query import MAX_FILTER_VALUES, MAX_ITEMS
+    from embedlib.serve.schemas import MAX_HITS, MAX_VECTOR_HITS
 
     v = ShardedIndex(str(served)).vector("2").tolist()
     many = base64.b64encode(np.tile(np.asarray(v, "<f4"), (200, 1)).tobytes()).decode()
@@ -765,19 +766,20 @@ def test_python_client_and_query_command(served):
     import sys
 
     client = Client(f"http://127.0.0.1:{PORT}", api_key=KEY)
-    assert client.search("buy cheap shoes", k=1)[0]["id"] == "2"
-    assert client.search("buy cheap shoes", k=1, exclude=["2"])[0]["id"] != "2"
+    assert client.search("buy cheap shoes", k=1)[0].id == "2"
+    assert client.search("buy cheap shoes", k=1, exclude=["2"])[0].id != "2"
+    assert client.search(Query(text="buy cheap shoes", k=1, include=["text"]))[0].text == (
+        "buy cheap shoes"
+    )
     assert [
-        r[0]["id"]
-        for r in client.search_batch(
-            [{"query": "cat video", "k": 1}, {"query": "cheap shoes", "k": 1}]
-        )
+        r[0].id
+        for r in client.search_batch([Query(text="cat video", k=1), Query(text="cheap shoes", k=1)])
     ] == ["0", "2"]
     assert (
         client.embed(["cat video"]).shape == (1, 384) and client.info()["indexes"][0]["dim"] == 384
     )
     vectors = client.embed(["cat video", "cheap shoes"])
-    assert [r[0]["id"] for r in client.search_vectors(vectors, k=1)] == ["0", "2"]
+    assert [r[0].id for r in client.search_vectors(vectors, k=1)] == ["0", "2"]
     with pytest.raises(ClientError) as e:
         Client(f"http://127.0.0.1:{PORT}").search("x")
     assert e.value.status == 401
@@ -965,7 +967,7 @@ def test_named_collections_behind_one_server(served, tmp_path):
         url = f"http://127.0.0.1:{PORT}/multi"
         hits = Client(url, KEY, collection="words").search(positive=["paris", "germany"],
                                                           negative=["france"], k=1)  # fmt: skip
-        assert hits[0]["id"] == "berlin"
+        assert hits[0].id == "berlin"
         out = subprocess.run(
             [sys.executable, "-m", "embedlib.cli", "query", url, "cheap shoes", "-k", "1",
              "--collection", "docs2", "--api-key", KEY],

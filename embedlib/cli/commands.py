@@ -25,6 +25,7 @@ from embedlib.cli.args import (
 )
 from embedlib.cli.uses import add_use_commands
 from embedlib.exceptions import EmbedlibError
+from embedlib.options import MODES
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
@@ -128,11 +129,11 @@ def cmd_query(args: argparse.Namespace) -> int:
         api_key=args.api_key or os.environ.get("EMBEDLIB_API_KEY"),
         collection=args.collection,
     )
-    results = client.search(args.text, k=args.k, mode=args.mode)
+    hits = client.search(args.text, k=args.k, mode=args.mode)
     print(f"{'#':>3}  {'score':>7}  {'id':<30}  text")
-    for n, r in enumerate(results, 1):
-        text = " ".join(str(r.get("text", "")).split())
-        print(f"{n:>3}  {r['score']:>7.4f}  {r['id']:<30.30}  {text[:90]}")
+    for n, hit in enumerate(hits, 1):
+        text = " ".join((hit.text or "").split())
+        print(f"{n:>3}  {hit.score:>7.4f}  {hit.id:<30.30}  {text[:90]}")
     return 0
 
 
@@ -212,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10, help="how many results (default 10)")
     p.add_argument("--api-key", help="API key (default: EMBEDLIB_API_KEY)")
     p.add_argument("--collection", help="the collection to search (default: the server's default)")
-    p.add_argument("--mode", choices=["dense", "lexical", "hybrid"], help="default: the server's")
+    p.add_argument("--mode", choices=MODES, help="default: the server's")
     p.set_defaults(func=cmd_query)
     p = sub.add_parser(
         "demo", help="embed the Python stdlib docs, index them, answer queries, serve the index"

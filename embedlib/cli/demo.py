@@ -89,9 +89,7 @@ def show_served(url: str) -> None:
     for query in QUERIES[:2]:
         for mode in ("dense", "hybrid"):
             top = client.search(query, k=3, mode=mode)
-            print(
-                f"  {query!r} ({mode}): " + ", ".join(f"{r['id']} ({r['score']:.3f})" for r in top)
-            )
+            print(f"  {query!r} ({mode}): " + ", ".join(f"{h.id} ({h.score:.3f})" for h in top))
     body = json.dumps({"query": "how to train a neural net", "k": 3})
     print(f"\ntry:  curl -s {url}/v1/search -H 'Content-Type: application/json' -d '{body}'")
     print(f"      embedlib query {url} 'read a zip archive' -k 5")

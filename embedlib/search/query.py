@@ -1,48 +1,147 @@
-"""What can be asked of an index: a `Query`, and the `Hit`s that answer it.
+"""The search contract, defined once: what can be asked of an index and what answers it.
 
-A query is one of: `text` (embedded with the index's own model), `vector`, or
-`positive` / `negative` items (vector arithmetic as gensim's `most_similar`: document
-ids, `TextItem`s or vectors). The same value comes from the library (`ShardedIndex`) and
-from an HTTP request, and one `Searcher` answers it.
+A `Query` is one of: text (`text`, sent over HTTP as `query`: embedded with the index's
+own model), a `vector`, or `positive` / `negative` items (vector arithmetic as gensim's
+`most_similar`: document ids, `TextItem`s or vectors), with the `SearchOptions` every
+search takes. A `VectorBatch` is many vectors sharing one set of options. Each answer is
+a list of `Hit`s, best first.
+
+The library (`ShardedIndex`), the `Searcher`, the HTTP API's bodies and its OpenAPI
+document, the `Client` and the CLI all use these classes, so a field, its default and
+its bounds are written here only. pydantic validates them: a library caller gets a
+`QueryError` naming what is wrong, an HTTP client a 422 with the same words.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from typing_extensions import TypedDict
 
 from embedlib.exceptions import QueryError
+from embedlib.options import Mode
 
 Include = Literal["text", "metadata", "vector"]
 INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
 DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
 Group = Literal["document", "chunk"]
-Mode = Literal["dense", "lexical", "hybrid"]
-MODES: tuple[str, ...] = get_args(Mode)
-MAX_PASSAGES = 20
+FusionName = Literal["relative", "rrf", "minmax"]
 RRF_K = 60  # reciprocal-rank fusion's constant, as Qdrant, LanceDB and Elasticsearch use
-Fusion = Literal["relative", "rrf", "minmax"]
-FUSIONS: tuple[str, ...] = get_args(Fusion)
 ALPHA = 0.5  # relative and min-max fusion: the dense side's weight (equal weights)
+
+# What one query may ask (a request over the cap is a 422 naming the cap and the value;
+# README "Limits"). nprobe is clamped to the index's list count.
+MAX_K = 1000
+MAX_PASSAGES = 20
 MAX_EF_SEARCH = 4096  # HNSW search breadth: FAISS allocates per query and step
+MAX_ITEMS = 1000  # positive + negative items of one query
+MAX_EXCLUDE = 10_000  # ids one query leaves out
+MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
+MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
 
 
-@dataclass(frozen=True)
-class TextItem:
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's errors as one line: "where: what" for the first five."""
+    parts = []
+    for err in list(errors)[:5]:
+        where = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "__root__"))
+        message = str(err.get("msg", "")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
+
+class _Contract(BaseModel):
+    """A validated value of the contract; constructed in Python, a bad field raises
+    `QueryError` (over HTTP, FastAPI validates the same model and answers 422)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise QueryError(validation_message(e.errors())) from None
+
+
+def _as_vector(value: Any) -> np.ndarray:
+    """A vector given as a list of numbers or an array: float32, one dimension, finite."""
+    try:
+        x = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("a vector is a list of numbers") from None
+    if x.ndim != 1 or len(x) == 0:
+        raise ValueError("a vector is a non-empty list of numbers")
+    if not np.isfinite(x).all():
+        raise ValueError("a vector holds NaN or infinite values")
+    return x
+
+
+Vector = Annotated[
+    np.ndarray,
+    PlainValidator(_as_vector),
+    PlainSerializer(lambda x: x.tolist(), return_type=list[float]),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 1}),
+]
+
+
+class TextItem(_Contract):
     """Text to embed, as an item of vector arithmetic (a plain string is a document id)."""
 
-    text: str
+    model_config = ConfigDict(frozen=True)
+
+    text: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+
+    def __init__(self, text: str | None = None, /, **data: Any) -> None:
+        super().__init__(**({"text": text} if text is not None else {}), **data)
 
 
-# a document id, text to embed, or a vector (taken as given, then made unit length)
-ArithmeticItem = str | TextItem | Sequence[float] | np.ndarray
+class VectorItem(_Contract):
+    """A vector, as an item of vector arithmetic (taken as given, then made unit length)."""
+
+    vector: Vector
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
-class SearchOptions:
+def _item(value: Any) -> Any:
+    """Items as the library gives them: a bare vector (array or list of numbers) is a
+    `VectorItem`."""
+    if isinstance(value, np.ndarray) or (
+        isinstance(value, list | tuple) and value and not isinstance(value[0], str | dict)
+    ):
+        return VectorItem(vector=np.asarray(value))
+    return value
+
+
+ArithmeticItem = Annotated[
+    str | TextItem | VectorItem,
+    BeforeValidator(_item),
+    Field(description='a document id, {"text": ...} to embed, or {"vector": [...]}'),
+]
+Filter = Annotated[
+    dict[str, Any],
+    Field(
+        description='metadata conditions, all of which must hold: {"lang": "en", '
+        '"year": {"in": [2020, 2021]}}',
+        examples=[{"lang": "en"}],
+    ),
+]
+
+
+class SearchOptions(_Contract):
     """How to search, whatever the query: the `k` best hits with the `include`d fields,
     among the documents matching `filter`, `exclude`d ids left out; `nprobe` /
     `ef_search` override the index's tuned search parameters.
@@ -52,76 +151,126 @@ class SearchOptions:
     "chunk" answers with the chunks themselves.
 
     `mode` (text queries): "dense" ranks by the vectors, "lexical" by BM25, "hybrid"
-    fuses both rankings (`fusion.py`): "relative" (the default) weighs the cosine
-    similarity and the BM25 score relative to the best the query could score, alpha *
-    dense + (1 - alpha) * lexical; "rrf" by reciprocal rank (`rrf_k`); "minmax" by each
-    list's min-max normalized scores. None is hybrid when the index has a lexical part,
-    else dense. `explain` adds each hit's dense and lexical rank and score."""
+    fuses both rankings with the `fusion` named (`fusion.py`). None is hybrid when the
+    index has a lexical part, else dense. `explain` adds each hit's dense and lexical
+    rank and score."""
 
-    k: int = 10
-    nprobe: int | None = None
-    ef_search: int | None = None
-    filter: Mapping[str, Any] | None = None
-    include: Sequence[str] = DEFAULT_INCLUDE
-    exclude: Sequence[str] = ()
-    passages: int = 1
-    group: Group = "document"
-    mode: Mode | None = None
-    fusion: Fusion = "relative"
-    rrf_k: float = RRF_K
-    alpha: float = ALPHA
-    explain: bool = False
-    fields: frozenset[str] = field(init=False, repr=False)  # `include` as a set
+    k: int = Field(default=10, ge=1, le=MAX_K, description="how many hits")
+    nprobe: int | None = Field(
+        default=None, ge=1, description="IVF lists probed (clamped to the index's list count)"
+    )
+    ef_search: int | None = Field(
+        default=None, ge=1, le=MAX_EF_SEARCH, description="HNSW search breadth"
+    )
+    filter: Filter | None = None
+    include: list[Include] = Field(
+        default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
+    )
+    exclude: list[str] = Field(
+        default_factory=list, max_length=MAX_EXCLUDE, description="document ids to leave out"
+    )
+    passages: int = Field(
+        default=1, ge=1, le=MAX_PASSAGES,
+        description="chunked documents: the best passages per document (`passages` in hits)",
+    )  # fmt: skip
+    group: Group = Field(
+        default="document",
+        description='chunked documents: hits are documents by their best chunk, or "chunk"',
+    )
+    mode: Mode | None = Field(
+        default=None,
+        description="text queries: rank by the vectors (dense), by BM25 (lexical), or both "
+        "fused (hybrid); default hybrid when the index has a lexical part, else dense",
+    )
+    fusion: FusionName = Field(
+        default="relative",
+        description="hybrid: relative (alpha * cosine + (1 - alpha) * BM25 / the query's "
+        "attainable BM25), rrf (reciprocal rank, rrf_k) or minmax (min-max normalized scores)",
+    )
+    rrf_k: float = Field(
+        default=RRF_K, gt=0, allow_inf_nan=False, description="hybrid, rrf: fusion's k"
+    )
+    alpha: float = Field(
+        default=ALPHA, ge=0, le=1, description="hybrid, relative or minmax: the dense weight"
+    )
+    explain: bool = Field(
+        default=False, description="each hit's dense and lexical rank and score (`explain`)"
+    )
 
-    def __post_init__(self) -> None:
-        if self.k < 1:
-            raise QueryError(f"k must be at least 1, got {self.k}")
-        if not 1 <= self.passages <= MAX_PASSAGES:
-            raise QueryError(f"passages must be between 1 and {MAX_PASSAGES}, got {self.passages}")
-        if self.group not in ("document", "chunk"):
-            raise QueryError(f"group must be document or chunk, got {self.group!r}")
-        if self.mode is not None and self.mode not in MODES:
-            raise QueryError(f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
-        if not self.rrf_k > 0:
-            raise QueryError(f"rrf_k must be positive, got {self.rrf_k}")
-        if self.fusion not in FUSIONS:
-            raise QueryError(f"fusion must be one of {', '.join(FUSIONS)}, got {self.fusion!r}")
-        if not 0 <= self.alpha <= 1:
-            raise QueryError(f"alpha must be between 0 and 1, got {self.alpha}")
-        for name in ("nprobe", "ef_search"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise QueryError(f"{name} must be at least 1, got {value}")
-        if self.ef_search is not None and self.ef_search > MAX_EF_SEARCH:
-            raise QueryError(f"ef_search is at most {MAX_EF_SEARCH}, got {self.ef_search}")
-        fields_ = frozenset(self.include)
-        if not fields_ <= INCLUDE_FIELDS:
-            bad = ", ".join(sorted(fields_ - INCLUDE_FIELDS))
-            raise QueryError(f"include takes {', '.join(sorted(INCLUDE_FIELDS))}; not {bad}")
-        object.__setattr__(self, "fields", fields_)
+    @field_validator("filter")
+    @classmethod
+    def _filter_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        values = sum(
+            len(c["in"]) if isinstance(c, dict) and isinstance(c.get("in"), list) else 1
+            for c in (v or {}).values()
+        )
+        if values > MAX_FILTER_VALUES:
+            raise ValueError(f"the filter holds {values} values; the cap is {MAX_FILTER_VALUES}")
+        return v
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """`include` as a set."""
+        return frozenset(self.include)
 
 
-@dataclass(frozen=True, kw_only=True, eq=False)
+def _drop_empty_items(data: Any) -> Any:
+    """`positive: []` or `negative: []` say nothing: as if not given."""
+    if isinstance(data, dict) and (not data.get("positive") or not data.get("negative")):
+        return {k: v for k, v in data.items() if k not in ("positive", "negative") or v}
+    return data
+
+
+# the JSON schema states the rule `_one_kind` enforces: exactly one kind of query
+ONE_KIND: dict[str, Any] = {
+    "oneOf": [
+        {"required": ["query"]},
+        {"required": ["vector"]},
+        {"anyOf": [{"required": ["positive"]}, {"required": ["negative"]}]},
+    ]
+}
+
+
 class Query(SearchOptions):
-    """One search: `text`, `vector`, or `positive`/`negative` items, with the options
-    of `SearchOptions`."""
+    """One search: `text` (over HTTP `query`), `vector`, or `positive`/`negative` items,
+    with the options of `SearchOptions`."""
 
-    text: str | None = None
-    vector: Sequence[float] | np.ndarray | None = None
-    positive: Sequence[ArithmeticItem] = ()
-    negative: Sequence[ArithmeticItem] = ()
+    model_config = ConfigDict(
+        json_schema_extra={**ONE_KIND, "examples": [{"query": "machine learning tutorial"}]}
+    )
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    text: str | None = Field(
+        default=None,
+        alias="query",
+        min_length=1,
+        max_length=MAX_QUERY_CHARS,
+        description="text, embedded with the index's model",
+    )
+    vector: Vector | None = None
+    positive: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
+    negative: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
+
+    _empty_items = model_validator(mode="before")(_drop_empty_items)
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, v: str | None) -> str | None:
+        if v is not None and not v.strip():
+            raise ValueError("the query text is empty")
+        return v
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Query:
         kinds = (
             (self.text is not None)
             + (self.vector is not None)
             + bool(self.positive or self.negative)
         )
         if kinds != 1:
-            raise QueryError("give exactly one of: text, a vector, or positive/negative items")
-        if self.text is not None and not self.text.strip():
-            raise QueryError("the query text is empty")
+            raise ValueError("give exactly one of: text (query), a vector, or positive/negative")
+        if len(self.positive) + len(self.negative) > MAX_ITEMS:
+            raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
+        return self
 
     def texts(self) -> list[str]:
         """The texts this query needs embedded, in the order the searcher uses them."""
@@ -130,14 +279,44 @@ class Query(SearchOptions):
         return [i.text for i in (*self.positive, *self.negative) if isinstance(i, TextItem)]
 
 
+class VectorBatch(SearchOptions):
+    """Many query vectors sharing one set of options: over HTTP, `vectors` as rows of
+    floats, or with `encoding_format` "base64" one base64 string of little-endian float32
+    values, row after row (as the OpenAI embeddings API returns them). Its hits carry
+    only id and score unless `include` asks for more."""
+
+    vectors: str | list[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(min_length=1)
+    encoding_format: Literal["float", "base64"] = "float"
+    include: list[Include] = Field(default_factory=list, description="fields of each hit")
+
+    @model_validator(mode="after")
+    def _format_matches(self) -> VectorBatch:
+        if (self.encoding_format == "base64") != isinstance(self.vectors, str):
+            raise ValueError(
+                'encoding_format "base64" takes one base64 string of float32 values; '
+                '"float" (the default) takes a list of vectors'
+            )
+        return self
+
+
+# -- answers ---------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Passage:
     """A chunk of a document: its text, `document_text[start:end]`, and its number."""
 
-    text: str | None
+    text: Annotated[str | None, Field(description="the chunk's text: document_text[start:end]")]
     start: int
     end: int
     chunk: int
+
+
+class Ranked(TypedDict):
+    """Where a hit stood in one ranking of a hybrid search."""
+
+    rank: Annotated[int, Field(description="1 = first in that ranking")]
+    score: float
 
 
 @dataclass(slots=True)
@@ -146,24 +325,80 @@ class Hit:
     first; squared L2 distance for l2, lower first), with the fields asked for."""
 
     id: str
-    score: float
-    text: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
+    score: Annotated[float, Field(description="similarity (cosine, dot: higher first) or squared L2")]  # fmt: skip
+    text: Annotated[str | None, Field(description="the text of the row that matched")] = None
+    metadata: dict[str, Any] | None = None
     vector: list[float] | None = None
-    passage: Passage | None = None  # chunked indexes: the chunk that matched
-    passages: list[Passage] = field(default_factory=list)  # with `passages` > 1
-    explain: dict[str, Any] | None = None  # with `explain`: {"dense"|"lexical": {rank, score}}
+    passage: Annotated[
+        Passage | None, Field(description="chunked documents: the chunk that matched")
+    ] = None
+    passages: Annotated[
+        list[Passage] | None, Field(description="with `passages` > 1: the best chunks")
+    ] = None
+    explain: Annotated[
+        dict[str, Ranked | None] | None,
+        Field(description='with `explain`: {"dense", "lexical"}: where the hit ranked'),
+    ] = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The hit as the HTTP API answers it: the fields it holds, none that it lacks."""
+        out: dict[str, Any] = {"id": self.id, "score": self.score}
+        if self.text is not None:
+            out["text"] = self.text
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        if self.vector is not None:
+            out["vector"] = self.vector
+        if self.passage is not None:
+            out["passage"] = _passage_json(self.passage)
+        if self.passages is not None:
+            out["passages"] = [_passage_json(p) for p in self.passages]
+        if self.explain is not None:
+            out["explain"] = self.explain
+        return out
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> Hit:
-        """A hit from a result row ({"id", "score", ...} as the HTTP API answers)."""
+    def from_json(cls, row: Mapping[str, Any]) -> Hit:
+        """A hit from the HTTP API's answer."""
+        passage = row.get("passage")
+        passages = row.get("passages")
         return cls(
             id=row["id"],
             score=float(row["score"]),
             text=row.get("text"),
-            metadata=row.get("metadata") or {},
+            metadata=row.get("metadata"),
             vector=row.get("vector"),
-            passage=Passage(**row["passage"]) if "passage" in row else None,
-            passages=[Passage(**p) for p in row.get("passages", ())],
+            passage=Passage(**passage) if passage else None,
+            passages=[Passage(**p) for p in passages] if passages is not None else None,
             explain=row.get("explain"),
         )
+
+
+def _passage_json(p: Passage) -> dict[str, Any]:
+    return {"text": p.text, "start": p.start, "end": p.end, "chunk": p.chunk}
+
+
+def hits_json(rows: Sequence[Sequence[Hit]]) -> list[list[dict[str, Any]]]:
+    """Each query's hits as the HTTP API answers them."""
+    return [[h.to_json() for h in hits] for hits in rows]
+
+
+__all__ = [
+    "ALPHA",
+    "DEFAULT_INCLUDE",
+    "RRF_K",
+    "ArithmeticItem",
+    "FusionName",
+    "Group",
+    "Hit",
+    "Include",
+    "Mode",
+    "Passage",
+    "Query",
+    "Ranked",
+    "SearchOptions",
+    "TextItem",
+    "Vector",
+    "VectorBatch",
+    "VectorItem",
+]

@@ -19,33 +19,33 @@ alike by construction. It owns what a query means:
 - the docs join: ids, scores and the fields each query includes.
 
 A search is a plan (queries and their encoded texts -> `SearchTask`s, queries with equal
-parameters stacked into one FAISS search, and `LexicalTask`s), rounds of shard searches run by whoever holds
-the shards (in this process, or shard searcher replicas; a second round only when
-chunks did not yet make k documents), and the docs join. `run` and `run_async` drive
-`rounds` with a synchronous or an asynchronous encoder and shard search; they hold no
-logic of their own.
+parameters stacked into one FAISS search, and `LexicalTask`s), rounds of shard searches
+run by whoever holds the shards, and the docs join into typed `Hit`s. Where the query
+model and the shards live is one object, the placement (`Placement`: in this process;
+`AsyncPlacement`: a gateway replica's, local or calling shard searcher and encoder
+replicas); `run` / `run_async` and `run_batch` / `run_batch_async` drive the rounds with
+it and hold no logic of their own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
 import numpy as np
 
 from embedlib.exceptions import NoLexicalIndexError, QueryError
-from embedlib.index.store.docs import DocsLookup
-from embedlib.index.store.version import IndexManifest, SearchParams
+from embedlib.index.store.docs import DocRow, DocsLookup
+from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
 from embedlib.search.filters import check_filter
-from embedlib.search.fusion import fuse_relative, fuse_rrf, fuse_weighted
+from embedlib.search.fusion import FUSIONS, Rankings
 from embedlib.search.lexical import LexicalStats, LexicalTask
-from embedlib.search.query import Query, SearchOptions, TextItem
+from embedlib.search.query import Hit, Passage, Query, Ranked, SearchOptions, TextItem
 from embedlib.search.shards import SearchTask, group_tasks
 
-Row = dict[str, Any]
 TaskResult = tuple[np.ndarray, np.ndarray]
 Task = SearchTask | LexicalTask
 Pairs = list[tuple[float, int]]  # (score, int64 id), best first
@@ -99,11 +99,26 @@ class SearchPlan:
 
 @dataclass
 class Answers:
-    """Each query's result rows ({"id", "score"} plus the fields it included), and
-    where the time went."""
+    """Each query's hits, best first, and where the time went."""
 
-    rows: list[list[Row]]
+    hits: list[list[Hit]]
     timing_ms: dict[str, float]
+
+
+class Placement(Protocol):
+    """Where a searcher's query model and shards are, in this process."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    def search(self, task: Task) -> TaskResult: ...
+
+
+class AsyncPlacement(Protocol):
+    """Where a searcher's query model and shards are, for a server's event loop."""
+
+    async def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    async def search(self, task: Task) -> TaskResult: ...
 
 
 def prepare_queries(vectors: np.ndarray, *, dim: int, metric: str) -> np.ndarray:
@@ -131,7 +146,8 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
 
 
 class Searcher:
-    """Answers queries over one index version (see the module's docstring)."""
+    """Answers queries over one index version (see the module's docstring). Open one
+    with `Searcher.open(version)`; the constructor takes its parts (tests hand it fakes)."""
 
     def __init__(
         self, manifest: IndexManifest, docs: DocsLookup, lexical: LexicalStats | None = None
@@ -143,6 +159,11 @@ class Searcher:
         self.dim = manifest.dim
         self.defaults = manifest.search_params
         self.ntotal = manifest.ntotal
+
+    @classmethod
+    def open(cls, version: IndexVersion) -> Searcher:
+        """The searcher of a version: its manifest, docs tables and lexical statistics."""
+        return cls(version.manifest, DocsLookup.open(version), version.open_lexical_stats())
 
     # -- planning -------------------------------------------------------------------------
 
@@ -182,7 +203,7 @@ class Searcher:
             self._check(q)
         modes = [self.mode(q) for q in queries]
         if all(q.vector is not None for q in queries):  # vectors only: one conversion
-            raw = self.vector_rows([q.vector for q in queries])  # type: ignore[misc]
+            raw = self.vector_rows([q.vector for q in queries if q.vector is not None])
             excluded = [self._excluded(q.exclude) for q in queries]
             vectors: list[np.ndarray | None] = list(
                 prepare_queries(raw, dim=self.dim, metric=self.metric)
@@ -319,14 +340,8 @@ class Searcher:
         """The query's ranking: its one list, or both fused (hybrid)."""
         if row.mode != HYBRID:
             return row.found[row.mode]
-        dense, lexical = row.found[DENSE], row.found[LEXICAL]
-        o = row.options
-        if o.fusion == "rrf":
-            return fuse_rrf([dense, lexical], o.rrf_k)
-        if o.fusion == "minmax":
-            return fuse_weighted(dense, lexical, o.alpha, dense_lower_is_better=self.metric == "l2")
-        return fuse_relative(dense, lexical, o.alpha, metric=self.metric,
-                             attainable=row.attainable)  # fmt: skip
+        rankings = Rankings(row.found[DENSE], row.found[LEXICAL], self.metric, row.attainable)
+        return FUSIONS[row.options.fusion].fuse(rankings, row.options)
 
     def _hits(self, row: QueryRow, pairs: Pairs) -> list[Pairs]:
         """The hits of one query: each a list of pairs (a document's best chunks when
@@ -342,14 +357,14 @@ class Searcher:
                 chunks.append(pair)
         return list(by_doc.values())[:k]
 
-    def _join(self, plan: SearchPlan, hits: list[list[Pairs]]) -> list[list[Row]]:
-        """The result rows of each query; the docs read once per set of fields."""
-        out: list[list[Row]] = [[] for _ in plan.rows]
+    def _join(self, plan: SearchPlan, hits: list[list[Pairs]]) -> list[list[Hit]]:
+        """The hits of each query; the docs read once per set of fields."""
+        out: list[list[Hit]] = [[] for _ in plan.rows]
         by_fields: dict[frozenset[str], list[int]] = {}
         for r, row in enumerate(plan.rows):
             by_fields.setdefault(row.options.fields, []).append(r)
         for fields, members in by_fields.items():
-            joined = self.docs.result_rows([h for r in members for h in hits[r]], fields)
+            joined = self._hits_of([h for r in members for h in hits[r]], fields)
             start = 0
             for r in members:
                 out[r] = joined[start : start + len(hits[r])]
@@ -357,16 +372,45 @@ class Searcher:
         for r, row in enumerate(plan.rows):
             if row.options.explain:
                 for result, hit in zip(out[r], hits[r], strict=True):
-                    result["explain"] = self._explain(row, hit[0][1])
+                    result.explain = self._explain(row, hit[0][1])
+        return out
+
+    def _hits_of(self, found: Sequence[Pairs], include: frozenset[str]) -> list[Hit]:
+        """Hits of (score, int64 id) lists, best first: one per document, its first pair's
+        row scored by it, with "text", "metadata" and "vector" when `include` names them;
+        in a chunked index also the passage (the matched chunk's text and span in the
+        document) and, when a hit holds more pairs, its passages. The docs rows are read
+        once for them all."""
+        iids = np.fromiter((i for h in found for _, i in h), dtype=np.int64)
+        if not self.docs.chunked and not ROW_FIELDS & include:
+            ids = self.docs.string_ids(iids)
+            return [Hit(doc_id, h[0][0]) for doc_id, h in zip(ids, found, strict=True)]
+        rows = self.docs.rows(iids)
+        out, at = [], 0
+        for pairs in found:
+            row = rows[at]
+            hit = Hit(row.id, pairs[0][0])
+            if "text" in include:
+                hit.text = row.text
+            if "metadata" in include:
+                hit.metadata = row.metadata
+            if "vector" in include:
+                hit.vector = row.vector.tolist()
+            if self.docs.chunked:
+                hit.passage = _passage(row)
+                if len(pairs) > 1:
+                    hit.passages = [_passage(r) for r in rows[at : at + len(pairs)]]
+            out.append(hit)
+            at += len(pairs)
         return out
 
     @staticmethod
-    def _explain(row: QueryRow, iid: int) -> dict[str, Any]:
+    def _explain(row: QueryRow, iid: int) -> dict[str, Ranked | None]:
         """Where a hit's (best) row stood in each ranking: rank from 1 and score, or None."""
-        out: dict[str, Any] = {}
+        out: dict[str, Ranked | None] = {}
         for kind, pairs in row.found.items():
             out[kind] = next(
-                ({"rank": n, "score": s} for n, (s, i) in enumerate(pairs, 1) if i == iid), None
+                (Ranked(rank=n, score=s) for n, (s, i) in enumerate(pairs, 1) if i == iid), None
             )
         return out
 
@@ -381,55 +425,55 @@ class Searcher:
 
     # -- drivers --------------------------------------------------------------------------
 
-    def run(
-        self,
-        queries: Sequence[Query],
-        encode: Callable[[list[str]], np.ndarray],
-        search: Callable[[Task], TaskResult],
-    ) -> Answers:
-        """Answer `queries` with a synchronous encoder and shard search."""
+    def run(self, queries: Sequence[Query], placement: Placement) -> Answers:
+        """Answer `queries` with a placement in this process."""
         started = time.perf_counter()
         texts = self.texts(queries)
-        plan = self.plan(queries, encode(texts) if texts else None, started=started)
-        return self.drive(plan, search)
+        vectors = placement.encode(texts) if texts else None
+        return self.drive(self.plan(queries, vectors, started=started), placement)
 
-    async def run_async(
-        self,
-        queries: Sequence[Query],
-        encode: Callable[[list[str]], Awaitable[np.ndarray]],
-        search: Callable[[Task], Awaitable[TaskResult]],
-    ) -> Answers:
-        """Answer `queries` with an asynchronous encoder and shard search."""
+    async def run_async(self, queries: Sequence[Query], placement: AsyncPlacement) -> Answers:
+        """Answer `queries` on a server's event loop."""
         started = time.perf_counter()
         texts = self.texts(queries)
-        vectors = await encode(texts) if texts else None
+        vectors = await placement.encode(texts) if texts else None
         if any(q.positive or q.negative for q in queries):  # items by id: docs reads
             plan = await asyncio.to_thread(self.plan, queries, vectors, started=started)
         else:
             plan = self.plan(queries, vectors, started=started)
-        return await self.drive_async(plan, search)
+        return await self.drive_async(plan, placement)
 
-    def drive(self, plan: SearchPlan, search: Callable[[Task], TaskResult]) -> Answers:
-        """Run a plan's rounds with a synchronous shard search."""
+    def run_batch(
+        self, vectors: np.ndarray, options: SearchOptions, placement: Placement
+    ) -> Answers:
+        """One search for many query vectors sharing one set of options."""
+        return self.drive(self.plan_batch(vectors, options), placement)
+
+    async def run_batch_async(
+        self, vectors: np.ndarray, options: SearchOptions, placement: AsyncPlacement
+    ) -> Answers:
+        """`run_batch` on a server's event loop."""
+        return await self.drive_async(self.plan_batch(vectors, options), placement)
+
+    def drive(self, plan: SearchPlan, placement: Placement) -> Answers:
+        """Run a plan's rounds with a placement in this process."""
         rounds = self.rounds(plan)
         tasks = next(rounds)
         while True:
             try:
-                tasks = rounds.send([search(t) for t in tasks])
+                tasks = rounds.send([placement.search(t) for t in tasks])
             except StopIteration as done:
                 return done.value
 
-    async def drive_async(
-        self, plan: SearchPlan, search: Callable[[Task], Awaitable[TaskResult]]
-    ) -> Answers:
-        """Run a plan's rounds with an asynchronous shard search."""
+    async def drive_async(self, plan: SearchPlan, placement: AsyncPlacement) -> Answers:
+        """Run a plan's rounds on a server's event loop."""
         rounds = self.rounds(plan)
         tasks = next(rounds)
         while True:
             if len(tasks) == 1:
-                results = [await search(tasks[0])]
+                results = [await placement.search(tasks[0])]
             else:
-                results = list(await asyncio.gather(*(search(t) for t in tasks)))
+                results = list(await asyncio.gather(*(placement.search(t) for t in tasks)))
             try:
                 tasks = rounds.send(results)
             except StopIteration as done:
@@ -479,11 +523,18 @@ class Searcher:
                     elif isinstance(item, TextItem):
                         items.append(np.asarray(next(texts), dtype=np.float32))
                     else:
-                        items.append(
-                            prepare_queries(np.asarray(item), dim=self.dim, metric="dot")[0]
-                        )
+                        items.append(prepare_queries(item.vector, dim=self.dim, metric="dot")[0])
                     weights.append(weight)
                 v = combine(items, weights)
             vectors.append(v)
             excluded.append(frozenset(leave_out))
         return vectors, excluded
+
+
+ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the docs rows
+
+
+def _passage(row: DocRow) -> Passage:
+    """A chunk row as the passage of its document: text, character span, chunk number."""
+    assert row.chunk is not None
+    return Passage(row.text, row.start, row.end, row.chunk)

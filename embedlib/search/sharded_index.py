@@ -10,48 +10,23 @@ on request the text, metadata and vector.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from embedlib.cache import FileCache
 from embedlib.exceptions import NoTextModelError
-from embedlib.index.faiss_ops import merge_topk, search_params
-from embedlib.index.store.docs import DocsLookup, ShardDocs
 from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
 from embedlib.models.encoders import QueryModels, TextEncoder
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.search.query import (
-    DEFAULT_INCLUDE,
-    ArithmeticItem,
-    Group,
     Hit,
     Query,
     SearchOptions,
 )
-from embedlib.search.searcher import Answers, Searcher, prepare_queries
-from embedlib.search.shards import IndexShard, ShardSet
-
-
-def open_docs(version: IndexVersion, shards: Sequence[int]) -> list[ShardDocs]:
-    """The docs tables of some shards of a version."""
-    m = version.manifest
-    return [ShardDocs(version.fs, version.file(m.shards[s].docs), m.text_column) for s in shards]
-
-
-def open_shard_set(
-    version: IndexVersion, shards: Sequence[int], docs: Sequence[ShardDocs]
-) -> ShardSet:
-    """Some serving shards of a version (with their docs tables), searched together."""
-    metric = version.manifest.metric
-    return ShardSet(
-        [
-            IndexShard(version.open_shard(s), d, metric, version.open_postings(s))
-            for s, d in zip(shards, docs, strict=True)
-        ],
-        metric,
-    )
+from embedlib.search.searcher import Answers, Searcher, Task, TaskResult, prepare_queries
+from embedlib.search.shards import SearchTask, ShardSet
 
 
 def require_text_model(manifest: IndexManifest) -> ModelFingerprint:
@@ -80,11 +55,9 @@ class ShardedIndex:
         self.version = IndexVersion(
             path, version=version, storage_options=storage_options, cache=cache
         )
-        numbers = range(len(self.version.manifest.shards))
-        docs = open_docs(self.version, numbers)
-        self.docs = DocsLookup(docs, self.manifest.text_column)
-        self.shards = open_shard_set(self.version, numbers, docs)
-        self.searcher = Searcher(self.manifest, self.docs, self.version.open_lexical_stats())
+        self.searcher = Searcher.open(self.version)
+        self.docs = self.searcher.docs
+        self.shards = ShardSet.open(self.version, docs=self.docs.shards)
         # shared by indexes of one model: one model per fingerprint
         self._models = query_models if query_models is not None else QueryModels()
 
@@ -115,35 +88,21 @@ class ShardedIndex:
     # -- the query path -------------------------------------------------------------------
 
     def answer(self, queries: Sequence[Query]) -> Answers:
-        """Result rows of each query (as the HTTP API answers them) and their timing."""
-        return self.searcher.run(queries, self.encode_text, self.shards.search_one)
+        """The hits of each query and where the time went."""
+        return self.searcher.run(queries, _InProcess(self))
 
     def query(self, queries: Sequence[Query]) -> list[list[Hit]]:
         """The hits of each query, best first."""
-        return _hits(self.answer(queries).rows)
+        return self.answer(queries).hits
 
-    def search(
-        self,
-        vectors: np.ndarray,
-        k: int = 10,
-        *,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-        filter: Mapping[str, Any] | None = None,
-        include: Sequence[str] = DEFAULT_INCLUDE,
-        exclude: Sequence[str] = (),
-        passages: int = 1,
-        group: Group = "document",
-    ) -> list[list[Hit]]:
-        """Top-k hits for each query vector (rows of `vectors`), in one search; `filter`
-        (as over HTTP: {"lang": "en", "year": {"in": [2020, 2021]}}) selects documents,
-        `exclude` leaves ids out; `passages` and `group` for chunked documents (see
-        `SearchOptions`)."""
-        options = SearchOptions(k=k, nprobe=nprobe, ef_search=ef_search, filter=filter,
-                                include=include, exclude=exclude, passages=passages,
-                                group=group)  # fmt: skip
-        plan = self.searcher.plan_batch(np.atleast_2d(vectors), options)
-        return _hits(self.searcher.drive(plan, self.shards.search_one).rows)
+    def search(self, vectors: np.ndarray, k: int = 10, **options: Any) -> list[list[Hit]]:
+        """Top-k hits for each query vector (rows of `vectors`), in one search, with the
+        `SearchOptions` given as keywords: `filter` (as over HTTP: {"lang": "en", "year":
+        {"in": [2020, 2021]}}) selects documents, `exclude` leaves ids out, `include`
+        the fields of each hit (text and metadata by default), `passages` and `group` for
+        chunked documents."""
+        batch = SearchOptions(k=k, **options)
+        return self.searcher.run_batch(np.atleast_2d(vectors), batch, _InProcess(self)).hits
 
     def search_text(self, texts: Sequence[str], k: int = 10, **options: Any) -> list[list[Hit]]:
         """Top-k hits for each text, embedded with the index's own model."""
@@ -151,15 +110,16 @@ class ShardedIndex:
 
     def most_similar(
         self,
-        positive: Sequence[ArithmeticItem] = (),
-        negative: Sequence[ArithmeticItem] = (),
+        positive: Sequence[Any] = (),
+        negative: Sequence[Any] = (),
         k: int = 10,
         **options: Any,
     ) -> list[Hit]:
         """Vector arithmetic as gensim's `most_similar`: the mean of the unit-length
         positive items minus the negative ones (document ids, `TextItem`s or vectors);
         items given by id are left out of the results."""
-        return self.query([Query(positive=positive, negative=negative, k=k, **options)])[0]
+        query = Query(positive=list(positive), negative=list(negative), k=k, **options)
+        return self.query([query])[0]
 
     def query_model(self) -> TextEncoder:
         """The index's own model, for query text (loaded on first use, checked against
@@ -186,17 +146,22 @@ class ShardedIndex:
         nprobe: int | None = None,
         ef_search: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Raw FAISS search: (scores, int64 ids), best first, over all shards; queries
-        are used as given (normalize them for cosine, see `prepare_queries`)."""
+        """Raw top-k (scores, int64 ids), best first, over all shards, by the same shard
+        search as every query; queries are used as given (normalize them for cosine, see
+        `prepare_queries`)."""
         params = self.default_params.override(nprobe=nprobe, ef_search=ef_search)
         x = np.ascontiguousarray(queries, dtype=np.float32)
-        parts = [
-            s.index.search(x, k, params=search_params(s.index, nprobe=params.nprobe,
-                                                      ef_search=params.ef_search))
-            for s in self.shards.shards
-        ]  # fmt: skip
-        return merge_topk(parts, k, self.metric)
+        return self.shards.search_one(SearchTask(x, k, params))
 
 
-def _hits(rows: list[list[dict[str, Any]]]) -> list[list[Hit]]:
-    return [[Hit.from_row(r) for r in row] for row in rows]
+class _InProcess:
+    """A `ShardedIndex` as the searcher's placement: its model, its shards."""
+
+    def __init__(self, index: ShardedIndex) -> None:
+        self.index = index
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        return self.index.encode_text(texts)
+
+    def search(self, task: Task) -> TaskResult:
+        return self.index.shards.search_one(task)

@@ -23,8 +23,8 @@ import numpy as np
 
 from embedlib.exceptions import QueryError
 from embedlib.index.faiss_ops import merge_topk, search_params
-from embedlib.index.store.docs import ShardDocs
-from embedlib.index.store.version import SearchParams
+from embedlib.index.store.docs import DocsLookup, ShardDocs
+from embedlib.index.store.version import IndexVersion, SearchParams
 from embedlib.search.filters import Filter, filter_mask
 from embedlib.search.lexical import LexicalTask, ShardPostings, merge_lexical, top_rows
 
@@ -130,6 +130,26 @@ class ShardSet:
             ThreadPoolExecutor(len(self.shards), thread_name_prefix="shard")
             if len(self.shards) > 1
             else None
+        )
+
+    @classmethod
+    def open(
+        cls,
+        version: IndexVersion,
+        shards: Sequence[int] | None = None,
+        docs: Sequence[ShardDocs] | None = None,
+    ) -> ShardSet:
+        """Some serving shards of a version (all by default), with their docs tables
+        (opened here unless given)."""
+        numbers = list(range(len(version.manifest.shards)) if shards is None else shards)
+        tables = list(docs) if docs is not None else DocsLookup.open(version, numbers).shards
+        metric = version.manifest.metric
+        return cls(
+            [
+                IndexShard(version.open_shard(s), d, metric, version.open_postings(s))
+                for s, d in zip(numbers, tables, strict=True)
+            ],
+            metric,
         )
 
     def search(self, tasks: list[SearchTask | LexicalTask]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import posixpath
 from typing import Any
 
+import numpy as np
+
 from embedlib.index.store.version import IndexVersion
 from embedlib.models.encoders import QueryModels
-from embedlib.search.query import Query
+from embedlib.search.query import Query, SearchOptions
 from embedlib.search.searcher import Answers
 from embedlib.search.sharded_index import ShardedIndex
 from embedlib.serve.config import AppOptions, ServedVersion
@@ -45,7 +47,12 @@ class ServedCollection:
         self.model_names = {n for n in (model, posixpath.basename(model)) if n}
 
     async def run(self, queries: list[Query]) -> Answers:
-        return await self.searcher.run_async(queries, self.placement.encode, self.placement.search)
+        """Answer queries through this collection's placement."""
+        return await self.searcher.run_async(queries, self.placement)
+
+    async def run_batch(self, vectors: np.ndarray, options: SearchOptions) -> Answers:
+        """One search for many vectors sharing `options`, through the placement."""
+        return await self.searcher.run_batch_async(vectors, options, self.placement)
 
     @property
     def modes(self) -> list[str]:

@@ -17,7 +17,7 @@ from embedlib.index.store.version import IndexVersion
 from embedlib.models.encoders import encode_batches, query_encoder
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.search.searcher import Task
-from embedlib.search.sharded_index import open_docs, open_shard_set
+from embedlib.search.shards import ShardSet
 
 
 class ShardSearcher:
@@ -27,7 +27,7 @@ class ShardSearcher:
         self, version_url: str, shards: list[int], storage_options: dict[str, Any]
     ) -> None:
         version = IndexVersion(version_url, storage_options=storage_options)
-        self.shard_set = open_shard_set(version, shards, open_docs(version, shards))
+        self.shard_set = ShardSet.open(version, shards)
 
     def ping(self) -> int:
         return len(self.shard_set.shards)

@@ -34,7 +34,7 @@ from embedlib.exceptions import (
 )
 from embedlib.index.store.layout import has_version, published_version
 from embedlib.models.encoders import QueryModels
-from embedlib.search.query import Query
+from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
 from embedlib.serve.http import FastJSONResponse, GatewayRoute, Metrics, openapi_with_key
@@ -53,7 +53,6 @@ from embedlib.serve.schemas import (
     RecommendResponse,
     ReloadRequest,
     ReloadResponse,
-    SearchRequest,
     SearchResponse,
     Status,
     UpsertDocument,
@@ -145,13 +144,14 @@ class Gateway:
 
     @api.post("/v1/search", response_model=SearchResponse)
     @api.post("/v1/collections/{collection}/search", response_model=SearchResponse)
-    async def search(self, body: SearchRequest, collection: str | None = None) -> Response:
+    async def search(self, body: Query, collection: str | None = None) -> Response:
         """The k nearest documents of one query: text, a vector, or vector arithmetic."""
         c = self.collection(collection)
-        answers = await c.run([body.to_query()])
+        answers = await c.run([body])
         return FastJSONResponse(
-            {"results": answers.rows[0], "metric": c.metric, "timing_ms": answers.timing_ms}
-        )
+            {"results": hits_json(answers.hits)[0], "metric": c.metric,
+             "timing_ms": answers.timing_ms}
+        )  # fmt: skip
 
     @api.post("/v1/search/batch", response_model=BatchSearchResponse)
     @api.post("/v1/collections/{collection}/search/batch", response_model=BatchSearchResponse)
@@ -160,13 +160,12 @@ class Gateway:
         `vectors` (one search for all, sharing one set of parameters)."""
         c = self.collection(collection)
         if isinstance(body, VectorBatchRequest):
-            plan = c.searcher.plan_batch(_batch_matrix(c, body), body.search_options())
-            answers = await c.searcher.drive_async(plan, c.placement.search)
+            answers = await c.run_batch(_batch_matrix(c, body), body)
             timing: dict[str, float] | None = answers.timing_ms
         else:
-            answers = await c.run([q.to_query() for q in body.queries])
+            answers = await c.run(body.queries)
             timing = None
-        return FastJSONResponse({"results": answers.rows, "metric": c.metric,
+        return FastJSONResponse({"results": hits_json(answers.hits), "metric": c.metric,
                                  **({"timing_ms": timing} if timing else {})})  # fmt: skip
 
     @api.post("/v1/recommend", response_model=RecommendResponse)
@@ -187,7 +186,8 @@ class Gateway:
         vector, seen = found
         query = Query(vector=vector, k=body.k, include=body.include, exclude=seen)
         answers = await self.collection(None).run([query])
-        return FastJSONResponse({"user": body.user, "results": answers.rows[0], "fallback": None,
+        return FastJSONResponse({"user": body.user, "results": hits_json(answers.hits)[0],
+                                 "fallback": None,
                                  "timing_ms": answers.timing_ms})  # fmt: skip
 
     # -- embeddings -----------------------------------------------------------------------

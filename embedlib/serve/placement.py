@@ -16,12 +16,11 @@ from ray import serve
 from ray.exceptions import RayActorError
 
 from embedlib.index.faiss_ops import merge_topk
-from embedlib.index.store.docs import DocsLookup
 from embedlib.index.store.version import IndexVersion
 from embedlib.models.encoders import encode_batches
 from embedlib.search.lexical import LexicalTask, merge_lexical
-from embedlib.search.searcher import Searcher, Task
-from embedlib.search.sharded_index import ShardedIndex, open_docs, require_text_model
+from embedlib.search.searcher import AsyncPlacement, Searcher, Task
+from embedlib.search.sharded_index import ShardedIndex, require_text_model
 from embedlib.search.shards import SearchTask
 
 INLINE_SEARCH_ROWS = 16  # smaller unfiltered searches run on the event loop, larger in a thread
@@ -29,14 +28,13 @@ INLINE_LEXICAL_ROWS = 200_000  # ... BM25 searches too, over indexes of at most 
 RETRIES = 3  # calls to a searcher replica that died mid-call
 
 
-class Placement(Protocol):
+class Placement(AsyncPlacement, Protocol):
+    """A gateway replica's placement: the searcher's, and what the other routes ask of
+    the query model and the shards."""
+
     searcher: Searcher
 
-    async def encode(self, texts: list[str]) -> np.ndarray: ...
-
     async def count_tokens(self, texts: list[str]) -> int: ...
-
-    async def search(self, task: Task) -> tuple[np.ndarray, np.ndarray]: ...
 
     async def ready(self) -> bool: ...
 
@@ -88,12 +86,7 @@ class RemotePlacement:
     """Placements "grouped" and "per-shard": shard searcher and encoder replicas."""
 
     def __init__(self, version: IndexVersion, searchers: list[Any], encoder: Any | None) -> None:
-        docs = open_docs(version, range(len(version.manifest.shards)))
-        self.searcher = Searcher(
-            version.manifest,
-            DocsLookup(docs, version.manifest.text_column),
-            version.open_lexical_stats(),
-        )
+        self.searcher = Searcher.open(version)
         self.manifest = version.manifest
         self.searchers, self.encoder = searchers, encoder
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -18,31 +17,14 @@ from pydantic import (
 )
 
 from embedlib.exceptions import QueryError
-from embedlib.search.query import (
-    ALPHA,
-    DEFAULT_INCLUDE,
-    MAX_EF_SEARCH,
-    MAX_PASSAGES,
-    RRF_K,
-    Fusion,
-    Group,
-    Include,
-    Mode,
-    Query,
-    SearchOptions,
-    TextItem,
-)
+from embedlib.search.query import MAX_K, Hit, Include, Query, VectorBatch
 
-# What one request may cost (each over-the-cap request is a 422 naming the cap and the
-# value sent; README "Limits"). nprobe is clamped to the index's list count.
-MAX_K = 1000
+# What one request may cost, beyond what one query may ask (search/query.py): each
+# over-the-cap request is a 422 naming the cap and the value sent; README "Limits".
 MAX_BATCH_QUERIES = 1000
 MAX_BATCH_VECTORS = 10_000
 MAX_HITS = 100_000  # hits one request asks for: queries (or vectors) x k
 MAX_VECTOR_HITS = 10_000  # hits with `include: ["vector"]`, per request
-MAX_ITEMS = 1000  # positive + negative items of one query
-MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
-MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
 MAX_EMBED_CHARS = 2_000_000  # the texts of one /v1/embeddings request, together
 
 
@@ -60,158 +42,11 @@ def check_hits(requests: list[tuple[int, int, bool]]) -> None:
         )
 
 
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]  # checked in pydantic-core
-Filter = Annotated[
-    dict[str, Any],
-    Field(
-        description='metadata conditions, all of which must hold: {"lang": "en", '
-        '"year": {"in": [2020, 2021]}}',
-        examples=[{"lang": "en"}],
-    ),
-]
-
-
-class VectorItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    vector: list[FiniteFloat] = Field(min_length=1)
-
-
-class TextArithmeticItem(BaseModel):
-    model_config = ConfigDict(extra="forbid", title="TextItem")
-    text: str = Field(min_length=1)
-
-
-ArithmeticItem = Annotated[
-    str | TextArithmeticItem | VectorItem,
-    Field(description="a document id, {'text': ...} to embed, or {'vector': [...]}"),
-]
-
-
-class SearchFields(BaseModel):
-    """How to search, whatever the query."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    k: int = Field(default=10, ge=1, le=MAX_K, description="how many hits")
-    nprobe: int | None = Field(
-        default=None, ge=1, description="IVF lists probed (clamped to the index's list count)"
-    )
-    ef_search: int | None = Field(
-        default=None, ge=1, le=MAX_EF_SEARCH, description="HNSW search breadth"
-    )
-    filter: Filter | None = None
-    include: list[Include] = Field(
-        default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
-    )
-    exclude: list[str] = Field(default_factory=list, description="document ids to leave out")
-    passages: int = Field(
-        default=1, ge=1, le=MAX_PASSAGES,
-        description="chunked documents: the best passages per document (`passages` in hits)",
-    )  # fmt: skip
-    group: Group = Field(
-        default="document",
-        description='chunked documents: hits are documents by their best chunk, or "chunk"',
-    )
-    mode: Mode | None = Field(
-        default=None,
-        description="text queries: rank by the vectors (dense), by BM25 (lexical), or both "
-        "fused (hybrid); default hybrid when the index has a lexical part, else dense",
-    )
-    fusion: Fusion = Field(
-        default="relative",
-        description="hybrid: relative (alpha * cosine + (1 - alpha) * BM25 / the query's "
-        "attainable BM25), rrf (reciprocal rank, rrf_k) or minmax (min-max normalized scores)",
-    )
-    rrf_k: float = Field(default=RRF_K, gt=0, description="hybrid, rrf: reciprocal-rank fusion's k")
-    alpha: float = Field(
-        default=ALPHA, ge=0, le=1, description="hybrid, relative or minmax: the dense weight"
-    )
-    explain: bool = Field(
-        default=False, description="each hit's dense and lexical rank and score (`explain`)"
-    )
-
-    @field_validator("filter")
-    @classmethod
-    def _filter_size(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        values = sum(
-            len(c["in"]) if isinstance(c, dict) and isinstance(c.get("in"), list) else 1
-            for c in (v or {}).values()
-        )
-        if values > MAX_FILTER_VALUES:
-            raise ValueError(f"the filter holds {values} values; the cap is {MAX_FILTER_VALUES}")
-        return v
-
-    def options(self) -> dict[str, Any]:
-        return {
-            "k": self.k, "nprobe": self.nprobe, "ef_search": self.ef_search,
-            "filter": self.filter, "include": self.include, "exclude": self.exclude,
-            "passages": self.passages, "group": self.group, "mode": self.mode,
-            "fusion": self.fusion, "rrf_k": self.rrf_k, "alpha": self.alpha,
-            "explain": self.explain,
-        }  # fmt: skip
-
-
-class SearchRequest(SearchFields):
-    """One query: `query` (text), `vector`, or `positive`/`negative` (vector arithmetic)."""
-
-    query: str | None = Field(
-        default=None,
-        max_length=MAX_QUERY_CHARS,
-        description="text, embedded with the index's model",
-    )
-    vector: list[FiniteFloat] | None = Field(default=None, min_length=1)
-    positive: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
-    negative: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={"examples": [{"query": "machine learning tutorial", "k": 5}]},
-    )
-
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, v: str | None) -> str | None:
-        if v is not None and not v.strip():
-            raise ValueError("the query is empty")
-        return v
-
-    @model_validator(mode="after")
-    def _one_kind(self) -> SearchRequest:
-        kinds = [
-            self.query is not None,
-            self.vector is not None,
-            bool(self.positive or self.negative),
-        ]
-        if sum(kinds) != 1:
-            raise ValueError("give exactly one of: query (text), vector, or positive/negative")
-        if len(self.positive) + len(self.negative) > MAX_ITEMS:
-            raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
-        check_hits([(1, self.k, "vector" in self.include)])
-        return self
-
-    def to_query(self) -> Query:
-        return Query(
-            text=self.query,
-            vector=self.vector,
-            positive=[_item(i) for i in self.positive],
-            negative=[_item(i) for i in self.negative],
-            **self.options(),
-        )
-
-
-def _item(item: str | TextArithmeticItem | VectorItem) -> Any:
-    if isinstance(item, str):
-        return item
-    if isinstance(item, TextArithmeticItem):
-        return TextItem(item.text)
-    return np.asarray(item.vector, dtype=np.float32)
-
-
 class BatchSearchRequest(BaseModel):
     """Several searches, each with its own parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    queries: list[SearchRequest] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
+    queries: list[Query] = Field(min_length=1, max_length=MAX_BATCH_QUERIES)
 
     @model_validator(mode="after")
     def _hits(self) -> BatchSearchRequest:
@@ -219,30 +54,17 @@ class BatchSearchRequest(BaseModel):
         return self
 
 
-class VectorBatchRequest(SearchFields):
-    """Many query vectors sharing one set of parameters: `vectors` as rows of floats, or
-    with `encoding_format` "base64" one base64 string of little-endian float32 values,
-    row after row (as the OpenAI embeddings API returns them): no JSON numbers to parse."""
-
-    vectors: str | list[list[FiniteFloat]] = Field(min_length=1)
-    encoding_format: Literal["float", "base64"] = "float"
-    include: list[Include] = Field(default_factory=list, description="fields of each hit")
+class VectorBatchRequest(VectorBatch):
+    """Many query vectors sharing one set of parameters (`VectorBatch`), within the
+    request caps."""
 
     @model_validator(mode="after")
-    def _format_matches(self) -> VectorBatchRequest:
-        if (self.encoding_format == "base64") != isinstance(self.vectors, str):
-            raise ValueError(
-                'encoding_format "base64" takes one base64 string of float32 values; '
-                '"float" (the default) takes a list of vectors'
-            )
+    def _within_caps(self) -> VectorBatchRequest:
         if isinstance(self.vectors, list):
             if len(self.vectors) > MAX_BATCH_VECTORS:
                 raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
             check_hits([(len(self.vectors), self.k, "vector" in self.include)])
         return self  # base64: the gateway counts the rows once it knows the dimension
-
-    def search_options(self) -> SearchOptions:
-        return SearchOptions(**self.options())
 
 
 def _batch_kind(data: Any) -> str:
@@ -317,31 +139,6 @@ class DeleteRequest(BaseModel):
 
 
 # -- responses ---------------------------------------------------------------------------
-
-
-class Passage(BaseModel):
-    text: str | None = Field(description="the chunk's text: document_text[start:end]")
-    start: int
-    end: int
-    chunk: int
-
-
-class Ranked(BaseModel):
-    rank: int = Field(description="1 = first in that ranking")
-    score: float
-
-
-class Hit(BaseModel):
-    id: str
-    score: float = Field(description="similarity (cosine, dot: higher first) or squared L2")
-    text: str | None = Field(default=None, description="the text of the row that matched")
-    metadata: dict[str, Any] | None = None
-    vector: list[float] | None = None
-    passage: Passage | None = Field(default=None, description="chunked documents: the match")
-    passages: list[Passage] | None = None
-    explain: dict[str, Ranked | None] | None = Field(
-        default=None, description='with `explain`: {"dense", "lexical"}: where the hit ranked'
-    )
 
 
 class SearchResponse(BaseModel):

@@ -30,6 +30,7 @@ from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import SourceError
 from embedlib.extras import optional_import
 from embedlib.options import PACKAGED_GLOVE, VECTOR_FORMATS
+from embedlib.search.query import Query
 from embedlib.search.sharded_index import ShardedIndex
 from embedlib.sets.columns import vectors_of
 from embedlib.sets.embedding_set import EmbeddingSetManifest, write_vector_set
@@ -276,9 +277,9 @@ def _answer_over_http(url: str, questions: list[Analogy], api_key: str | None) -
     for start in range(0, len(questions), 500):
         chunk = questions[start : start + 500]
         answers = client.search_batch(
-            [{"positive": [q.b, q.c], "negative": [q.a], "k": 1, "include": []} for q in chunk]
+            [Query(positive=[q.b, q.c], negative=[q.a], k=1, include=[]) for q in chunk]
         )
-        out.extend(a[0]["id"] if a else "" for a in answers)
+        out.extend(a[0].id if a else "" for a in answers)
     return out
 
 

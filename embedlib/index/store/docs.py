@@ -13,7 +13,8 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import numpy as np
@@ -32,8 +33,10 @@ from embedlib.embed.documents import (
 from embedlib.exceptions import QueryError, SourceError
 from embedlib.sets.columns import vectors_of
 
+if TYPE_CHECKING:
+    from embedlib.index.store.version import IndexVersion
+
 IID = "_iid"  # the FAISS id of a row, in the docs tables
-ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the rows
 NOT_METADATA = (IID, ID, VECTOR, TEXT_HASH, *CHUNK_COLUMNS)  # columns that are not metadata
 CACHED_GROUPS = 64  # row groups of text/vectors kept per shard
 VECTOR_CACHE_BYTES = 128 * 1024 * 1024  # vectors of filtered rows' row groups kept per shard
@@ -148,6 +151,16 @@ class DocsLookup:
     """The docs tables of an index version, side by side. In a chunked index a row is a
     chunk of a document: the string id is the document's, shared by its chunks."""
 
+    @classmethod
+    def open(cls, version: IndexVersion, shards: Sequence[int] | None = None) -> DocsLookup:
+        """The docs tables of a version (of some of its shards)."""
+        m = version.manifest
+        numbers = range(len(m.shards)) if shards is None else shards
+        return cls(
+            [ShardDocs(version.fs, version.file(m.shards[s].docs), m.text_column) for s in numbers],
+            m.text_column,
+        )
+
     def __init__(self, shards: Sequence[ShardDocs], text_column: str | None) -> None:
         self.shards = list(shards)
         self.text_column = text_column
@@ -214,7 +227,7 @@ class DocsLookup:
             )
         return list(out.tolist())
 
-    def _rows(self, iids: np.ndarray) -> list[dict[str, Any]]:
+    def rows(self, iids: np.ndarray) -> list[DocRow]:
         """The docs rows of int64 ids, each read with its row group."""
         rows: list[dict[str, Any] | None] = [None] * len(iids)
         for docs in self.shards:
@@ -226,48 +239,41 @@ class DocsLookup:
             raise SourceError(
                 "the docs tables do not hold an id the index returned; the index is damaged"
             )
-        return rows  # type: ignore[return-value]
-
-    def result_rows(
-        self, hits: Sequence[Sequence[tuple[float, int]]], include: frozenset[str]
-    ) -> list[dict[str, Any]]:
-        """The result rows of hits, each a list of (score, int64 id), best first: one row
-        per document (its first pair's row scored by it), with "text", "metadata" and
-        "vector" when `include` names them; in a chunked index also the "passage" (the
-        matched chunk's text and its span in the document) and, when a hit holds more
-        pairs, its "passages". The docs rows are read once for them all."""
-        iids = np.fromiter((i for h in hits for _, i in h), dtype=np.int64)
-        if not self.chunked and not ROW_FIELDS & include:
-            ids = self.string_ids(iids)
-            return [{"id": i, "score": h[0][0]} for i, h in zip(ids, hits, strict=True)]
-        rows = self._rows(iids)
-        text = self.text_column
-        out, at = [], 0
-        for hit in hits:
-            row = rows[at]
-            result: dict[str, Any] = {"id": row[ID], "score": hit[0][0]}
-            if "text" in include and text and row.get(text) is not None:
-                result["text"] = row[text]
-            if "metadata" in include:
-                result["metadata"] = {
-                    c: v for c, v in row.items() if c not in (*NOT_METADATA, text)
-                }
-            if "vector" in include:
-                result["vector"] = row[VECTOR].tolist()
-            if self.chunked:
-                result["passage"] = _passage(row, text)
-                if len(hit) > 1:
-                    result["passages"] = [_passage(r, text) for r in rows[at : at + len(hit)]]
-            out.append(result)
-            at += len(hit)
-        return out
+        return [DocRow(r, self.text_column) for r in rows]  # type: ignore[arg-type]
 
 
-def _passage(row: dict[str, Any], text: str | None) -> dict[str, Any]:
-    """A chunk row as the passage of its document: text, character span, chunk number."""
-    return {
-        "text": row.get(text) if text else None,
-        "start": row[CHUNK_START],
-        "end": row[CHUNK_END],
-        "chunk": row[CHUNK],
-    }
+@dataclass(frozen=True, slots=True)
+class DocRow:
+    """One row of a docs table: a document, or a chunk of one."""
+
+    values: dict[str, Any]  # column -> value
+    text_column: str | None
+
+    @property
+    def id(self) -> str:
+        return str(self.values[ID])
+
+    @property
+    def text(self) -> str | None:
+        return self.values.get(self.text_column) if self.text_column else None
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        skip = (*NOT_METADATA, self.text_column)
+        return {c: v for c, v in self.values.items() if c not in skip}
+
+    @property
+    def vector(self) -> np.ndarray:
+        return np.asarray(self.values[VECTOR], dtype=np.float32)
+
+    @property
+    def chunk(self) -> int | None:
+        return self.values.get(CHUNK)
+
+    @property
+    def start(self) -> int:
+        return int(self.values[CHUNK_START])
+
+    @property
+    def end(self) -> int:
+        return int(self.values[CHUNK_END])
