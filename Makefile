@@ -6,7 +6,7 @@ STAMP := $(VENV)/.embedlib-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-slow bench lint typecheck clean
+.PHONY: setup demo test test-unit test-slow bench lint typecheck clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy embedlib jobs
 
-test: lint typecheck $(CHROMIUM)  # the fast tier: everything but the tests marked slow
-	$(PY) -m pytest
+test: lint typecheck $(CHROMIUM)  # the unit tier (seconds), then the rest of the fast tier
+	$(PY) -m pytest -m unit
+	$(PY) -m pytest -m "not slow and not unit"
+
+test-unit: setup  # fakes only: no model, no Ray, no server
+	$(PY) -m pytest -m unit
 
 test-slow: setup  # multi-node scenarios, benchmarks, fine-tuning, the lean install
 	$(PY) -m pytest -m slow

@@ -57,3 +57,24 @@ def test_the_core_installs_lean_and_names_missing_extras(tmp_path):
                        (["train-word2vec", str(docs), str(tmp_path / "w2v")], "words")):  # fmt: skip
         r = _run([embedlib, *cmd])
         assert r.returncode == 2 and f"embedlib[{extra}]" in r.stderr, (cmd, r.stderr[-500:])
+
+
+@pytest.mark.slow
+def test_every_extra_the_readme_shows_resolves_on_a_fresh_venv(tmp_path):
+    """`pip install "embedlib[X]"` for each extra, and all of them together, finds a set
+    of versions (pip's resolver on a fresh venv; --dry-run installs nothing)."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    readme = (ROOT / "README.md").read_text()
+    shown = [e for e in extras if e != "dev" and f"`{e}`" in readme]
+    assert {"words", "maps", "recommend", "train", "s3", "gcs", "all"} <= set(shown)
+    venv = tmp_path / "venv"
+    assert _run([sys.executable, "-m", "venv", str(venv)]).returncode == 0
+    py = str(venv / "bin" / "python")
+    # one resolution for all of them (the `all` extra holds each), then each on its own
+    for extra in ["all", *[e for e in shown if e != "all"]]:
+        r = _run([py, "-m", "pip", "install", "--dry-run", "-q", f"{ROOT}[{extra}]"])
+        assert r.returncode == 0, (extra, r.stderr[-1500:])

@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 from embedlib.distributed import current_node
 from embedlib.embed.documents import CHUNK, ID, VECTOR, id_hashes
 from embedlib.exceptions import VectorError
-from embedlib.index.store.docs import IID
+from embedlib.index.build.plan import faiss_metric
+from embedlib.index.build.staging import DOCS_ROW_GROUP, K_TUNE, BuildContext
 from embedlib.index.faiss_ops import (
     merge_topk,
     prepare_vectors,
@@ -23,10 +24,9 @@ from embedlib.index.faiss_ops import (
     use_task_cpus,
     write_index,
 )
-from embedlib.index.build.plan import faiss_metric
-from embedlib.sets.sources import RowRange, VectorSource, read_range
-from embedlib.index.build.staging import DOCS_ROW_GROUP, K_TUNE, BuildContext
+from embedlib.index.store.docs import IID
 from embedlib.sets.columns import conform_table, vector_array
+from embedlib.sets.sources import RowRange, VectorSource, read_range
 
 
 @dataclass(frozen=True)

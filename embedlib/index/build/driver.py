@@ -37,19 +37,19 @@ from embedlib.distributed import (
 from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import RecallError, VectorError
 from embedlib.index.build.add import PartialResult, add_units, check_unique_ids, plan_units
-from embedlib.index.faiss_ops import prepare_vectors
-from embedlib.index.store.layout import publish, staging_path
-from embedlib.search.lexical import LexicalInfo, check_language
 from embedlib.index.build.lexical import write_lexical
-from embedlib.index.store.lock import Lease, index_lock
 from embedlib.index.build.merge import merge_shard
 from embedlib.index.build.plan import IndexPlan, plan_index
-from embedlib.sets.sources import VectorSource, open_sources
 from embedlib.index.build.staging import PARTIALS, BuildContext
 from embedlib.index.build.train import read_rows, row_picks, train_index
 from embedlib.index.build.tune import ground_truth, tune
+from embedlib.index.faiss_ops import prepare_vectors
+from embedlib.index.store.layout import publish, staging_path
+from embedlib.index.store.lock import Lease, index_lock
 from embedlib.index.store.version import IndexManifest, SearchParams, ShardEntry, Tuning
 from embedlib.options import METRICS, Metric, RunOptions
+from embedlib.search.lexical import LexicalInfo, check_language
+from embedlib.sets.sources import VectorSource, open_sources
 from embedlib.storage import human
 
 # A build of up to this many bytes of vectors runs in this process when no cluster is

@@ -12,6 +12,8 @@ from dataclasses import replace
 import fsspec
 
 from embedlib.distributed import map_tasks
+from embedlib.index.store.version import ShardEntry
+from embedlib.options import RunOptions
 from embedlib.search.lexical import (
     LEXICAL_STATS,
     LexicalInfo,
@@ -21,8 +23,6 @@ from embedlib.search.lexical import (
     write_shard_postings,
     write_stats,
 )
-from embedlib.index.store.version import ShardEntry
-from embedlib.options import RunOptions
 from embedlib.storage import file_sha256
 
 

@@ -12,12 +12,12 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib.index.faiss_ops import merge_into, read_index_file, write_index
 from embedlib.index.build.ivf_file import merge_ivf_files
 from embedlib.index.build.staging import DOCS_ROW_GROUP, BuildContext, shard_entry
+from embedlib.index.faiss_ops import merge_into, read_index_file, write_index
 from embedlib.index.store.version import ShardEntry, docs_file, shard_file
-from embedlib.storage import is_local
 from embedlib.sets.columns import conform_table, unify_schemas
+from embedlib.storage import is_local
 
 
 def merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) -> ShardEntry:

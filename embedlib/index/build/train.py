@@ -9,12 +9,12 @@ import faiss
 import numpy as np
 
 from embedlib.distributed import map_tasks
-from embedlib.index.faiss_ops import prepare_vectors, use_task_cpus, write_index
 from embedlib.index.build.ivf_file import streamable
 from embedlib.index.build.plan import faiss_metric
-from embedlib.sets.sources import RowRange, VectorSource, read_range
 from embedlib.index.build.staging import BuildContext
+from embedlib.index.faiss_ops import prepare_vectors, use_task_cpus, write_index
 from embedlib.options import RunOptions
+from embedlib.sets.sources import RowRange, VectorSource, read_range
 
 
 def sample_rows(span: RowRange, positions: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:

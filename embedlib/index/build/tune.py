@@ -15,9 +15,9 @@ import fsspec
 import numpy as np
 
 from embedlib.index.build.add import PartialResult
-from embedlib.index.faiss_ops import local_copy, merge_topk, read_index_mmap, search_params
 from embedlib.index.build.plan import IndexPlan
 from embedlib.index.build.staging import K_TUNE
+from embedlib.index.faiss_ops import local_copy, merge_topk, read_index_mmap, search_params
 from embedlib.index.store.version import SearchParams, Tuning
 
 

@@ -1,0 +1,112 @@
+"""The search contract: one definition validated alike in Python and over HTTP, its JSON
+schema stating its rules, hits round-tripping through their JSON form."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from pydantic import TypeAdapter, ValidationError
+
+from embedlib.client import _body
+from embedlib.exceptions import QueryError
+from embedlib.search.query import (
+    MAX_K,
+    Hit,
+    Passage,
+    Query,
+    SearchOptions,
+    TextItem,
+    VectorBatch,
+    VectorItem,
+)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "exactly one of"),
+        ({"text": "x", "vector": [1.0]}, "exactly one of"),
+        ({"text": "x", "positive": ["a"]}, "exactly one of"),
+        ({"text": "  "}, "text: the query text is empty"),
+        ({"text": "x", "k": 0}, "k: Input should be greater than or equal to 1"),
+        ({"text": "x", "k": MAX_K + 1}, f"less than or equal to {MAX_K}"),
+        ({"text": "x", "nprobe": 0}, "nprobe"),
+        ({"text": "x", "include": ["colour"]}, "include.0"),
+        ({"text": "x", "mode": "bm25"}, "mode"),
+        ({"text": "x", "fusion": "max"}, "fusion"),
+        ({"text": "x", "alpha": 1.5}, "alpha"),
+        ({"text": "x", "extra": 1}, "extra"),
+        ({"vector": [1.0, float("nan")]}, "NaN or infinite"),
+        ({"vector": []}, "non-empty"),
+        ({"positive": [{"text": ""}]}, "positive.0"),
+    ],
+)
+def test_a_bad_query_is_refused_alike_in_python_and_over_http(fields, message):
+    with pytest.raises(QueryError, match=message):
+        Query(**fields)
+    body = {("query" if k == "text" else k): v for k, v in fields.items()}
+    with pytest.raises(ValidationError):
+        Query.model_validate(body)
+
+
+def test_queries_accept_what_python_callers_hold():
+    q = Query(positive=["king", TextItem("a queen"), np.ones(4)], negative=())
+    assert q.negative == [] and isinstance(q.positive[2], VectorItem)
+    assert q.positive[2].vector.dtype == np.float32 and q.texts() == ["a queen"]
+    assert Query(vector=np.arange(1, 4)).vector.tolist() == [1.0, 2.0, 3.0]
+    assert Query(text="x", include=("text",)).fields == frozenset({"text"})
+    # empty item lists say nothing (JSON clients send them)
+    assert Query.model_validate({"query": "x", "positive": [], "negative": []}).text == "x"
+
+
+def test_the_json_schema_states_the_rules():
+    schema = Query.model_json_schema(by_alias=True)
+    assert {"query", "vector", "positive", "negative", "k"} <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    kinds = schema["oneOf"]
+    assert {"required": ["query"]} in kinds and {"required": ["vector"]} in kinds
+    k = schema["properties"]["k"]
+    assert (k["minimum"], k["maximum"]) == (1, MAX_K)
+    assert schema["properties"]["mode"]["anyOf"][0]["enum"] == ["dense", "lexical", "hybrid"]
+    # the answer's schema comes from the same Hit the searcher returns
+    hit = TypeAdapter(Hit).json_schema()
+    assert {"id", "score", "text", "passage", "explain"} <= set(hit["properties"])
+
+
+def test_a_query_is_sent_as_the_server_reads_it():
+    q = Query(text="cheap shoes", k=3, filter={"lang": "en"}, positive=[])
+    body = _body(q)
+    assert body == {"query": "cheap shoes", "k": 3, "filter": {"lang": "en"}}
+    assert Query.model_validate(json.loads(json.dumps(body))) == q
+    arithmetic = _body(Query(positive=["a", TextItem("b"), [0.5, 0.5]], k=1))
+    assert arithmetic["positive"] == ["a", {"text": "b"}, {"vector": [0.5, 0.5]}]
+    batch = _body(VectorBatch(vectors="AAAA", encoding_format="base64", k=2))
+    assert batch == {"vectors": "AAAA", "encoding_format": "base64", "k": 2}
+    with pytest.raises(QueryError, match="base64"):
+        VectorBatch(vectors="AAAA")
+
+
+def test_hits_round_trip_through_their_json_form():
+    hit = Hit(
+        "d1",
+        0.5,
+        text="t",
+        metadata={"lang": "en"},
+        passage=Passage("chunk", 3, 8, 1),
+        passages=[Passage("chunk", 3, 8, 1), Passage(None, 9, 12, 2)],
+        explain={"dense": {"rank": 1, "score": 0.5}, "lexical": None},
+    )
+    assert Hit.from_json(json.loads(json.dumps(hit.to_json()))) == hit
+    assert Hit("d2", 1.0).to_json() == {"id": "d2", "score": 1.0}  # absent fields left out
+
+
+def test_search_options_are_the_query_fields_without_a_query():
+    assert set(SearchOptions.model_fields) < set(Query.model_fields)
+    assert set(Query.model_fields) - set(SearchOptions.model_fields) == {
+        "text",
+        "vector",
+        "positive",
+        "negative",
+    }

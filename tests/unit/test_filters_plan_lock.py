@@ -1,0 +1,53 @@
+"""Filters on Arrow metadata, the automatic index plan, and the writers' lock."""
+
+from __future__ import annotations
+
+import fsspec
+import pyarrow as pa
+import pytest
+
+from embedlib.exceptions import FilterError, IndexLockedError, LockLostError
+from embedlib.index.build.plan import TINY, plan_index
+from embedlib.index.store.lock import index_lock
+from embedlib.search.filters import check_filter, filter_mask
+
+META = pa.table({"lang": ["en", "de", "en", "fr"], "year": pa.array([2020, 2021, 2022, 2021])})
+
+
+def test_filters_select_rows_by_equality_and_membership():
+    assert filter_mask(META, {"lang": "en"}).tolist() == [True, False, True, False]
+    assert filter_mask(META, {"lang": "en", "year": {"in": [2022, 1999]}}).tolist() == [
+        False, False, True, False
+    ]  # fmt: skip
+    assert not filter_mask(META, {"colour": "red"}).any()  # a column only other shards have
+    with pytest.raises(FilterError, match="do not fit column 'year'"):
+        filter_mask(META, {"year": "soon"})
+    with pytest.raises(FilterError, match="no such metadata column"):
+        check_filter({"colour": "red"}, META.column_names)
+    with pytest.raises(FilterError, match="must be a value or"):
+        check_filter({"lang": {"in": "en"}}, META.column_names)
+
+
+def test_the_plan_is_exact_when_small_ivf_when_larger_and_compressed_when_tight():
+    assert plan_index(TINY - 1, 64, metric="cosine", memory_budget=10**9).factory == "IDMap2,Flat"
+    roomy = plan_index(200_000, 64, metric="cosine", memory_budget=10**10)
+    assert roomy.factory.startswith("IVF") and roomy.factory.endswith(",Flat")
+    assert roomy.bytes_estimate <= 10**10 and roomy.train_size >= 39 * roomy.nlist
+    tight = plan_index(200_000, 64, metric="cosine", memory_budget=200_000 * 40)
+    assert not tight.factory.endswith(",Flat") and tight.bytes_estimate <= 200_000 * 40
+
+
+def test_the_lock_is_exclusive_and_a_stale_one_is_taken_over(tmp_path):
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path)
+    with index_lock(fs, root, what="build") as lease:
+        lease.check()
+        with pytest.raises(IndexLockedError, match="locked by another build"), index_lock(fs, root):
+            pass
+        # a holder whose heartbeat is older than stale_after_s loses the lock
+        with index_lock(fs, root, stale_after_s=0.0) as taker:
+            taker.check()
+            with pytest.raises(LockLostError):
+                lease.check()
+    with index_lock(fs, root):  # released: free again
+        pass
