@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from embedlib import Client, EmbedOptions, Query, RunOptions, embed_corpus
 from embedlib.exceptions import ClientError
@@ -53,6 +54,25 @@ def _request(path: str, body=None, *, key: str | None = KEY, raw: bytes | None =
             )
     except urllib.error.HTTPError as e:
         return e.code, json.loads(e.read())
+
+
+def _metric(prefix: str, name: str, at_least: float, **labels: str) -> float:
+    """The sum of the /metrics samples `ray_embedlib_<name>` whose labels include
+    `labels`, once it reaches `at_least` (Ray exports each replica's metrics every few
+    seconds) or after 60 s."""
+    deadline, total = time.monotonic() + 60, 0.0
+    while True:
+        status, text = _request(f"{prefix}/metrics")
+        assert status == 200
+        total = sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == f"ray_embedlib_{name}" and labels.items() <= s.labels.items()
+        )
+        if total >= at_least or time.monotonic() > deadline:
+            return total
+        time.sleep(1)
 
 
 def _query_until(done: threading.Event, failures: list[int], prefix: str = ""):
@@ -351,9 +371,7 @@ def test_api_key_health_readiness_info_and_metrics(served):
     )
     assert info["indexes"][0]["model"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert _request("/v1/search", raw=b"x" * (17 * 1024 * 1024))[0] == 413
-    status, text = _request("/metrics")
-    assert status == 200
-    assert 'embedlib_requests_total{route="/v1/search",collection="idx",status="401"}' in text
+    assert _metric("", "requests_total", 1, route="/v1/search", collection="idx", status="401")
 
 
 def test_openai_client_gets_the_models_embeddings(served):
@@ -616,9 +634,12 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
         assert _request("/upd/v1/writes/unknown")[0] == 404
         status, body = _request("/upd/v1/upsert", {"documents": [new]}, key=None)
         assert status == 401
-        status, text = _request("/upd/metrics")
-        assert 'embedlib_version_events_total{event="write_failed"} 1' in text
-        assert 'embedlib_version_events_total{event="switched"} 3' in text
+        from embedlib.serve.config import AppOptions
+        from embedlib.serve.writes import keeper_name
+
+        keeper = keeper_name(AppOptions(index=str(tmp_path / "idx"), app_name="upd"))
+        assert _metric("/upd", "version_events_total", 1, keeper=keeper, event="write_failed") == 1
+        assert _metric("/upd", "version_events_total", 3, keeper=keeper, event="switched") == 3
     finally:
         done.set()
         thread.join()
@@ -956,9 +977,9 @@ def test_named_collections_behind_one_server(served, tmp_path):
         assert "docs, docs2, words" in body["error"]["message"]
         deployments = serve.status().applications["multi"].deployments
         assert sorted(n for n in deployments if n.startswith("Encoder")) == ["Encoder"]
-        status, text = _request("/multi/metrics")
-        assert 'route="/v1/collections/{collection}/search",collection="words",status="200"' in text
-        assert 'collection="unknown",status="404"' in text
+        route = "/v1/collections/{collection}/search"
+        assert _metric("/multi", "requests_total", 1, route=route, collection="words", status="200")
+        assert _metric("/multi", "requests_total", 1, collection="unknown", status="404")
         model = posixpath.basename(ShardedIndex(str(served)).manifest.model.name)
         status, body = _request("/multi/v1/embeddings", {"input": "cat video", "model": model})
         assert status == 200 and len(body["data"][0]["embedding"]) == 384, body
@@ -1058,3 +1079,36 @@ def test_the_search_page_in_a_real_browser(served):
         finally:
             browser.close()
     assert outside == []
+
+
+def test_metrics_count_every_request_once_across_gateway_replicas(served):
+    """Two gateway replicas answer in turn; the metrics count each request once, whichever
+    answered, and the latency histogram holds them all."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    serve.run(
+        build_app(str(served), api_key=KEY, replicas=2, searcher_cpus=0.1),
+        name="two",
+        route_prefix="/two",
+    )
+    try:
+        n = 40
+        for i in range(n):
+            status, _ = _request("/two/v1/search", {"query": f"cat video {i}", "k": 1})
+            assert status == 200
+        replicas = serve.status().applications["two"].deployments["Gateway"].replica_states
+        assert replicas.get("RUNNING") == 2
+        labels = {"app": "two", "route": "/v1/search", "status": "200"}
+        assert _metric("/two", "requests_total", n, **labels) == n
+        assert _metric("/two", "request_seconds_count", n, app="two", route="/v1/search") == n
+        workers = {
+            s.labels["WorkerId"]
+            for family in text_string_to_metric_families(_request("/two/metrics")[1])
+            for s in family.samples
+            if s.name == "ray_embedlib_requests_total" and s.labels.get("app") == "two"
+        }
+        assert len(workers) == 2  # both replicas answered some
+    finally:
+        serve.delete("two")

@@ -25,6 +25,7 @@ import ray
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
+from ray.serve.exceptions import RayServeException
 
 from embedlib._version import __version__
 from embedlib.exceptions import (
@@ -37,7 +38,8 @@ from embedlib.models.encoders import QueryModels
 from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
-from embedlib.serve.http import FastJSONResponse, GatewayRoute, Metrics, openapi_with_key
+from embedlib.serve.http import FastJSONResponse, GatewayRoute, openapi_with_key
+from embedlib.serve.metrics import RequestMetrics, metrics_endpoints, scrape
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
     BatchRequest,
@@ -62,7 +64,7 @@ from embedlib.serve.schemas import (
     WriteStatus,
     check_hits,
 )
-from embedlib.serve.writes import NAMESPACE, keeper, keeper_metrics, keeper_name
+from embedlib.serve.writes import keeper
 from embedlib.uses.recommend import Recommender
 
 PAGE_HEADERS = {
@@ -120,7 +122,7 @@ class Gateway:
         self.api_key = o.api_key
         self.request_timeout_s = o.request_timeout_s
         self.max_body_bytes = o.max_body_bytes
-        self.metrics = Metrics()
+        self.metrics = RequestMetrics(_app_name())
         self.models = QueryModels()  # one query model per distinct fingerprint
         self.collections = {
             s.name: ServedCollection(o, s, *parts[s.name], self.models) for s in config.served
@@ -329,19 +331,12 @@ class Gateway:
 
     @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics_text(self) -> Response:
-        """Request counts and time by route, collection and status, and the counts of
-        writes and version switches (done, failed; --watch failures), in Prometheus' text
-        format."""
-        text = self.metrics.render()
-        if self.switch is not None:
-            try:
-                running = await asyncio.to_thread(
-                    ray.get_actor, keeper_name(self.config.options), NAMESPACE
-                )
-            except ValueError:  # no write, reload or --watch yet: nothing to count
-                running = None
-            if running is not None:
-                text += keeper_metrics(await running.stats.remote())
+        """Request counts and latency histograms by route, collection and status, and the
+        counts of writes and version switches, from every replica of every node, in
+        Prometheus' text format (Ray's metrics, gathered from each node's exporter; a
+        Prometheus scrapes those endpoints itself: README "Metrics")."""
+        nodes = await asyncio.to_thread(ray.nodes)
+        text = await asyncio.to_thread(scrape, metrics_endpoints(nodes))
         return PlainTextResponse(text)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -362,6 +357,14 @@ class Gateway:
             if not await c.placement.ready():
                 raise ApiError(503, "not_ready", f"not every shard of {c.name!r} answers yet")
         return {"ready": True}
+
+
+def _app_name() -> str:
+    """The Serve application this replica belongs to ("" outside a replica)."""
+    try:
+        return serve.get_replica_context().app_name
+    except RayServeException:
+        return ""
 
 
 def _batch_matrix(c: ServedCollection, body: VectorBatchRequest) -> np.ndarray:

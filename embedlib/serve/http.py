@@ -11,7 +11,6 @@ import hmac
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, cast
 
@@ -32,6 +31,7 @@ from embedlib.exceptions import (
     NoTextModelError,
     QueryError,
 )
+from embedlib.serve.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
 OPEN_ROUTES = frozenset({"/", "/healthz", "/readyz"})  # the page holds no data
@@ -43,7 +43,7 @@ class HttpSettings(Protocol):
     api_key: str | None
     request_timeout_s: float
     max_body_bytes: int
-    metrics: Metrics
+    metrics: RequestMetrics
     default: str  # the default collection's name
     collections: Mapping[str, Any]  # the served collections, by name
 
@@ -90,44 +90,6 @@ def openapi_with_key(app: FastAPI) -> dict[str, Any]:
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
-
-
-class Metrics:
-    """Request counts and latency per route and collection, in Prometheus text format (a
-    route that addresses no collection counts under the default one)."""
-
-    def __init__(self) -> None:
-        self.count: dict[tuple[str, str, int], int] = defaultdict(int)
-        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
-        self.requests: dict[tuple[str, str], int] = defaultdict(int)
-
-    def observe(self, route: str, collection: str, status: int, seconds: float) -> None:
-        self.count[(route, collection, status)] += 1
-        self.seconds[(route, collection)] += seconds
-        self.requests[(route, collection)] += 1
-
-    def render(self) -> str:
-        lines = [
-            "# HELP embedlib_requests_total Requests by route, collection and status.",
-            "# TYPE embedlib_requests_total counter",
-        ]
-        for (route, name, status), n in sorted(self.count.items()):
-            lines.append(
-                f'embedlib_requests_total{{route="{route}",collection="{name}",status="{status}"}} {n}'
-            )
-        lines += [
-            "# HELP embedlib_request_seconds Time spent answering requests, by route and collection.",
-            "# TYPE embedlib_request_seconds summary",
-        ]
-        for route, name in sorted(self.requests):
-            labels = f'route="{route}",collection="{name}"'
-            lines.append(
-                f"embedlib_request_seconds_sum{{{labels}}} {self.seconds[(route, name)]:.6f}"
-            )
-            lines.append(
-                f"embedlib_request_seconds_count{{{labels}}} {self.requests[(route, name)]}"
-            )
-        return "\n".join(lines) + "\n"
 
 
 def current_settings() -> HttpSettings:

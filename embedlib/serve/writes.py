@@ -35,6 +35,7 @@ from embedlib.exceptions import EmbedlibError, IndexLockedError
 from embedlib.index.update.upsert import UpdateReport, update_index
 from embedlib.options import RunOptions
 from embedlib.serve.config import AppOptions
+from embedlib.serve.metrics import VersionEvents
 
 log = logging.getLogger(__name__)
 WRITE_CPUS = 1.0  # the update task embeds: one CPU of the cluster's
@@ -89,6 +90,7 @@ class VersionKeeper:
         self.options, self.served, self._switch = options, dict(served), switch
         self.writes: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.counts: Counter[str] = Counter()
+        self.events = VersionEvents(keeper_name(options))  # the same counts, as Ray metrics
         self._write_lock = asyncio.Lock()
         self._switch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -136,18 +138,22 @@ class VersionKeeper:
             try:
                 await asyncio.to_thread(self._switch, wanted)
             except Exception:
-                self.counts["switch_failed"] += 1
+                self._count("switch_failed")
                 raise
             self.served = wanted
-            self.counts["switched"] += 1
+            self._count("switched")
             return True
 
     async def note(self, event: str) -> None:
         """Count an event of the application's version keeping (e.g. a --watch failure)."""
+        self._count(event)
+
+    def _count(self, event: str) -> None:
         self.counts[event] += 1
+        self.events.count(event)
 
     async def stats(self) -> dict[str, Any]:
-        """The served version and the keeper's counters (for /metrics)."""
+        """The served version and the keeper's counters."""
         return {"served": self.served, "counts": dict(self.counts)}
 
     async def _run(
@@ -187,7 +193,7 @@ class VersionKeeper:
                 log.exception("switching to %s failed: error id %s", report.version, error_id)
                 record["switch_error"] = f"{type(e).__name__}; the log holds it as {error_id}"
         record.update(status="done", finished_at=time.time())  # a waiting client reads on
-        self.counts["write_done"] += 1
+        self._count("write_done")
 
     def _failed(self, record: dict[str, Any], error: BaseException) -> None:
         if isinstance(error, IndexLockedError):
@@ -201,7 +207,7 @@ class VersionKeeper:
             code, message = "internal_error", f"the write failed; the log holds it as {error_id}"
         record.update(status="failed", finished_at=time.time(),
                       error={"code": code, "message": message})  # fmt: skip
-        self.counts["write_failed"] += 1
+        self._count("write_failed")
 
 
 KeeperActor = ray.remote(num_cpus=0, max_restarts=0)(VersionKeeper)
@@ -220,14 +226,3 @@ def stop_keeper(options: AppOptions) -> None:
     """Stop the application's keeper, if one runs."""
     with contextlib.suppress(ValueError):  # none runs
         ray.kill(ray.get_actor(keeper_name(options), namespace=NAMESPACE))
-
-
-def keeper_metrics(stats: dict[str, Any]) -> str:
-    """The keeper's counters in Prometheus' text format."""
-    lines = [
-        "# HELP embedlib_version_events_total Writes and version switches of the application.",
-        "# TYPE embedlib_version_events_total counter",
-    ]
-    for event, n in sorted(stats["counts"].items()):
-        lines.append(f'embedlib_version_events_total{{event="{event}"}} {n}')
-    return "\n".join(lines) + "\n"
