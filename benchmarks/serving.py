@@ -69,7 +69,8 @@ def serve_rows(work: Path, n_vectors: int = 400_000, queries: int = 1000) -> lis
     from embedlib import EmbedOptions, RunOptions, embed_corpus
     from embedlib.embed.stdlib_docs import stdlib_corpus
     from embedlib.index import IndexOptions, ShardedIndex, build_index
-    from embedlib.serve.app import build_app, serve_index
+    from embedlib.serve.app import build_app
+    from embedlib.serve.run import serve_index
 
     if ray.is_initialized():  # serve_index must start Ray itself, with the HAProxy ingress
         ray.shutdown()

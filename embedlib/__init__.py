@@ -39,7 +39,9 @@ if TYPE_CHECKING:
     from embedlib.embed.job import EmbedReport, embed_corpus
     from embedlib.index.build.driver import IndexOptions, IndexReport, build_index
     from embedlib.index.store.version import IndexManifest
-    from embedlib.index.update.upsert import UpdateReport, gc_versions, retrain_index, update_index
+    from embedlib.index.update.gc import gc_versions
+    from embedlib.index.update.retrain import retrain_index
+    from embedlib.index.update.upsert import UpdateReport, update_index
     from embedlib.models.fingerprint import DEFAULT_MODEL, ModelFingerprint
     from embedlib.options import EmbedOptions, RunOptions
     from embedlib.search.exact import exact_search
@@ -76,8 +78,8 @@ _LAZY: dict[str, str] = {
     "build_index": "embedlib.index.build.driver",
     "ShardedIndex": "embedlib.search.sharded_index",
     "UpdateReport": "embedlib.index.update.upsert",
-    "gc_versions": "embedlib.index.update.upsert",
-    "retrain_index": "embedlib.index.update.upsert",
+    "gc_versions": "embedlib.index.update.gc",
+    "retrain_index": "embedlib.index.update.retrain",
     "update_index": "embedlib.index.update.upsert",
     "MapReport": "embedlib.uses.maps",
     "draw_map": "embedlib.uses.maps",

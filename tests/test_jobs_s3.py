@@ -130,6 +130,6 @@ def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeyp
         if worker is not None:
             _stop(worker)
         _stop(head)
-        from embedlib.serve.app import stop_orphaned_haproxy
+        from embedlib.serve.run import stop_orphaned_haproxy
 
         stop_orphaned_haproxy()  # Ray leaves Serve's HAProxy running when its nodes are killed

@@ -715,7 +715,7 @@ def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, serve
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(1)
         assert ready
-        from embedlib.serve.app import stop_orphaned_haproxy
+        from embedlib.serve.run import stop_orphaned_haproxy
 
         assert stop_orphaned_haproxy() == []  # the live server's HAProxy has its manager
         build_index(str(served.parent / "emb"), str(index), run=LOCAL)  # v-00002 beside v-00001
@@ -905,7 +905,7 @@ def test_watch_keeps_serving_through_a_broken_version_and_moves_on(tmp_path):
     """`--watch`'s watcher: a version that cannot be opened is skipped (logged, retried
     later) and the served one stays; a good new version is taken."""
     from embedlib.index.store.layout import published_version
-    from embedlib.serve.app import VersionWatcher
+    from embedlib.serve.run import VersionWatcher
 
     rng = np.random.default_rng(0)
     table = pa.table({"id": [f"v{i}" for i in range(40)],

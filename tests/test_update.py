@@ -17,7 +17,9 @@ from embedlib.exceptions import EmbedlibError, IndexLockedError, ModelMismatchEr
 from embedlib.index import ShardedIndex, build_index
 from embedlib.index.build.driver import IndexOptions
 from embedlib.index.store.lock import LOCK, index_lock
-from embedlib.index.update.upsert import Drift, gc_versions, update_index
+from embedlib.index.update.drift import Drift
+from embedlib.index.update.gc import gc_versions
+from embedlib.index.update.upsert import update_index
 from embedlib.sets.embedding_set import EmbeddingSet
 from tests import corpora
 

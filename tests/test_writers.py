@@ -21,7 +21,7 @@ import pytest
 from embedlib import RunOptions
 from embedlib.index import build_index
 from embedlib.index.store.layout import list_versions, published_version
-from embedlib.index.update.upsert import gc_versions
+from embedlib.index.update.gc import gc_versions
 
 LOCAL = RunOptions(runner="local", progress=False)
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,7 +42,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     run_demo(args.out, run=run_options(args))
     if args.no_serve:
         return 0
-    from embedlib.serve.app import serve_index
+    from embedlib.serve.run import serve_index
 
     serve_index(
         str(Path(args.out) / "index"), host="127.0.0.1", port=args.port, after_ready=show_served
@@ -52,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from embedlib.index.build.driver import build_index
-    from embedlib.index.update.upsert import retrain_index
+    from embedlib.index.update.retrain import retrain_index
 
     def echo(line: str) -> None:
         print(line, flush=True)
@@ -93,7 +93,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from embedlib.index.update.upsert import gc_versions
+    from embedlib.index.update.gc import gc_versions
 
     removed = gc_versions(args.index, keep=args.keep)
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")
@@ -101,8 +101,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from embedlib.serve.app import serve_index
     from embedlib.serve.config import api_key_from_env, collection_specs
+    from embedlib.serve.run import serve_index
 
     serve_index(
         collections=collection_specs(args.index, args.default),
@@ -147,7 +147,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     embeddings, index = posixpath.join(args.out, "embeddings"), posixpath.join(args.out, "index")
     run = run_options(args)
     if not args.no_serve and run.runner != "local":
-        from embedlib.serve.app import serve_env
+        from embedlib.serve.run import serve_env
 
         # Serve reads its ingress mode from the environment of Ray's processes: give it to
         # the Ray this job starts or joins before the embed step does so without it
@@ -162,7 +162,7 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     )
     if args.no_serve:
         return 0
-    from embedlib.serve.app import serve_index
+    from embedlib.serve.run import serve_index
 
     serve_index(
         index,

@@ -13,12 +13,9 @@ if TYPE_CHECKING:
     from embedlib.index.build.driver import IndexOptions, IndexReport, build_index
     from embedlib.index.build.plan import IndexPlan, plan_index
     from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
-    from embedlib.index.update.upsert import (
-        UpdateReport,
-        gc_versions,
-        retrain_index,
-        update_index,
-    )
+    from embedlib.index.update.gc import gc_versions
+    from embedlib.index.update.retrain import retrain_index
+    from embedlib.index.update.upsert import UpdateReport, update_index
     from embedlib.search.query import Hit, Query, SearchOptions, TextItem
     from embedlib.search.searcher import Searcher
     from embedlib.search.sharded_index import ShardedIndex
@@ -33,8 +30,8 @@ _LAZY = {
     "IndexVersion": "embedlib.index.store.version",
     "SearchParams": "embedlib.index.store.version",
     "UpdateReport": "embedlib.index.update.upsert",
-    "gc_versions": "embedlib.index.update.upsert",
-    "retrain_index": "embedlib.index.update.upsert",
+    "gc_versions": "embedlib.index.update.gc",
+    "retrain_index": "embedlib.index.update.retrain",
     "update_index": "embedlib.index.update.upsert",
     "Hit": "embedlib.search.query",
     "Query": "embedlib.search.query",

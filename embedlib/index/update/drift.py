@@ -1,0 +1,87 @@
+"""Drift of an updated IVF index: how far the new vectors sit from the trained quantizer,
+and how unbalanced its lists became; past the ratios below, an update warns to retrain."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import faiss
+import fsspec
+import numpy as np
+import pyarrow.parquet as pq
+
+from embedlib.embed.documents import VECTOR
+from embedlib.index.store.docs import IID
+from embedlib.index.store.version import ShardEntry
+from embedlib.sets.columns import vectors_of
+
+DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
+DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
+
+
+@dataclass
+class Drift:
+    """How far the new vectors sit from the trained quantizer (IVF indexes)."""
+
+    new_distance: float  # mean distance of the added vectors to their nearest centroid
+    kept_distance: float  # the same for a sample of the vectors already indexed
+    imbalance_before: float  # FAISS's imbalance factor of the list sizes (1 = even)
+    imbalance_after: float
+
+    @property
+    def should_retrain(self) -> bool:
+        return (
+            self.kept_distance > 0 and self.new_distance > DRIFT_DISTANCE_RATIO * self.kept_distance
+        ) or self.imbalance_after > DRIFT_IMBALANCE_RATIO * self.imbalance_before
+
+
+def kept_sample(
+    fs: fsspec.AbstractFileSystem,
+    version_path: str,
+    shards: Sequence[ShardEntry],
+    remove: set[int],
+) -> np.ndarray:
+    """Up to 10,000 of the vectors that stay (for the drift comparison), read until
+    there are enough."""
+    blocks, have = [], 0
+    for shard in shards:
+        with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(columns=[IID, VECTOR]):
+                keep = ~np.isin(batch.column(IID).to_numpy(), np.fromiter(remove, np.int64))
+                blocks.append(vectors_of(batch.column(VECTOR))[keep])
+                have += len(blocks[-1])
+                if have >= 10_000:
+                    return np.concatenate(blocks)[:10_000]
+    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+
+
+def imbalance(index: faiss.Index) -> float:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is None or ivf.ntotal == 0:
+        return 1.0
+    lists = ivf.invlists
+    assert lists is not None
+    sizes = np.array([lists.list_size(i) for i in range(ivf.nlist)], dtype=np.float64)
+    return float(sizes.size * (sizes**2).sum() / sizes.sum() ** 2)  # FAISS's imbalance factor
+
+
+def measure_drift(
+    indexes: list[faiss.Index], new: np.ndarray, kept: np.ndarray, before: list[float]
+) -> Drift:
+    """Drift figures of an IVF index receiving `new` vectors."""
+    ivf = faiss.extract_index_ivf(indexes[0])
+
+    def distance(x: np.ndarray) -> float:
+        if not len(x):
+            return 0.0
+        d, _ = ivf.quantizer.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+        return (
+            float(np.sqrt(np.maximum(d[:, 0], 0)).mean())
+            if ivf.metric_type == faiss.METRIC_L2
+            else float((1 - d[:, 0]).mean())
+        )
+
+    after = [imbalance(ix) for ix in indexes]
+    return Drift(distance(new), distance(kept), float(np.mean(before)), float(np.mean(after)))
