@@ -108,8 +108,9 @@ def main() -> None:
     parser.add_argument("--vectors", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--work", type=Path, help="a folder of an earlier run: reuse its indexes")
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="embedlib-serve-vs-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix="embedlib-serve-vs-"))
     x = vectors(args.vectors, 1)
     ids = pa.array([f"v{i}" for i in range(len(x))])
     vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), D)
@@ -121,6 +122,8 @@ def main() -> None:
     script.write_text(LUA % bodies)
     sides = {"this": args.this.resolve(), "other": args.other.resolve()}
     for name, code in sides.items():
+        if (work / f"idx-{name}" / "CURRENT").exists():
+            continue
         subprocess.run([sys.executable, "-m", "embedlib.cli", "index", str(work / "vectors.parquet"),
                         str(work / f"idx-{name}"), "--metric", "cosine"],
                        env=env_for(code), check=True, capture_output=True, cwd=work)  # fmt: skip

@@ -30,10 +30,9 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.distributed import use_worker_env
-from embedlib.embed.chunking import chunk_documents
+from embedlib.embed.chunking import chunk_documents, chunk_options, chunking_record
 from embedlib.embed.corpus.read import ROW, RawBatch
 from embedlib.embed.documents import CHUNK, ID, TEXT_HASH, VECTOR, DocumentSpec, prepare
-from embedlib.embed.job import chunk_options, chunking_record
 from embedlib.exceptions import SourceError
 from embedlib.models.encoders import TextEncoder
 from embedlib.models.fingerprint import STATIC, ModelFingerprint

@@ -171,19 +171,19 @@ def test_resume_with_other_model_weights_is_refused(memfs, monkeypatch):
     fs, url = memfs
     corpora.write(fs, f"{url}/c.jsonl", corpora.to_bytes(corpora.table(30), "jsonl"))
     opts = EmbedOptions(text_column="body", split_rows=10)
-    real_commit = embed_job._commit
+    real_commit = embed_job.commit_split
 
     def crash_after_one(*args, **kwargs):
-        monkeypatch.setattr(embed_job, "_commit", _raise)
+        monkeypatch.setattr(embed_job, "commit_split", _raise)
         return real_commit(*args, **kwargs)
 
     def _raise(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(embed_job, "_commit", crash_after_one)
+    monkeypatch.setattr(embed_job, "commit_split", crash_after_one)
     with pytest.raises(KeyboardInterrupt):
         embed_corpus(f"{url}/c.jsonl", f"{url}/out", options=opts, run=LOCAL)
-    monkeypatch.setattr(embed_job, "_commit", real_commit)
+    monkeypatch.setattr(embed_job, "commit_split", real_commit)
     job = json.loads(fs.cat(f"{url}/out/_job.json"))
     job["fingerprint"]["weights_sha256"] = "0" * 64  # as if the model changed on disk
     fs.pipe(f"{url}/out/_job.json", json.dumps(job).encode())

@@ -63,7 +63,7 @@ def test_ray_job_equals_local_run(tmp_path):
 def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
     src = _corpus(tmp_path)
     out = str(tmp_path / "out")
-    real_commit = embed_job._commit
+    real_commit = embed_job.commit_split
     calls = {"n": 0}
 
     def crash_after_three(*args, **kwargs):
@@ -72,10 +72,10 @@ def test_driver_crash_mid_job_resumes_exactly_once(tmp_path, monkeypatch):
         calls["n"] += 1
         return real_commit(*args, **kwargs)
 
-    monkeypatch.setattr(embed_job, "_commit", crash_after_three)
+    monkeypatch.setattr(embed_job, "commit_split", crash_after_three)
     with pytest.raises(KeyboardInterrupt):
         embed_corpus(src, out, options=OPTIONS, run=RunOptions(workers=2, progress=False))
-    monkeypatch.setattr(embed_job, "_commit", real_commit)
+    monkeypatch.setattr(embed_job, "commit_split", real_commit)
     committed = sorted((tmp_path / "out").glob("part-*.parquet"))
     assert len(committed) == 3 and not (tmp_path / "out" / "manifest.json").exists()
     mtimes = {p.name: p.stat().st_mtime_ns for p in committed}
@@ -100,19 +100,19 @@ def test_file_failing_mid_job_names_it_and_keeps_committed_shards(tmp_path, monk
     b = src / "b.jsonl.gz"
     b.write_bytes(good)
     stat = b.stat()
-    real_scan = embed_job._scan_and_validate
+    real_scan = embed_job.scan_and_validate
 
     def scan_then_break_b(*args, **kwargs):
         job = real_scan(*args, **kwargs)
         b.write_bytes(b"\x1f\x8b" + b"\0" * (len(good) - 2))  # same size, not gzip data
         return job
 
-    monkeypatch.setattr(embed_job, "_scan_and_validate", scan_then_break_b)
+    monkeypatch.setattr(embed_job, "scan_and_validate", scan_then_break_b)
     out = str(tmp_path / "out")
     options = EmbedOptions(text_column="body", split_rows=40)  # ids: path:row
     with pytest.raises(SourceError, match=r"b\.jsonl\.gz"):
         embed_corpus(str(src), out, options=options, run=RunOptions(workers=1, progress=False))
-    monkeypatch.setattr(embed_job, "_scan_and_validate", real_scan)
+    monkeypatch.setattr(embed_job, "scan_and_validate", real_scan)
     committed = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("part-*.parquet")}
     assert committed == {
         n: committed[n] for n in ("part-00000.parquet", "part-00001.parquet", "part-00002.parquet")

@@ -23,7 +23,8 @@ import pyarrow as pa
 from semantic_text_splitter import TextSplitter
 
 from embedlib.embed.corpus.read import QuarantineRecord
-from embedlib.embed.documents import CHUNK, CHUNK_END, CHUNK_START, Documents
+from embedlib.embed.documents import CHUNK, CHUNK_COLUMNS, CHUNK_END, CHUNK_START, Documents
+from embedlib.options import EmbedOptions
 
 MIN_CHUNK_TOKENS = 8  # a last chunk shorter than this merges into the one before
 MAX_CHARS_PER_TOKEN = 16  # beyond this, a chunk's text is cut into character windows
@@ -147,3 +148,18 @@ def chunk_documents(docs: Documents, chunker: Chunker, text_column: str) -> Docu
         passthrough=rows,
         quarantined=quarantined,
     )
+
+
+def chunk_options(options: EmbedOptions) -> ChunkOptions | None:
+    """How the job chunks its texts; None: it truncates them."""
+    if options.chunking == "none":
+        return None
+    return ChunkOptions(options.chunk_tokens, options.chunk_overlap, options.max_chunks)
+
+
+def chunking_record(options: EmbedOptions) -> dict[str, Any] | None:
+    """The manifest's record of the chunking (None: texts truncated)."""
+    if options.chunking == "none":
+        return None
+    return {"chunk_tokens": options.chunk_tokens, "overlap": options.chunk_overlap,
+            "max_chunks": options.max_chunks, "columns": list(CHUNK_COLUMNS)}  # fmt: skip

@@ -382,9 +382,13 @@ class Searcher:
         document) and, when a hit holds more pairs, its passages. The docs rows are read
         once for them all."""
         iids = np.fromiter((i for h in found for _, i in h), dtype=np.int64)
-        if not self.docs.chunked and not ROW_FIELDS & include:
+        if not self.docs.chunked and not self._row_fields(include):  # the ids suffice
             ids = self.docs.string_ids(iids)
-            return [Hit(doc_id, h[0][0]) for doc_id, h in zip(ids, found, strict=True)]
+            hits = [Hit(doc_id, h[0][0]) for doc_id, h in zip(ids, found, strict=True)]
+            if "metadata" in include:  # an index without metadata columns
+                for hit in hits:
+                    hit.metadata = {}
+            return hits
         rows = self.docs.rows(iids)
         out, at = [], 0
         for pairs in found:
@@ -403,6 +407,14 @@ class Searcher:
             out.append(hit)
             at += len(pairs)
         return out
+
+    def _row_fields(self, include: frozenset[str]) -> frozenset[str]:
+        """The fields of `include` that need the docs rows read: the text when the index
+        keeps it, metadata when it has metadata columns, the vector."""
+        return include & frozenset(
+            ["vector", *(["text"] if self.docs.text_column else []),
+             *(["metadata"] if self.docs.metadata_columns else [])]
+        )  # fmt: skip
 
     @staticmethod
     def _explain(row: QueryRow, iid: int) -> dict[str, Ranked | None]:
@@ -529,9 +541,6 @@ class Searcher:
             vectors.append(v)
             excluded.append(frozenset(leave_out))
         return vectors, excluded
-
-
-ROW_FIELDS = frozenset({"text", "metadata", "vector"})  # fields read from the docs rows
 
 
 def _passage(row: DocRow) -> Passage:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import partial
+from typing import Any
 
 import faiss
 import numpy as np
@@ -64,6 +65,17 @@ class IndexShard:
         self.index, self.docs, self.metric, self.postings = index, docs, metric, postings
         ivf = faiss.try_extract_index_ivf(index)
         self.nlist = int(ivf.nlist) if ivf is not None else 0
+        self._unfiltered: dict[tuple[int | None, int | None], Any] = {}
+
+    def _params(self, params: SearchParams) -> Any:
+        """FAISS's search parameters for `params`, made once (FAISS only reads them, so
+        concurrent searches share them)."""
+        key = (params.nprobe, params.ef_search)
+        found = self._unfiltered.get(key)
+        if found is None:
+            found = search_params(self.index, nprobe=params.nprobe, ef_search=params.ef_search)
+            self._unfiltered[key] = found
+        return found
 
     def search_lexical(self, task: LexicalTask) -> tuple[np.ndarray, np.ndarray]:
         """BM25 top-k (scores, int64 ids) of each query, among the rows the filter keeps."""
@@ -81,8 +93,7 @@ class IndexShard:
     def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
         x, params = task.vectors, task.params
         if not task.filter:
-            p = search_params(self.index, nprobe=params.nprobe, ef_search=params.ef_search)
-            return self.index.search(x, task.k, params=p)
+            return self.index.search(x, task.k, params=self._params(params))
         mask = filter_mask(self.docs.metadata, task.filter)
         rows = np.flatnonzero(mask)
         if len(rows) <= EXACT_FILTER_LIMIT:
@@ -182,7 +193,7 @@ class ShardSet:
         finally:
             with self._lock:
                 self._busy -= 1
-        return merge_topk(parts, task.k, self.metric)
+        return parts[0] if len(parts) == 1 else merge_topk(parts, task.k, self.metric)
 
 
 def group_tasks(tasks: list[SearchTask]) -> list[tuple[list[int], SearchTask]]:

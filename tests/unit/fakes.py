@@ -112,6 +112,7 @@ class FakeDocs:
 
     def __init__(self, corpus: FakeCorpus) -> None:
         self.corpus = corpus
+        self.text_column = "text"
         self.chunked = corpus.chunked
         self.metadata_columns = corpus.metadata_columns
         self.iids_of = corpus.iids_of
