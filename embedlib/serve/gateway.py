@@ -38,7 +38,7 @@ from embedlib.models.encoders import QueryModels
 from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
-from embedlib.serve.http import FastJSONResponse, GatewayRoute, openapi_with_key
+from embedlib.serve.http import FastJSONResponse, GatewayRoute, ServedFacts, openapi_with_key
 from embedlib.serve.metrics import RequestMetrics, metrics_endpoints, scrape
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
@@ -130,6 +130,15 @@ class Gateway:
         self.default = config.served[0].name
         self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
         self.switch = switch  # deploys other versions of this application
+        dims = {c.manifest.dim for c in self.collections.values()}
+        facts = ServedFacts(
+            tuple(self.collections),
+            tuple(sorted({n for c in self.collections.values() if c.manifest.text_model
+                          for n in c.model_names})),
+            dims.pop() if len(dims) == 1 else None,
+        )  # fmt: skip
+        api.openapi_schema = None  # this replica's document states what it serves
+        api.openapi = partial(openapi_with_key, api, facts)  # type: ignore[method-assign]
         self.keeper: Any = None
 
     def collection(self, name: str | None) -> ServedCollection:

@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import orjson
@@ -64,7 +65,7 @@ class OrjsonRequest(Request):
         return self._json
 
 
-def openapi_with_key(app: FastAPI) -> dict[str, Any]:
+def openapi_with_key(app: FastAPI, served: ServedFacts | None = None) -> dict[str, Any]:
     """The app's OpenAPI document, declaring the API key (bearer) on every route but the
     open ones, so /docs offers to send it. Declared here rather than as a dependency of
     each route: `GatewayRoute` checks the key before the body is read, and a dependency
@@ -84,8 +85,50 @@ def openapi_with_key(app: FastAPI) -> dict[str, Any]:
             if path not in OPEN_ROUTES:
                 for operation in operations.values():
                     operation["security"] = [{"HTTPBearer": []}]
+        if served is not None:
+            served.state(schema)
         app.openapi_schema = schema
     return app.openapi_schema
+
+
+@dataclass(frozen=True)
+class ServedFacts:
+    """What a server's OpenAPI document can state beyond the classes: the collections it
+    serves (the `{collection}` of the paths), its models (`model` of /v1/embeddings) and,
+    when every collection has one, the vectors' dimension."""
+
+    collections: tuple[str, ...]
+    models: tuple[str, ...]
+    dim: int | None
+
+    def state(self, schema: dict[str, Any]) -> None:
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for param in operation.get("parameters", []):
+                    if param.get("name") == "collection" and param.get("in") == "path":
+                        param["schema"] = {"type": "string", "enum": list(self.collections)}
+        bodies = schema.get("components", {}).get("schemas", {})
+        embeddings = bodies.get("EmbeddingsRequest", {}).get("properties", {})
+        if "model" in embeddings:
+            names = {"type": "string", "enum": list(self.models)}
+            embeddings["model"] = (
+                {"anyOf": [names, {"type": "null"}]} if self.models else {"type": "null"}
+            )
+        if self.dim is None:
+            return
+        if "dimensions" in embeddings:
+            embeddings["dimensions"] = {"anyOf": [{"type": "integer", "enum": [self.dim]},
+                                                  {"type": "null"}]}  # fmt: skip
+        sized = {"minItems": self.dim, "maxItems": self.dim}
+        for name in ("Query", "VectorItem"):
+            vector = bodies.get(name, {}).get("properties", {}).get("vector", {})
+            for option in vector.get("anyOf", [vector]):
+                if option.get("type") == "array":
+                    option.update(sized)
+        vectors = bodies.get("VectorBatchRequest", {}).get("properties", {}).get("vectors", {})
+        for option in vectors.get("anyOf", []):
+            if option.get("type") == "array":
+                option["items"].update(sized)
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
