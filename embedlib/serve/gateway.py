@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import ray
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
 from ray.serve.exceptions import RayServeException
@@ -38,7 +38,13 @@ from embedlib.models.encoders import QueryModels
 from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
-from embedlib.serve.http import FastJSONResponse, GatewayRoute, ServedFacts, openapi_with_key
+from embedlib.serve.http import (
+    FastJSONResponse,
+    GatewayRoute,
+    ServedFacts,
+    declared_body,
+    openapi_with_key,
+)
 from embedlib.serve.metrics import RequestMetrics, metrics_endpoints, scrape
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
@@ -153,11 +159,13 @@ class Gateway:
 
     # -- search ---------------------------------------------------------------------------
 
-    @api.post("/v1/search", response_model=SearchResponse)
-    @api.post("/v1/collections/{collection}/search", response_model=SearchResponse)
-    async def search(self, body: Query, collection: str | None = None) -> Response:
+    @api.post("/v1/search", response_model=SearchResponse, openapi_extra=declared_body(Query))
+    @api.post("/v1/collections/{collection}/search", response_model=SearchResponse,
+              openapi_extra=declared_body(Query))  # fmt: skip
+    async def search(self, request: Request, collection: str | None = None) -> Response:
         """The k nearest documents of one query: text, a vector, or vector arithmetic."""
         c = self.collection(collection)
+        body = Query.model_validate(await request.json())  # a 422 when it does not validate
         answers = await c.run([body])
         return FastJSONResponse(
             {"results": hits_json(answers.hits)[0], "metric": c.metric,
