@@ -159,6 +159,12 @@ class Searcher:
         self.dim = manifest.dim
         self.defaults = manifest.search_params
         self.ntotal = manifest.ntotal
+        # the fields read from the docs rows: the text when the index keeps it, metadata
+        # when it has metadata columns, the vector
+        self.row_fields = frozenset(
+            ["vector", *(["text"] if docs.text_column else []),
+             *(["metadata"] if docs.metadata_columns else [])]
+        )  # fmt: skip
 
     @classmethod
     def open(cls, version: IndexVersion) -> Searcher:
@@ -409,12 +415,8 @@ class Searcher:
         return out
 
     def _row_fields(self, include: frozenset[str]) -> frozenset[str]:
-        """The fields of `include` that need the docs rows read: the text when the index
-        keeps it, metadata when it has metadata columns, the vector."""
-        return include & frozenset(
-            ["vector", *(["text"] if self.docs.text_column else []),
-             *(["metadata"] if self.docs.metadata_columns else [])]
-        )  # fmt: skip
+        """The fields of `include` that need the docs rows read."""
+        return include & self.row_fields
 
     @staticmethod
     def _explain(row: QueryRow, iid: int) -> dict[str, Ranked | None]:
