@@ -48,13 +48,24 @@ def test_plan_follows_the_guidelines():
     assert plan_index(5000, 384, metric="cosine", memory_budget=gb).factory == "IDMap2,Flat"
     p = plan_index(400_000, 50, metric="cosine", memory_budget=gb)
     assert p.factory == "IVF2048,Flat" and p.train_size == 64 * 2048 and "sqrt" in p.reason
-    assert plan_index(10_000_000, 384, metric="l2", memory_budget=gb).factory == "IVF16384,SQ8"
+    assert (p.store_vectors, p.rescore) == ("float32", 0)  # full vectors: nothing to rescore
+    # 10M: the lists capped so that training stays within minutes; codes rescored from int8
+    p = plan_index(10_000_000, 384, metric="l2", memory_budget=gb)
+    assert p.factory == "IVF8192,SQ8" and p.train_size == 400_000
+    assert (p.store_vectors, p.rescore) == ("int8", 4)
     p = plan_index(10_000_000, 384, metric="dot", memory_budget=parse_bytes("1GB"))
-    assert (
-        p.factory.startswith("OPQ")
-        and ",PQ" in p.factory
-        and p.bytes_estimate <= parse_bytes("1GB")
-    )
+    assert p.factory == "IVF8192,PQ96x4fs" and p.bytes_estimate <= parse_bytes("1GB")
+    p = plan_index(10_000_000, 384, metric="dot", memory_budget=parse_bytes("500MB"))
+    assert p.factory == "IVF8192,PQ64x4fs"  # fewer sub-quantizers fit a smaller budget
+    p = plan_index(200_000, 384, metric="cosine", memory_budget=gb, compress="sq8",
+                   store_vectors="float16", rescore=0)  # fmt: skip
+    assert (p.factory, p.store_vectors, p.rescore) == ("IVF2048,SQ8", "float16", 0)
+    p = plan_index(5000, 384, metric="cosine", memory_budget=gb, store_vectors="int8")
+    assert p.train_size == 5000  # the int8 ranges are calibrated on a sample
+    with pytest.raises(IndexPlanError, match=r"full vectors need .* --compress"):
+        plan_index(10_000_000, 384, metric="dot", memory_budget=gb, compress="none")
+    with pytest.raises(IndexPlanError, match="either --factory"):
+        plan_index(1000, 8, metric="dot", memory_budget=gb, factory="Flat", compress="pq")
     assert (
         plan_index(1000, 8, metric="cosine", memory_budget=gb, factory="HNSW16").factory
         == "IDMap2,HNSW16"
@@ -314,14 +325,50 @@ def test_a_killed_add_task_is_retried_and_the_index_is_unchanged(tmp_path, glove
     assert a["recall_at_10"] == b["recall_at_10"] and a["search_params"] == b["search_params"]
 
 
+@pytest.mark.parametrize(
+    ("compress", "store"), [("sq8", "int8"), ("pq", "float16"), ("pq", "int8")]
+)
+def test_compressed_codes_rescored_answer_the_same_on_any_shard_count(
+    tmp_path, glove, compress, store
+):
+    """Codes in RAM, vectors on disk: the build tunes nprobe and the rescoring factor to
+    the target; with every list probed and candidates enough, 1 shard and 3 shards give
+    the same top 10; include vector gives the stored (dequantized) vector."""
+    _, words, vectors = glove
+    src = _write_vectors(tmp_path / "v.parquet", vectors[:20000], words[:20000])
+    answers = []
+    for shards in (1, 3):
+        options = IndexOptions(compress=compress, store_vectors=store, shards=shards)
+        report = build_index(src, str(tmp_path / f"idx{shards}"), options=options, run=LOCAL)
+        index = ShardedIndex(str(tmp_path / f"idx{shards}"))
+        assert report.recall_met and (report.search_params.rescore or 0) >= 4
+        assert (
+            index.manifest.vectors.dtype == store
+            and ("SQ8" if compress == "sq8" else "PQ") in report.factory
+        )
+        q = index.prepare_queries(vectors[20000:20020])
+        _, ids = index.search_ids(q, 10, nprobe=10_000, rescore=64)
+        answers.append(ids)
+        hit = index.search(vectors[:1], 1, include=["vector"])[0][0]
+        unit = vectors[0] / np.linalg.norm(vectors[0])
+        assert hit.id == words[0] and np.abs(np.array(hit.vector) - unit).max() < 0.02
+    assert (answers[0] == answers[1]).mean() > 0.99  # ties in dequantized scores may swap
+
+
 def test_missed_recall_warns_or_fails_with_strict_recall(tmp_path, glove):
     _, words, vectors = glove
     src = _write_vectors(tmp_path / "v.parquet", vectors[:12000], words[:12000])
-    lossy = IndexOptions(factory="IVF64,PQ5", target_recall=0.999)
+    lossy = IndexOptions(factory="IVF64,PQ5", target_recall=0.999, rescore=0)
     report = build_index(src, str(tmp_path / "idx"), options=lossy, run=LOCAL)
     assert not report.recall_met and "WARNING: recall@10" in str(report)
     assert report.search_params == SearchParams(nprobe=64)  # it tried up to every list
-    strict = IndexOptions(factory="IVF64,PQ5", target_recall=0.999, strict_recall=True)
+    # the same 5-byte codes rescored exactly from the stored vectors reach the target
+    rescored = IndexOptions(factory="IVF64,PQ5", target_recall=0.95)
+    fixed = build_index(src, str(tmp_path / "idx2"), options=rescored, run=LOCAL)
+    assert (
+        fixed.recall_met and report.recall_at_10 < 0.9 and (fixed.search_params.rescore or 0) >= 4
+    )
+    strict = IndexOptions(factory="IVF64,PQ5", target_recall=0.999, strict_recall=True, rescore=0)
     from embedlib.exceptions import RecallError
 
     with pytest.raises(RecallError, match=r"below the target 0\.999"):
@@ -380,9 +427,9 @@ def test_index_on_memory_storage_and_text_queries(memfs, tmp_path):
         ShardedIndex(str(tmp_path / "vidx")).search_text(["anything"])
 
 
-def test_a_selective_filter_reads_only_the_row_groups_of_its_rows(tmp_path):
-    """An exact filtered search over 20,000 rows in 3 row groups, matching rows of one
-    group: only that group's vectors are read (and kept for the next request), and the
+def test_a_selective_filter_reads_only_the_vectors_of_its_rows(tmp_path):
+    """An exact filtered search over 20,000 rows, matching 3,000: their vectors are read
+    from the vector file (no row group of the docs table is read for vectors), and the
     answer equals brute force over the matching rows."""
     rng = np.random.default_rng(3)
     n = 20_000
@@ -402,4 +449,48 @@ def test_a_selective_filter_reads_only_the_row_groups_of_its_rows(tmp_path):
     for row, query in zip(hits, q, strict=True):
         want = late[np.argsort(((x[late] - query) ** 2).sum(1))[:5]]
         assert [h.id for h in row] == [f"r{i}" for i in want]
-    assert sorted(docs._vector_groups) == [2]  # the group of rows 16384..20000 only
+    assert docs.vector_file is not None and not docs._vector_groups
+
+
+def _to_pre_vector_file_layout(version: Path) -> None:
+    """Rewrite a version as builds before vector files wrote it: each vector in its docs
+    row, no vectors-NNNNN.npy, no "vectors" in the manifest."""
+    manifest = json.loads((version / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        x = np.load(version / shard.pop("vectors"))
+        del shard["vectors_sha256"]
+        (version / f"vectors-{shard['shard']:05d}.npy").unlink()
+        docs = pq.read_table(version / shard["docs"])
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+        pq.write_table(docs.add_column(2, "vector", vec), version / shard["docs"])
+    del manifest["vectors"]
+    (version / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_an_index_built_before_vector_files_answers_and_retrains(tmp_path, glove):
+    """An index whose docs tables hold the vectors (the layout before vector files)
+    answers as before, vector by id included; an update is refused naming --retrain;
+    the retrain writes vector files and answers the same."""
+    from embedlib.exceptions import EmbedlibError
+    from embedlib.index import retrain_index, update_index
+
+    _, words, vectors = glove
+    src = _write_vectors(tmp_path / "v.parquet", vectors[:3000], words[:3000])
+    build_index(src, str(tmp_path / "idx"), options=IndexOptions(shards=2), run=LOCAL)
+    fresh = ShardedIndex(str(tmp_path / "idx"))
+    want = fresh.search(vectors[:5], 5)
+    _to_pre_vector_file_layout(tmp_path / "idx" / "versions" / "v-00001")
+    old = ShardedIndex(str(tmp_path / "idx"))
+    assert old.docs.shards[0].vector_file is None
+    assert [[h.id for h in r] for r in old.search(vectors[:5], 5)] == [
+        [h.id for h in r] for r in want
+    ]
+    np.testing.assert_allclose(old.vector(words[7]), fresh.vector(words[7]), rtol=1e-6)
+    with pytest.raises(EmbedlibError, match="--retrain"):
+        update_index(str(tmp_path / "idx"), delete_ids=[words[0]], run=LOCAL)
+    retrain_index(str(tmp_path / "idx"), run=LOCAL)
+    again = ShardedIndex(str(tmp_path / "idx"))
+    assert again.docs.shards[0].vector_file is not None
+    assert [[h.id for h in r] for r in again.search(vectors[:5], 5)] == [
+        [h.id for h in r] for r in want
+    ]

@@ -103,6 +103,34 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
     assert again.version is None and again.kept == 375
 
 
+def test_an_update_of_a_compressed_index_rewrites_its_vector_files(versions, tmp_path):
+    """SQ8 codes with int8 vector files: an update keeps the calibrated ranges, copies the
+    unchanged documents' stored vectors bit for bit, and with every candidate rescored
+    the updated index ranks as brute force over the vectors it stores."""
+    root, (_v1, v2) = versions
+    index = str(tmp_path / "idx")
+    options = IndexOptions(factory="IVF8,SQ8", shards=2)
+    build_index(str(root / "emb1"), index, options=options, run=LOCAL)
+    old = ShardedIndex(index)
+    assert old.manifest.vectors is not None and old.manifest.vectors.dtype == "int8"
+    assert old.manifest.plan.rescore == 4
+    report = update_index(index, v2, run=LOCAL)
+    assert (report.added, report.changed, report.deleted) == (40, 25, 25)
+    updated = ShardedIndex(index)
+    assert updated.manifest.vectors == old.manifest.vectors
+    for doc_id in ("d60", "d359"):
+        assert np.array_equal(updated.vector(doc_id), old.vector(doc_id))
+    names = sorted(i for docs in updated.docs.shards for i in docs.ids.to_pylist())
+    assert len(names) == 375 and "d0" not in names and "n0" in names
+    x = np.stack([updated.vector(i) for i in names])
+    q = updated.encode_text(QUERIES)
+    scores, rows = faiss.knn(q, x, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    hits = updated.search(q, 10, include=(), nprobe=8, rescore=64)
+    for n in range(len(QUERIES)):
+        assert [h.id for h in hits[n]] == [names[r] for r in rows[n]]
+        assert np.allclose([h.score for h in hits[n]], scores[n], atol=1e-5)
+
+
 def test_a_crash_before_publishing_leaves_the_served_version_and_a_rerun_completes(
     versions, tmp_path, monkeypatch
 ):

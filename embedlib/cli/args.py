@@ -183,6 +183,26 @@ def _add_plan_options(g: argparse._ArgumentGroup) -> None:
         "--memory-budget", default="4GB", help="RAM the served index may take (default 4GB)"
     )
     g.add_argument(
+        "--compress",
+        choices=("auto", "none", "sq8", "pq"),
+        default="auto",
+        help="codes held in RAM: full vectors (none), SQ8 or PQ; auto (default): the "
+        "least compressed that fits --memory-budget",
+    )
+    g.add_argument(
+        "--store-vectors",
+        choices=("auto", "float32", "float16", "int8"),
+        default="auto",
+        help="precision of the vectors kept on disk (rescoring, include vector, updates); "
+        "auto (default): int8 beside compressed codes, else float32",
+    )
+    g.add_argument(
+        "--rescore",
+        default="auto",
+        help="compressed codes: candidates per hit rescored exactly from the stored vectors, "
+        "tuned up from this to the target recall (0: none; auto: 4)",
+    )
+    g.add_argument(
         "--target-recall", type=float, default=0.95, help="recall@10 to tune for (default 0.95)"
     )
     g.add_argument(
@@ -248,6 +268,9 @@ def index_options(args: argparse.Namespace) -> IndexOptions:
 
     return IndexOptions(
         factory=args.factory,
+        compress=args.compress,
+        store_vectors=args.store_vectors,
+        rescore=args.rescore if args.rescore == "auto" else _count(args.rescore, "--rescore"),
         metric=getattr(args, "index_metric", None),
         shards=args.shards,
         memory_budget=parse_bytes(args.memory_budget),
@@ -260,6 +283,12 @@ def index_options(args: argparse.Namespace) -> IndexOptions:
         vector_column=getattr(args, "vector_column", "vector"),
         ids=getattr(args, "ids", None),
     )
+
+
+def _count(text: str, flag: str) -> int:
+    if not text.isdigit():
+        raise SystemExit(f"{flag} takes auto or a whole number >= 0, got {text!r}")
+    return int(text)
 
 
 def add_update_arguments(p: argparse.ArgumentParser) -> None:
@@ -317,6 +346,12 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         "--watch",
         action="store_true",
         help="follow CURRENT: serve each new index version without downtime",
+    )
+    p.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="start Ray's dashboard with the local Ray instance (`serve status`, the job API; "
+        "about 1 GB resident in its processes)",
     )
     p.add_argument(
         "--recommender",

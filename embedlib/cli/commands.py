@@ -61,6 +61,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         if args.embeddings:
             raise EmbedlibError("--retrain takes the index only: embedlib index --retrain INDEX")
         given = args.factory != "auto" or args.shards != 1 or args.index_metric is not None
+        given = given or (args.compress, args.store_vectors, args.rescore) != ("auto",) * 3
         options = index_options(args) if given else None
         report = retrain_index(args.out, options=options, run=run_options(args), echo=echo)
         print(report)
@@ -111,6 +112,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         address=args.address,
         detach=args.detach,
         watch=args.watch,
+        dashboard=args.dashboard,
         replicas=args.replicas,
         placement=args.placement,
         ingress=args.ingress,

@@ -49,6 +49,7 @@ ALPHA = 0.5  # relative and min-max fusion: the dense side's weight (equal weigh
 MAX_K = 1000
 MAX_PASSAGES = 20
 MAX_EF_SEARCH = 4096  # HNSW search breadth: FAISS allocates per query and step
+MAX_RESCORE = 64  # candidates per hit rescored (at most MAX_CANDIDATES per shard in all)
 MAX_ITEMS = 1000  # positive + negative items of one query
 MAX_EXCLUDE = 10_000  # ids one query leaves out
 MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
@@ -144,7 +145,7 @@ Filter = Annotated[
 class SearchOptions(_Contract):
     """How to search, whatever the query: the `k` best hits with the `include`d fields,
     among the documents matching `filter`, `exclude`d ids left out; `nprobe` /
-    `ef_search` override the index's tuned search parameters.
+    `ef_search` / `rescore` override the index's tuned search parameters.
 
     In an index of chunked documents the hits are documents, each scored by its best
     chunk and carrying it as its passage, with up to `passages` passages; `group`
@@ -162,6 +163,10 @@ class SearchOptions(_Contract):
     ef_search: int | None = Field(
         default=None, ge=1, le=MAX_EF_SEARCH, description="HNSW search breadth"
     )
+    rescore: int | None = Field(
+        default=None, ge=0, le=MAX_RESCORE,
+        description="compressed indexes: candidates per hit rescored exactly from the stored vectors (0: none)",
+    )  # fmt: skip
     filter: Filter | None = None
     include: list[Include] = Field(
         default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"

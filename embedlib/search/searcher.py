@@ -276,8 +276,8 @@ class Searcher:
             if all(
                 not rows[n].options.filter and not rows[n].excluded
                 and rows[n].depth == first.depth
-                and (rows[n].options.nprobe, rows[n].options.ef_search)
-                == (first.options.nprobe, first.options.ef_search)
+                and (rows[n].options.nprobe, rows[n].options.ef_search, rows[n].options.rescore)
+                == (first.options.nprobe, first.options.ef_search, first.options.rescore)
                 for n in dense
             ):  # fmt: skip
                 # the common batch: one search for all, no per-query task to group
@@ -504,7 +504,7 @@ class Searcher:
         return np.asarray(rows, dtype=np.float32)
 
     def _params(self, q: SearchOptions) -> SearchParams:
-        return self.defaults.override(nprobe=q.nprobe, ef_search=q.ef_search)
+        return self.defaults.override(nprobe=q.nprobe, ef_search=q.ef_search, rescore=q.rescore)
 
     def _excluded(self, ids: Sequence[str]) -> frozenset[int]:
         return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()

@@ -145,11 +145,12 @@ class ShardedIndex:
         *,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        rescore: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Raw top-k (scores, int64 ids), best first, over all shards, by the same shard
         search as every query; queries are used as given (normalize them for cosine, see
         `prepare_queries`)."""
-        params = self.default_params.override(nprobe=nprobe, ef_search=ef_search)
+        params = self.default_params.override(nprobe=nprobe, ef_search=ef_search, rescore=rescore)
         x = np.ascontiguousarray(queries, dtype=np.float32)
         return self.shards.search_one(SearchTask(x, k, params))
 

@@ -28,6 +28,7 @@ from embedlib.index.store.docs import DocsLookup, ShardDocs
 from embedlib.index.store.version import IndexVersion, SearchParams
 from embedlib.search.filters import Filter, filter_mask
 from embedlib.search.lexical import LexicalTask, ShardPostings, merge_lexical, top_rows
+from embedlib.search.rescore import MAX_CANDIDATES, rescore
 
 EXACT_FILTER_LIMIT = 20_000  # at most this many matching rows: exact search over them
 PARALLEL_SHARD_ROWS = 16  # from this many queries on, shards are searched in parallel
@@ -46,7 +47,7 @@ class SearchTask:
     def group_key(self) -> str:
         """Tasks with equal keys can be stacked into one search."""
         return json.dumps(
-            [self.k, self.params.nprobe, self.params.ef_search, self.filter],
+            [self.k, self.params.nprobe, self.params.ef_search, self.params.rescore, self.filter],
             sort_keys=True,
             default=str,
         )
@@ -91,9 +92,14 @@ class IndexShard:
         return d, i
 
     def search(self, task: SearchTask) -> tuple[np.ndarray, np.ndarray]:
+        """The shard's top k: FAISS's (the top `rescore x k` of compressed codes rescored
+        exactly from the vector file), or an exact search of a filter's few rows."""
         x, params = task.vectors, task.params
+        factor = params.rescore or 0
+        depth = max(task.k, min(task.k * factor, MAX_CANDIDATES)) if factor else task.k
         if not task.filter:
-            return self.index.search(x, task.k, params=self._params(params))
+            found = self.index.search(x, depth, params=self._params(params))
+            return self._rescored(x, found, task.k) if factor else found
         mask = filter_mask(self.docs.metadata, task.filter)
         rows = np.flatnonzero(mask)
         if len(rows) <= EXACT_FILTER_LIMIT:
@@ -105,7 +111,14 @@ class IndexShard:
         if self.nlist and nprobe is not None:
             nprobe = min(self.nlist, int(np.ceil(nprobe * len(mask) / max(len(allowed), 1))))
         p = search_params(self.index, nprobe=nprobe, ef_search=params.ef_search, selector=selector)
-        return self.index.search(x, task.k, params=p)
+        found = self.index.search(x, depth, params=p)
+        return self._rescored(x, found, task.k) if factor else found
+
+    def _rescored(
+        self, x: np.ndarray, found: tuple[np.ndarray, np.ndarray], k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        docs = self.docs
+        return rescore(x, found[1], lambda iids: docs.vectors(docs.positions(iids)), k, self.metric)
 
     def _exact(self, x: np.ndarray, k: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Exact search over the matching rows, with the vectors of the docs table."""
@@ -182,18 +195,42 @@ class ShardSet:
         one thread (parallel shards would only add contention then)."""
         if isinstance(task, LexicalTask):
             return merge_lexical([shard.search_lexical(task) for shard in self.shards], task.k)
+        factor = task.params.rescore or 0
+        if factor and len(self.shards) > 1:
+            # the top rescore x k candidates of all shards together by their code
+            # distances (the shards share one trained index), rescored once: the answer
+            # does not depend on how the vectors are cut into shards
+            depth = max(task.k, min(task.k * factor, MAX_CANDIDATES))
+            raw = replace(task, k=depth, params=replace(task.params, rescore=None))
+            _, candidates = merge_topk(self._each_shard(raw), depth, self.metric)
+            return rescore(task.vectors, candidates, self.vectors_of, task.k, self.metric)
+        parts = self._each_shard(task)
+        return parts[0] if len(parts) == 1 else merge_topk(parts, task.k, self.metric)
+
+    def _each_shard(self, task: SearchTask) -> list[tuple[np.ndarray, np.ndarray]]:
         with self._lock:
             self._busy += 1
             alone = self._busy == 1
         try:
             if self._pool is not None and alone and len(task.vectors) >= PARALLEL_SHARD_ROWS:
-                parts = list(self._pool.map(partial(_search_shard, task=task), self.shards))
-            else:
-                parts = [shard.search(task) for shard in self.shards]
+                return list(self._pool.map(partial(_search_shard, task=task), self.shards))
+            return [shard.search(task) for shard in self.shards]
         finally:
             with self._lock:
                 self._busy -= 1
-        return parts[0] if len(parts) == 1 else merge_topk(parts, task.k, self.metric)
+
+    def vectors_of(self, iids: np.ndarray) -> np.ndarray:
+        """The stored vectors of int64 ids, each from the shard that holds it."""
+        out: np.ndarray | None = None
+        for shard in self.shards:
+            pos = shard.docs.positions(iids)
+            here = pos >= 0
+            if here.any():
+                found = shard.docs.vectors(pos[here])
+                if out is None:
+                    out = np.empty((len(iids), found.shape[1]), np.float32)
+                out[here] = found
+        return out if out is not None else np.zeros((len(iids), 0), np.float32)
 
 
 def group_tasks(tasks: list[SearchTask]) -> list[tuple[list[int], SearchTask]]:

@@ -66,6 +66,8 @@ class ServedCollection:
             "name": self.name, "model": m.model.name if m.model else None,
             "text_model": m.text_model, "dim": m.dim, "metric": m.metric, "ntotal": m.ntotal,
             "shards": len(m.shards), "factory": m.factory,
+            "compressed": m.plan.compressed,
+            "store_vectors": m.vectors.dtype if m.vectors else None,
             "search_params": m.search_params.to_dict(), "recall_at_10": m.tuning.recall_at_10,
             "created_at": m.created_at, "version": self.version,
             "metadata_columns": sorted(self.searcher.docs.metadata_columns),

@@ -53,7 +53,9 @@ def servable_version(
     file it lists is there; else a `SourceError` naming the path and what is wrong."""
     try:
         opened = IndexVersion(index, version=version, storage_options=storage_options)
-        names = [n for s in opened.manifest.shards for n in (s.file, s.docs, s.lexical) if n]
+        names = [
+            n for s in opened.manifest.shards for n in (s.file, s.docs, s.vectors, s.lexical) if n
+        ]
         if opened.manifest.lexical is not None:
             names.append(opened.manifest.lexical.stats)
         missing = [n for n in names if not opened.fs.exists(opened.file(n))]
@@ -177,6 +179,7 @@ def serve_index(
     detach: bool = False,
     watch: bool = False,
     watch_interval_s: float = 5.0,
+    dashboard: bool = False,
     on_ready: Any = print,
     after_ready: Any = None,
     **app_options: Any,
@@ -187,7 +190,9 @@ def serve_index(
     `index`, or `collections=` (`CollectionSpec`s, the default first) for several.
     `after_ready` is called with the base URL once the application answers. `ingress`
     "haproxy" runs Serve's high-throughput mode when this call starts Serve (a Serve
-    already running on the cluster keeps the mode it was started with)."""
+    already running on the cluster keeps the mode it was started with). `dashboard`
+    starts Ray's dashboard with a local Ray instance: 10 processes, ~1.1 GB resident
+    (measured in docs/benchmarks.md), so only when asked."""
     options = AppOptions(index=index, **app_options)
     served = {  # before Ray starts: a mistyped path fails in seconds
         c.name: servable_version(c.index, None, options.storage_options)
@@ -200,8 +205,7 @@ def serve_index(
     if ingress == "haproxy" and (stopped := stop_orphaned_haproxy()):
         log.warning("stopped HAProxy processes left by a Ray instance that is gone: %s", stopped)
     if not ray.is_initialized():
-        # a server runs for long: keep Ray's dashboard (`serve status`, the job API)
-        ensure_ray(address, dashboard=True, log_to_driver=False, runtime_env={"env_vars": env})
+        ensure_ray(address, dashboard=dashboard, log_to_driver=False, runtime_env={"env_vars": env})
     started_ray = _is_local_instance(ray)
     stop = threading.Event()
     previous = {

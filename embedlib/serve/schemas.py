@@ -242,7 +242,12 @@ class IndexInfo(BaseModel):
     ntotal: int
     shards: int
     factory: str
-    search_params: dict[str, int]
+    compressed: bool = Field(description="RAM holds compressed codes, rescored from disk")
+    store_vectors: Literal["float32", "float16", "int8"] | None = Field(
+        description="the precision of the vectors kept on disk (None: an index built "
+        "before vector files, whose docs tables hold float32 vectors)"
+    )
+    search_params: dict[str, int] = Field(description="nprobe / efSearch / rescore, as tuned")
     recall_at_10: float | None
     created_at: str
     version: str

@@ -20,6 +20,7 @@ from fsspec.core import url_to_fs
 
 from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import SourceError, VectorError
+from embedlib.index.store.vectors import VectorCodec, read_vector_rows
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.sets.columns import vectors_of
 from embedlib.sets.embedding_set import EmbeddingSetManifest
@@ -41,6 +42,8 @@ class RowRange:
     id_column: str = ID
     vector_column: str = VECTOR
     ids_path: str | None = None  # npy: a text file of ids, one per line
+    vectors_path: str | None = None  # an index's docs table: its vector file (retraining)
+    codec: VectorCodec | None = None  # how that file stores vectors
 
     @property
     def rows(self) -> int:
@@ -293,16 +296,10 @@ def _read_parquet(span: RowRange) -> RangeData:
         table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
     first = int(starts[groups[0]]) if groups else span.start
     table = table.slice(span.start - first, span.rows)
-    column = table.column(span.vector_column)
-    if pa.types.is_fixed_size_list(column.type):
-        vectors = vectors_of(column)
+    if span.vectors_path is not None and span.codec is not None:
+        vectors = read_vector_rows(span.fs, span.vectors_path, span.codec, span.start, span.stop)
     else:
-        lengths = {len(v) for v in column.to_pylist() if v is not None}
-        if len(lengths) > 1:
-            raise VectorError(
-                f"{span.path!r} holds vectors of different lengths {sorted(lengths)[:5]}"
-            )
-        vectors = np.asarray(column.to_pylist(), dtype=np.float32)
+        vectors = _column_vectors(table.column(span.vector_column), span.path)
     ids = [str(i) for i in table.column(span.id_column).to_pylist()]
     if any(i == "None" for i in ids):
         raise VectorError(f"{span.path!r} has rows without an id in column {span.id_column!r}")
@@ -311,6 +308,15 @@ def _read_parquet(span: RowRange) -> RangeData:
         [c for c in (span.id_column, span.vector_column, "_iid") if c in table.column_names]
     )
     return RangeData(ids, np.ascontiguousarray(vectors, dtype=np.float32), metadata)
+
+
+def _column_vectors(column: pa.ChunkedArray, path: str) -> np.ndarray:
+    if pa.types.is_fixed_size_list(column.type):
+        return vectors_of(column)
+    lengths = {len(v) for v in column.to_pylist() if v is not None}
+    if len(lengths) > 1:
+        raise VectorError(f"{path!r} holds vectors of different lengths {sorted(lengths)[:5]}")
+    return np.asarray(column.to_pylist(), dtype=np.float32)
 
 
 def _read_npy(span: RowRange) -> RangeData:

@@ -26,13 +26,11 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 
 from embedlib.client import Client
-from embedlib.embed.documents import ID, VECTOR
 from embedlib.exceptions import SourceError
 from embedlib.extras import optional_import
 from embedlib.options import PACKAGED_GLOVE, VECTOR_FORMATS
 from embedlib.search.query import Query
 from embedlib.search.sharded_index import ShardedIndex
-from embedlib.sets.columns import vectors_of
 from embedlib.sets.embedding_set import EmbeddingSetManifest, write_vector_set
 from embedlib.storage import is_local
 
@@ -257,10 +255,8 @@ def _vocabulary(index: Any) -> tuple[list[str], np.ndarray]:
     ids: list[str] = []
     blocks = []
     for docs in index.docs.shards:
-        with docs.fs.open(docs.path, "rb") as fh:
-            table = pq.read_table(fh, columns=[ID, VECTOR])
-        ids.extend(table.column(ID).to_pylist())
-        blocks.append(vectors_of(table.column(VECTOR)))
+        ids.extend(docs.ids.to_pylist())
+        blocks.append(docs.all_vectors())
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     return ids, matrix / np.where(norms > 0, norms, 1)

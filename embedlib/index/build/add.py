@@ -1,6 +1,6 @@
 """Index build, phase 3: add tasks. Each copies the trained empty index and adds one
 unit of rows (a row range of the inputs cut at serving-shard boundaries) with global
-int64 ids, writes the partial index and the unit's docs rows, and finds the exact top-k
+int64 ids, writes the partial index, the unit's docs rows and its vector file, and finds the exact top-k
 of the tuning queries among its rows (the ground truth, without a second pass)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.distributed import current_node
-from embedlib.embed.documents import CHUNK, ID, VECTOR, id_hashes
+from embedlib.embed.documents import CHUNK, ID, id_hashes
 from embedlib.exceptions import VectorError
 from embedlib.index.build.plan import faiss_metric
 from embedlib.index.build.staging import DOCS_ROW_GROUP, K_TUNE, BuildContext
@@ -25,7 +25,8 @@ from embedlib.index.faiss_ops import (
     write_index,
 )
 from embedlib.index.store.docs import IID
-from embedlib.sets.columns import conform_table, vector_array
+from embedlib.index.store.vectors import VectorFileWriter
+from embedlib.sets.columns import conform_table
 from embedlib.sets.sources import RowRange, VectorSource, read_range
 
 
@@ -75,7 +76,7 @@ def plan_units(src: VectorSource, shards: int) -> list[Unit]:
 
 def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
     """Task: copy the trained index, add the units' vectors with global ids, write the
-    partial index and its docs rows, and find the queries' exact top-k among them."""
+    partial index, its docs rows and vector file, and find the queries' exact top-k among them."""
     use_task_cpus()
     index = read_index_file(ctx.fs, ctx.trained)
     k = K_TUNE + 1
@@ -85,12 +86,15 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
     docs_path = ctx.partial(name, "parquet")
     writer: pq.ParquetWriter | None = None
     rows = 0
-    with ctx.fs.open(docs_path, "wb") as out:
+    total = sum(u.stop - u.start for u in units)
+    with ctx.fs.open(docs_path, "wb") as out, ctx.fs.open(ctx.partial(name, "npy"), "wb") as vec:
+        vectors = VectorFileWriter(vec, total, ctx.dim, ctx.codec)
         for unit in units:
             data = read_range(unit.span, dim=ctx.dim, rows=np.arange(unit.start, unit.stop))
             x = prepare_vectors(data.vectors, ctx.metric, data.ids)
             gids = np.arange(unit.first_id, unit.first_id + len(x), dtype=np.int64)
             index.add_with_ids(x, gids)
+            vectors.append(x)
             d, i = faiss.knn(ctx.queries, x, min(k, len(x)), metric=faiss_metric(ctx.metric))
             best_d, best_i = merge_topk([(best_d, best_i), (d, i + unit.first_id)], k, ctx.metric)
             hashes.append(id_hashes(row_keys(data.ids, data.metadata)))
@@ -98,10 +102,9 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
                 [
                     pa.array(gids),
                     pa.array(data.ids, pa.string()),
-                    vector_array(x, "float32"),
                     *data.metadata.columns,
                 ],
-                names=[IID, ID, VECTOR, *data.metadata.column_names],
+                names=[IID, ID, *data.metadata.column_names],
             )
             if writer is None:
                 writer = pq.ParquetWriter(out, table.schema)
@@ -114,6 +117,7 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
             rows += len(x)
         if writer is not None:
             writer.close()
+        vectors.close()
     write_index(index, ctx.fs, ctx.partial(name, "faiss"))
     return PartialResult(
         units[0].shard, name, rows, best_d, best_i, np.concatenate(hashes), current_node()

@@ -46,6 +46,7 @@ from embedlib.index.build.tune import ground_truth, tune
 from embedlib.index.faiss_ops import prepare_vectors
 from embedlib.index.store.layout import publish, staging_path
 from embedlib.index.store.lock import Lease, index_lock
+from embedlib.index.store.vectors import VectorCodec
 from embedlib.index.store.version import IndexManifest, SearchParams, ShardEntry, Tuning
 from embedlib.options import METRICS, Metric, RunOptions
 from embedlib.search.lexical import LexicalInfo, check_language
@@ -66,6 +67,9 @@ class IndexOptions:
     id per line; row numbers when absent)."""
 
     factory: str = "auto"
+    compress: str = "auto"  # codes in RAM: auto, none, sq8, pq
+    store_vectors: str = "auto"  # the vector file: auto, float32, float16, int8
+    rescore: int | str = "auto"  # candidates per result rescored exactly (0: none)
     metric: Metric | None = None  # None: the embedding set's, else cosine
     shards: int = 1
     memory_budget: int = 4_000_000_000
@@ -177,8 +181,9 @@ def build_from_source(
     n, d = src.count, src.dim
     metric: Metric = options.metric or src.metric or "cosine"  # type: ignore[assignment]
     plan = plan_index(
-        n, d, metric=metric, memory_budget=options.memory_budget, factory=options.factory
-    )
+        n, d, metric=metric, memory_budget=options.memory_budget, factory=options.factory,
+        compress=options.compress, store_vectors=options.store_vectors, rescore=options.rescore,
+    )  # fmt: skip
     say(
         f"index plan: {plan.factory} for {n} vectors of dimension {d}, metric {metric} (~{human(plan.bytes_estimate)}): {plan.reason}"
     )
@@ -206,7 +211,7 @@ def build_from_source(
         ctx = BuildContext(fs, staging, d, metric, plan, queries)
         times["sample"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        [can_stream] = map_tasks(
+        [(can_stream, codec)] = map_tasks(
             train_index,
             [(ctx, options.seed, row_picks(src, train_ids))],
             run,
@@ -215,7 +220,7 @@ def build_from_source(
         )
         times["train"] = time.perf_counter() - clock
         clock = time.perf_counter()
-        ctx = dataclasses.replace(ctx, streamable=can_stream)
+        ctx = dataclasses.replace(ctx, streamable=can_stream, codec=codec)
         units = plan_units(src, options.shards)
         # IVF: add tasks of one span each and a merge on disk, so that no process holds a
         # whole shard; others (Flat) skip the merge when the shards keep every worker busy
@@ -260,8 +265,9 @@ def build_from_source(
             fs,
             staging,
             pieces,
-            [entry.file for entry in shards],
+            shards,
             plan,
+            codec,
             queries,
             query_ids,
             gt,
@@ -269,7 +275,7 @@ def build_from_source(
         )
         if fs.exists(posixpath.join(staging, PARTIALS)):  # object stores: gone once empty
             fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
-        _manifest(src, plan, metric, shards, options, tuning, lexical).write(fs, staging)
+        _manifest(src, plan, metric, shards, options, tuning, lexical, codec).write(fs, staging)
         times["tune"] = time.perf_counter() - clock
         recall = tuning.recall_at_10 or 0.0
         if recall < options.target_recall and options.strict_recall:
@@ -322,6 +328,7 @@ def _manifest(
     options: IndexOptions,
     tuning: Tuning,
     lexical: LexicalInfo | None,
+    codec: VectorCodec,
 ) -> IndexManifest:
     return IndexManifest(
         factory=plan.factory,
@@ -338,4 +345,5 @@ def _manifest(
         tuning=tuning,
         chunking=src.chunking,
         lexical=lexical,
+        vectors=codec,
     )

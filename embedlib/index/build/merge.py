@@ -1,6 +1,6 @@
 """Index build, phase 4: one task per serving shard joins the shard's partial indexes
-(IVF lists concatenated file to file; Flat by `merge_from`) and its docs rows; a shard
-added by one task is moved into place as it is."""
+(IVF lists concatenated file to file; Flat by `merge_from`), its docs rows and its
+vector files; a shard added by one task is moved into place as it is."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from embedlib.index.build.ivf_file import merge_ivf_files
 from embedlib.index.build.staging import DOCS_ROW_GROUP, BuildContext, shard_entry
 from embedlib.index.faiss_ops import merge_into, read_index_file, write_index
+from embedlib.index.store.vectors import concat_vector_files, vectors_file
 from embedlib.index.store.version import ShardEntry, docs_file, shard_file
 from embedlib.sets.columns import conform_table, unify_schemas
 from embedlib.storage import is_local
@@ -26,10 +27,13 @@ def merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) -> 
     fs = ctx.fs
     target_faiss = posixpath.join(ctx.staging, shard_file(shard))
     target_docs = posixpath.join(ctx.staging, docs_file(shard))
+    target_vectors = posixpath.join(ctx.staging, vectors_file(shard))
     if len(names) == 1:
         fs.mv(ctx.partial(names[0], "faiss"), target_faiss)
         fs.mv(ctx.partial(names[0], "parquet"), target_docs)
+        fs.mv(ctx.partial(names[0], "npy"), target_vectors)
         return shard_entry(ctx, shard, count)
+    concat_vector_files(fs, [ctx.partial(n, "npy") for n in names], target_vectors, ctx.codec)
     if ctx.streamable:
         merge_files(fs, ctx.trained, [ctx.partial(n, "faiss") for n in names], target_faiss)
     else:

@@ -1,30 +1,47 @@
-"""Choosing a FAISS index from N, d, the memory budget and the metric.
+"""Choosing a FAISS index from N, d, the memory budget and the metric, and how the
+vectors are kept on disk and rescored.
 
 Rules follow the FAISS guidelines and autofaiss: exact (Flat) search for tiny sets;
 otherwise IVF with K = a power of two near 4*sqrt(N) (within the guidelines' 4..16*sqrt(N)
-range, at least 39 training points per centroid), storing full vectors when they fit the
-budget, SQ8 codes (d bytes) when not, and OPQ+PQ codes when even SQ8 does not fit. The
-automatic plan stays in the IVF/Flat family because those indexes merge and support
-removal; HNSW is used only when named.
+range, at least 39 training points per centroid, at most MAX_NLIST lists so training
+stays within minutes on a laptop), storing in RAM the codes that fit the budget: full
+vectors, SQ8 codes (d bytes), or 4-bit PQ codes read by FAISS's fast-scan kernels (m/2
+bytes; m <= d/4 sub-quantizers, as many as fit: they train in seconds where 8-bit PQ
+with 64 sub-quantizers took a minute on 65k vectors, and rescoring recovers the rest).
+
+Every index also keeps each vector once on disk (`store/vectors.py`): float32, float16
+or int8. An index of compressed codes rescores the top `rescore x k` candidates exactly
+from that file (the field's recipe: sentence-transformers' embedding-quantization study,
+Qdrant's oversampling), so recall does not drop with the budget; the build tunes the
+factor like nprobe. The automatic plan stays in the IVF/Flat family because those
+indexes merge and support removal; HNSW is used only when named.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
 
 import faiss
 
 from embedlib.exceptions import IndexPlanError
+from embedlib.index.store.vectors import VECTOR_DTYPES, VectorDtype
 from embedlib.options import Metric
 from embedlib.storage import human
+
+Compression = Literal["none", "sq8", "pq"]
+COMPRESSIONS: tuple[str, ...] = ("auto", "none", "sq8", "pq")
 
 TINY = 10_000  # below this many vectors, exact search is fast enough
 MIN_POINTS_PER_CENTROID = 39
 TRAIN_POINTS_PER_CENTROID = 64
+MAX_TRAIN = 400_000  # training vectors at most (>= 39 per list always)
+MAX_NLIST = 8192  # IVF lists at most in automatic plans: k-means of 8192 x 320k trains in minutes
 ID_BYTES = 8
+DEFAULT_RESCORE = 4  # candidates rescored per result (tuned up from here to the target recall)
+CALIBRATION_ROWS = 10_000  # an int8 vector store's ranges, for indexes that train on nothing
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class IndexPlan:
     train_size: int  # vectors to train on; 0 when no training is needed
     bytes_estimate: int
     reason: str
+    store_vectors: VectorDtype = "float32"  # the vector file's precision
+    rescore: int = 0  # candidates per result rescored from the vector file (0: none)
 
     @property
     def mergeable(self) -> bool:
@@ -46,9 +65,14 @@ class IndexPlan:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def compressed(self) -> bool:
+        """Whether the index holds approximate codes (its distances need rescoring)."""
+        return any(code in self.factory for code in ("SQ", "PQ", "LSH", "RaBitQ"))
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexPlan:
-        return cls(**{f.name: data[f.name] for f in fields(cls)})
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 def faiss_metric(metric: Metric) -> int:
@@ -68,16 +92,17 @@ def parse_bytes(text: str | int) -> int:
 
 
 def _nlist(n: int) -> int:
-    k = 2 ** round(math.log2(4 * math.sqrt(n)))
+    k = min(MAX_NLIST, 2 ** round(math.log2(4 * math.sqrt(n))))
     while k > 1 and n < MIN_POINTS_PER_CENTROID * k:
         k //= 2
     return max(1, k)
 
 
 def _pq_m(d: int, n: int, budget: int, centroid_bytes: int) -> int | None:
-    """The largest PQ code size (bytes) dividing d that fits the budget."""
-    for m in sorted((m for m in range(1, d + 1) if d % m == 0 and m <= 64), reverse=True):
-        if n * (m + ID_BYTES) + centroid_bytes <= budget:
+    """The most 4-bit PQ sub-quantizers (even, dividing d, at most d/4: FAISS's usual
+    fast-scan choice) whose codes (m/2 bytes) fit the budget."""
+    for m in sorted((m for m in range(2, d // 4 + 1, 2) if d % m == 0), reverse=True):
+        if n * (m // 2 + ID_BYTES) + centroid_bytes <= budget:
             return m
     return None
 
@@ -98,52 +123,100 @@ def estimate_bytes(factory: str, n: int, d: int) -> int:
 
 
 def plan_index(
-    n: int, d: int, *, metric: Metric, memory_budget: int, factory: str = "auto"
+    n: int,
+    d: int,
+    *,
+    metric: Metric,
+    memory_budget: int,
+    factory: str = "auto",
+    compress: str = "auto",
+    store_vectors: str = "auto",
+    rescore: int | str = "auto",
 ) -> IndexPlan:
-    """Choose (or check) the index for n vectors of dimension d."""
+    """Choose (or check) the index for n vectors of dimension d: the codes in RAM
+    (`compress`), the vector file's precision (`store_vectors`) and the rescoring
+    factor to start tuning from (`rescore`; 0: none)."""
     if n < 1:
         raise IndexPlanError("the embedding set is empty: there is nothing to index")
+    if compress not in COMPRESSIONS:
+        raise IndexPlanError(
+            f"--compress must be one of {', '.join(COMPRESSIONS)}; got {compress!r}"
+        )
+    if store_vectors != "auto" and store_vectors not in VECTOR_DTYPES:
+        raise IndexPlanError(
+            f"--store-vectors must be auto or one of {', '.join(VECTOR_DTYPES)}; got {store_vectors!r}"
+        )
     if factory != "auto":
-        return _check_factory(factory, n, d, metric, memory_budget)
-    if n < TINY:
+        if compress != "auto":
+            raise IndexPlanError("give either --factory or --compress, not both")
+        plan = _check_factory(factory, n, d, metric, memory_budget)
+    else:
+        plan = _auto(n, d, metric, memory_budget, compress)
+    return _with_storage(plan, n, store_vectors, rescore)
+
+
+def _with_storage(plan: IndexPlan, n: int, store: str, rescore: int | str) -> IndexPlan:
+    """The plan with its vector file's precision and rescoring factor: compressed codes
+    are rescored (from int8 vectors unless told otherwise: float32 would take 4x the
+    disk of the codes it corrects); full vectors need neither."""
+    if rescore == "auto":
+        factor = DEFAULT_RESCORE if plan.compressed else 0
+    else:
+        factor = int(rescore)
+        if factor < 0:
+            raise IndexPlanError(f"--rescore must be auto or a count >= 0; got {rescore!r}")
+    dtype: VectorDtype = (
+        ("int8" if plan.compressed else "float32") if store == "auto" else store  # type: ignore[assignment]
+    )
+    train = plan.train_size
+    if dtype == "int8" and train == 0:  # the int8 ranges need a sample
+        train = min(n, CALIBRATION_ROWS)
+    why = f"; vectors kept on disk as {dtype}"
+    why += f", the top {factor}x k candidates rescored exactly from them" if factor else ""
+    return replace(plan, store_vectors=dtype, rescore=factor, train_size=train,
+                   reason=plan.reason + why)  # fmt: skip
+
+
+def _auto(n: int, d: int, metric: Metric, memory_budget: int, compress: str) -> IndexPlan:
+    if n < TINY and compress in ("auto", "none"):
         size = n * (4 * d + ID_BYTES)
         return IndexPlan(
             "IDMap2,Flat", metric, 0, 0, size, f"N={n} < {TINY}: exact search (Flat) is fast enough"
         )
     k = _nlist(n)
-    train = min(n, TRAIN_POINTS_PER_CENTROID * k)
+    train = min(n, max(MIN_POINTS_PER_CENTROID * k, min(TRAIN_POINTS_PER_CENTROID * k, MAX_TRAIN)))
     centroids = k * d * 4
     flat = n * (4 * d + ID_BYTES) + centroids
-    why = f"N={n}, d={d}: IVF with K={k} lists (about 4*sqrt(N)), trained on {train} vectors"
-    if flat <= memory_budget:
-        return IndexPlan(
-            f"IVF{k},Flat",
-            metric,
-            k,
-            train,
-            flat,
-            f"{why}; full vectors fit the budget ({human(flat)} <= {human(memory_budget)})",
-        )
     sq8 = n * (d + ID_BYTES) + centroids
-    if sq8 <= memory_budget:
-        return IndexPlan(
-            f"IVF{k},SQ8",
-            metric,
-            k,
-            train,
-            sq8,
-            f"{why}; full vectors need {human(flat)} > budget {human(memory_budget)}, SQ8 codes need {human(sq8)}",
-        )
+    why = f"N={n}, d={d}: IVF with K={k} lists (about 4*sqrt(N)), trained on {train} vectors"
+    fits = f"fit the budget {human(memory_budget)}"
+    if compress == "none" or (compress == "auto" and flat <= memory_budget):
+        if flat > memory_budget:
+            raise IndexPlanError(
+                f"full vectors need {human(flat)}, over the memory budget of {human(memory_budget)}; "
+                "raise --memory-budget or let --compress choose codes"
+            )
+        return IndexPlan(f"IVF{k},Flat", metric, k, train, flat,
+                         f"{why}; full vectors ({human(flat)}) {fits}")  # fmt: skip
+    if compress == "sq8" or (compress == "auto" and sq8 <= memory_budget):
+        if sq8 > memory_budget:
+            raise IndexPlanError(
+                f"SQ8 codes need {human(sq8)}, over the memory budget of {human(memory_budget)}; "
+                "raise --memory-budget or use --compress pq"
+            )
+        return IndexPlan(f"IVF{k},SQ8", metric, k, train, sq8,
+                         f"{why}; SQ8 codes ({human(sq8)}) {fits}, full vectors would need {human(flat)}")  # fmt: skip
     m = _pq_m(d, n, memory_budget, centroids)
     if m is None:
         raise IndexPlanError(
             f"{n} vectors of dimension {d} do not fit a memory budget of {human(memory_budget)} "
             f"even as 1-byte PQ codes; raise --memory-budget or use more serving shards on more machines"
         )
-    pq_bytes = n * (m + ID_BYTES) + centroids
+    pq_bytes = n * (m // 2 + ID_BYTES) + centroids
     return IndexPlan(
-        f"OPQ{m},IVF{k},PQ{m}", metric, k, train, pq_bytes,
-        f"{why}; SQ8 needs {human(sq8)} > budget {human(memory_budget)}: OPQ+PQ with {m}-byte codes ({human(pq_bytes)})",
+        f"IVF{k},PQ{m}x4fs", metric, k, train, pq_bytes,
+        f"{why}; 4-bit PQ (fast scan) with {m // 2}-byte codes ({human(pq_bytes)}) {fits}, "
+        f"SQ8 would need {human(sq8)}",
     )  # fmt: skip
 
 

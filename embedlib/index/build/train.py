@@ -13,6 +13,7 @@ from embedlib.index.build.ivf_file import streamable
 from embedlib.index.build.plan import faiss_metric
 from embedlib.index.build.staging import BuildContext
 from embedlib.index.faiss_ops import prepare_vectors, use_task_cpus, write_index
+from embedlib.index.store.vectors import VectorCodec
 from embedlib.options import RunOptions
 from embedlib.sets.sources import RowRange, VectorSource, read_range
 
@@ -44,13 +45,15 @@ def row_picks(src: VectorSource, global_ids: np.ndarray) -> list[tuple[RowRange,
 
 def train_index(
     ctx: BuildContext, seed: int, picks: list[tuple[RowRange, np.ndarray, int]]
-) -> bool:
+) -> tuple[bool, VectorCodec]:
     """Task: read the sample (rows `picks` of each span, side by side in threads: never
     through the object store), train the empty index once on it, write `trained.faiss`.
-    Returns whether its partial files can be merged list by list on disk."""
+    Returns whether its partial files can be merged list by list on disk, and the vector
+    files' codec (an int8 one calibrated on the same sample)."""
     use_task_cpus()
     index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
-    if not index.is_trained:
+    x = np.zeros((0, ctx.dim), np.float32)
+    if picks and (not index.is_trained or ctx.plan.store_vectors == "int8"):
         with ThreadPoolExecutor(faiss.omp_get_max_threads()) as pool:
             samples = list(pool.map(lambda pick: sample_rows(*pick), picks))
         x = (
@@ -61,9 +64,10 @@ def train_index(
         ids = [str(i) for _, g in samples for i in g]
         del samples
         x = prepare_vectors(x, ctx.metric, ids)
+    if not index.is_trained:
         ivf = faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
         index.train(x)
     write_index(index, ctx.fs, ctx.trained)
-    return streamable(index)
+    return streamable(index), VectorCodec.calibrate(ctx.plan.store_vectors, x)

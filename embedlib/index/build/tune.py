@@ -1,6 +1,7 @@
-"""Index build, phase 5: the smallest nprobe / efSearch that reaches the target recall@10
-on held-out queries (against the exact top-k the add tasks found), and the latency of
-one query at a time with it."""
+"""Index build, phase 5: the smallest nprobe / efSearch (and, for compressed codes, the
+smallest rescoring factor at it) that reaches the target recall@10 on held-out queries
+(against the exact top-k the add tasks found), and the latency of one query at a time
+with them."""
 
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from embedlib.index.build.add import PartialResult
 from embedlib.index.build.plan import IndexPlan
 from embedlib.index.build.staging import K_TUNE
 from embedlib.index.faiss_ops import local_copy, merge_topk, read_index_mmap, search_params
-from embedlib.index.store.version import SearchParams, Tuning
+from embedlib.index.store.vectors import VectorCodec, VectorFile
+from embedlib.index.store.version import SearchParams, ShardEntry, Tuning
+from embedlib.search.rescore import rescore
+
+RESCORE_STEPS = 4  # factors tried: the plan's, then doubled up to 3 times (4, 8, 16, 32)
 
 
 def ground_truth(
@@ -59,45 +64,87 @@ def tune(
     fs: fsspec.AbstractFileSystem,
     staging: str,
     pieces: list[str],
-    shard_files: list[str],
+    shards: Sequence[ShardEntry],
     plan: IndexPlan,
+    codec: VectorCodec,
     queries: np.ndarray,
     query_ids: np.ndarray,
     truth: np.ndarray,
     target: float,
 ) -> Tuning:
-    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries,
-    and the latency of one query at a time with it.
+    """The smallest nprobe / efSearch that reaches the target recall@10 on the queries
+    (with compressed codes: the smallest nprobe at which some rescoring factor does, and
+    the smallest such factor), and the latency of one query at a time with them.
 
     The recall is measured on `pieces` (files that together hold every vector: partial
     indexes cut from the same trained index probe the same lists as their merge, so
     their merged top-k is the shard's), mapped one at a time: the searches touch most
     of a file's pages, and a whole shard mapped would grow the build's memory with N.
-    Remote staging files are copied into a temporary folder, removed afterwards."""
+    Candidates are rescored from the shards' vector files (global ids are contiguous per
+    shard). Remote staging files are copied into a temporary folder, removed afterwards."""
+    factors = [plan.rescore * 2**n for n in range(RESCORE_STEPS)] if plan.rescore else [0]
     with tempfile.TemporaryDirectory(prefix="embedlib-tune-") as tmp:
         paths = [local_copy(fs, posixpath.join(staging, f), tmp) for f in pieces]
+        files = [
+            VectorFile(local_copy(fs, posixpath.join(staging, e.vectors or ""), tmp), codec)
+            for e in shards
+        ]
+        starts = np.cumsum([0] + [e.count for e in shards])
+
+        def vectors_of(gids: np.ndarray) -> np.ndarray:
+            shard = np.searchsorted(starts, gids, side="right") - 1
+            out = np.empty((len(gids), queries.shape[1]), np.float32)
+            for s in np.unique(shard).tolist():
+                here = shard == s
+                out[here] = files[s].get(gids[here] - starts[s])
+            return out
+
+        k = K_TUNE + 1
         curve = []
         chosen, recall = SearchParams(), 0.0
         for params in _candidates(plan):
-            parts = [_search_file(p, queries, K_TUNE + 1, params) for p in paths]
-            _, found = merge_topk(parts, K_TUNE + 1, plan.metric)
-            recall = _recall(found, truth, query_ids)
-            curve.append({"params": params.to_dict(), "recall_at_10": round(recall, 4)})
-            chosen = params
+            depth = k * max(1, *factors)
+            parts = [_search_file(p, queries, depth, params) for p in paths]
+            _, found = merge_topk(parts, depth, plan.metric)
+            for factor in factors:
+                if factor:
+                    _, top = rescore(queries, found[:, : k * factor], vectors_of, k, plan.metric)
+                else:
+                    top = found[:, :k]
+                recall = _recall(top, truth, query_ids)
+                tried = SearchParams(nprobe=params.nprobe, ef_search=params.ef_search,
+                                     rescore=factor or None)  # fmt: skip
+                curve.append({"params": tried.to_dict(), "recall_at_10": round(recall, 4)})
+                chosen = tried
+                if recall >= target:
+                    break
             if recall >= target:
                 break
         # one query at a time: its latency is the sum of its shard searches (as a
         # ShardSet searches them one after another), timed shard by shard
         rows = queries[: min(100, len(queries))]
         latencies = np.zeros(len(rows))
-        for path in [local_copy(fs, posixpath.join(staging, f), tmp) for f in shard_files]:
-            shard = read_index_mmap(path)
+        depth = K_TUNE * (chosen.rescore or 1)
+        for entry in shards:
+            shard = read_index_mmap(local_copy(fs, posixpath.join(staging, entry.file), tmp))
+            vectors = VectorFile(
+                local_copy(fs, posixpath.join(staging, entry.vectors or ""), tmp), codec
+            )
             shard_params = _faiss_params(shard, chosen)
+            first = int(starts[entry.shard])
+
+            def shard_vectors(
+                gids: np.ndarray, v: VectorFile = vectors, f: int = first
+            ) -> np.ndarray:
+                return v.get(gids - f)
+
             for n, row in enumerate(rows):
                 t = time.perf_counter()
-                shard.search(row[None, :], K_TUNE, params=shard_params)
+                _, ids = shard.search(row[None, :], depth, params=shard_params)
+                if chosen.rescore:
+                    rescore(row[None, :], ids, shard_vectors, K_TUNE, plan.metric)
                 latencies[n] += (time.perf_counter() - t) * 1000
-            del shard
+            del shard, vectors
     return Tuning(
         search_params=chosen,
         recall_at_10=round(recall, 4),

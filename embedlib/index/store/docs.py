@@ -1,11 +1,13 @@
 """The docs tables of an index version: what joins a FAISS int64 id to the document.
 
-Each serving shard has a docs table (`docs-NNNNN.parquet`: `_iid`, `id`, the indexed
-vector, the text, the content hash and the metadata columns), sorted by `_iid`. A
-`ShardDocs` holds a table's int64 and string ids and its metadata columns in memory (the
-ids for lookups, the metadata for filters) and reads text and vectors by row group on
-demand. `DocsLookup` spans the shards of a version: string id -> int64 id, int64 id ->
-vector, and the result rows of a search ({"id", "score"} plus what the query asked for).
+Each serving shard has a docs table (`docs-NNNNN.parquet`: `_iid`, `id`, the text, the
+content hash and the metadata columns), sorted by `_iid`, and a vector file row-aligned
+with it (`vectors.py`; indexes built before vector files keep the vector in the docs
+table). A `ShardDocs` holds a table's int64 and string ids in memory (Arrow and NumPy
+arrays: no Python object per row), reads its metadata columns on the first filter, and
+reads text by row group and vectors by row on demand. `DocsLookup` spans the shards of a
+version: string id -> int64 ids (a sorted permutation of the ids, binary-searched),
+int64 id -> vector, and the docs rows of a search's hits.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedlib.embed.documents import (
@@ -31,6 +34,7 @@ from embedlib.embed.documents import (
     VECTOR,
 )
 from embedlib.exceptions import QueryError, SourceError
+from embedlib.index.store.vectors import VectorFile
 from embedlib.sets.columns import vectors_of
 
 if TYPE_CHECKING:
@@ -45,8 +49,15 @@ VECTOR_CACHE_BYTES = 128 * 1024 * 1024  # vectors of filtered rows' row groups k
 class ShardDocs:
     """One shard's docs table."""
 
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, text_column: str | None) -> None:
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        path: str,
+        text_column: str | None,
+        vector_file: VectorFile | None = None,
+    ) -> None:
         self.fs, self.path, self.text_column = fs, path, text_column
+        self.vector_file = vector_file
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
             self.columns: list[str] = pf.schema_arrow.names
@@ -96,6 +107,9 @@ class ShardDocs:
             group = self._group(g)
             r = p - int(self.group_starts[g])
             out.append({c: v[r] for c, v in group.items()})
+        if self.vector_file is not None and len(out):
+            for row, vector in zip(out, self.vector_file.get(positions), strict=True):
+                row[VECTOR] = vector
         return out
 
     def vectors(self, positions: np.ndarray) -> np.ndarray:
@@ -103,6 +117,8 @@ class ShardDocs:
         the row groups that hold them only, those kept for the next request (up to
         VECTOR_CACHE_BYTES per table, least recently used dropped)."""
         positions = np.asarray(positions, dtype=np.int64)
+        if self.vector_file is not None:
+            return self.vector_file.get(positions)
         groups = np.searchsorted(self.group_starts, positions, side="right") - 1
         out: np.ndarray | None = None
         for g in np.unique(groups).tolist():
@@ -112,6 +128,14 @@ class ShardDocs:
             here = groups == g
             out[here] = block[positions[here] - int(self.group_starts[g])]
         return out if out is not None else np.zeros((0, 0), np.float32)
+
+    def all_vectors(self) -> np.ndarray:
+        """Every row's vector, in row order (a whole-vocabulary read: analogies, maps)."""
+        if self.vector_file is not None:
+            return self.vector_file.get(np.arange(len(self)))
+        with self.fs.open(self.path, "rb") as fh:
+            table = pq.read_table(fh, columns=[VECTOR])
+        return np.ascontiguousarray(vectors_of(table.column(VECTOR)), dtype=np.float32)
 
     def _group_vectors(self, g: int) -> np.ndarray:
         with self._lock:
@@ -139,7 +163,8 @@ class ShardDocs:
         with self.fs.open(self.path, "rb") as fh:
             table = pq.ParquetFile(fh).read_row_group(g)
         cols = {c: table.column(c).to_pylist() for c in table.column_names if c != VECTOR}
-        cols[VECTOR] = list(vectors_of(table.column(VECTOR)))
+        if VECTOR in table.column_names:  # an index built before vector files
+            cols[VECTOR] = list(vectors_of(table.column(VECTOR)))
         with self._lock:
             if len(self._groups) >= CACHED_GROUPS:
                 self._groups.pop(next(iter(self._groups)))
@@ -157,7 +182,15 @@ class DocsLookup:
         m = version.manifest
         numbers = range(len(m.shards)) if shards is None else shards
         return cls(
-            [ShardDocs(version.fs, version.file(m.shards[s].docs), m.text_column) for s in numbers],
+            [
+                ShardDocs(
+                    version.fs,
+                    version.file(m.shards[s].docs),
+                    m.text_column,
+                    version.open_vectors(s),
+                )
+                for s in numbers
+            ],
             m.text_column,
         )
 
@@ -165,7 +198,7 @@ class DocsLookup:
         self.shards = list(shards)
         self.text_column = text_column
         self.chunked = any(docs.split_documents for docs in self.shards)
-        self._id_map: dict[str, int | list[int]] | None = None
+        self._id_order: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
         self._id_lock = threading.Lock()
         self.metadata_columns: frozenset[str] = frozenset(
             c for docs in self.shards for c in docs.metadata_columns
@@ -173,27 +206,37 @@ class DocsLookup:
 
     def iids_of(self, doc_id: str) -> list[int]:
         """The int64 ids of a document's rows (its chunks); QueryError when the index does
-        not hold it."""
+        not hold it. A binary search over the ids in sorted order (made on the first
+        lookup: a permutation array, 8 bytes a row)."""
         with self._id_lock:
-            if self._id_map is None:
-                self._id_map = self._build_id_map()
-        found = self._id_map.get(doc_id)
-        if found is None:
+            if self._id_order is None:
+                ids = (
+                    pa.concat_arrays([d.ids for d in self.shards])
+                    if self.shards
+                    else pa.array([], pa.string())
+                )
+                iids = (
+                    np.concatenate([d.iids for d in self.shards])
+                    if self.shards
+                    else np.zeros(0, np.int64)
+                )
+                order = pc.sort_indices(ids).to_numpy()
+                self._id_order = (ids, order, iids)
+        ids, order, iids = self._id_order
+        lo, hi = 0, len(order)
+        while lo < hi:  # the first sorted position whose id is >= doc_id
+            mid = (lo + hi) // 2
+            if ids[int(order[mid])].as_py() < doc_id:
+                lo = mid + 1
+            else:
+                hi = mid
+        found = []
+        while lo < len(order) and ids[int(order[lo])].as_py() == doc_id:
+            found.append(int(iids[order[lo]]))
+            lo += 1
+        if not found:
             raise QueryError(f"id {doc_id!r} is not in the index")
-        return found if isinstance(found, list) else [found]
-
-    def _build_id_map(self) -> dict[str, int | list[int]]:
-        id_map: dict[str, int | list[int]] = {}
-        for docs in self.shards:
-            for doc_id, iid in zip(docs.ids.to_pylist(), docs.iids.tolist(), strict=True):
-                seen = id_map.get(doc_id)
-                if seen is None:
-                    id_map[doc_id] = iid
-                elif isinstance(seen, list):
-                    seen.append(iid)
-                else:
-                    id_map[doc_id] = [seen, iid]
-        return id_map
+        return sorted(found)
 
     def document_vector(self, doc_id: str) -> np.ndarray:
         """A document's vector: its row's, or for chunks their mean made unit length."""
@@ -209,7 +252,7 @@ class DocsLookup:
         for docs in self.shards:
             pos = docs.positions(np.array([iid], np.int64))
             if pos[0] >= 0:
-                return np.asarray(docs.rows(pos)[0][VECTOR], dtype=np.float32)
+                return docs.vectors(pos)[0]
         raise QueryError(f"internal id {iid} is not in the index")
 
     def string_ids(self, iids: np.ndarray) -> list[str]:

@@ -3,7 +3,8 @@
     versions/v-00002/manifest.json            the `IndexManifest` below
     versions/v-00002/trained.faiss            the trained, empty index
     versions/v-00002/shard-NNNNN.faiss        serving shards
-    versions/v-00002/docs-NNNNN.parquet       int64 id -> string id, vector, text, metadata
+    versions/v-00002/docs-NNNNN.parquet       int64 id -> string id, text, metadata
+    versions/v-00002/vectors-NNNNN.npy        the shard's vectors, row-aligned (vectors.py)
     versions/v-00002/lexical-NNNNN.npz        BM25 postings of the shard's text (lexical.py)
     versions/v-00002/lexical-stats.npz        corpus-wide document frequencies
 
@@ -27,6 +28,7 @@ from embedlib.cache import FileCache
 from embedlib.index.build.plan import IndexPlan
 from embedlib.index.faiss_ops import read_index_mmap
 from embedlib.index.store.layout import resolve, versions_dir
+from embedlib.index.store.vectors import VectorCodec, VectorFile
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.options import Metric
 from embedlib.search.lexical import LexicalInfo, LexicalStats, ShardPostings
@@ -57,17 +59,20 @@ class ShardEntry:
     docs_sha256: str
     lexical: str | None = None  # the shard's BM25 postings (lexical-NNNNN.npz)
     lexical_sha256: str | None = None
+    vectors: str | None = None  # the vector file (None: an index whose docs hold the vectors)
+    vectors_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if self.lexical is None:
-            del out["lexical"], out["lexical_sha256"]
+        for name in ("lexical", "vectors"):
+            if out[name] is None:
+                del out[name], out[f"{name}_sha256"]
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ShardEntry:
         entry = cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
-        for name in (entry.file, entry.docs, entry.lexical):
+        for name in (entry.file, entry.docs, entry.lexical, entry.vectors):
             if name is not None:
                 check_file_name(name)
         return entry
@@ -82,32 +87,42 @@ def check_file_name(name: str) -> None:
 
 @dataclass(frozen=True)
 class SearchParams:
-    """FAISS search parameters: `nprobe` (IVF) and `ef_search` (HNSW); None: FAISS's own."""
+    """Search parameters: FAISS's `nprobe` (IVF) and `ef_search` (HNSW), and `rescore`
+    (candidates per result rescored exactly from the vector file; 0: none); None: the
+    default (FAISS's own; no rescoring)."""
 
     nprobe: int | None = None
     ef_search: int | None = None
+    rescore: int | None = None
 
-    def override(self, *, nprobe: int | None, ef_search: int | None) -> SearchParams:
+    def override(
+        self, *, nprobe: int | None, ef_search: int | None, rescore: int | None = None
+    ) -> SearchParams:
         """These parameters with the values given (not None) put in their place."""
-        if nprobe is None and ef_search is None:
+        if nprobe is None and ef_search is None and rescore is None:
             return self
         return SearchParams(
             nprobe=self.nprobe if nprobe is None else nprobe,
             ef_search=self.ef_search if ef_search is None else ef_search,
+            rescore=self.rescore if rescore is None else rescore,
         )
 
     def to_dict(self) -> dict[str, int]:
-        """As the manifest stores them: {"nprobe": n} or {"efSearch": n} (FAISS's name)."""
+        """As the manifest stores them: {"nprobe": n}, {"efSearch": n} (FAISS's name),
+        {"rescore": n}."""
         out = {}
         if self.nprobe is not None:
             out["nprobe"] = self.nprobe
         if self.ef_search is not None:
             out["efSearch"] = self.ef_search
+        if self.rescore:
+            out["rescore"] = self.rescore
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SearchParams:
-        return cls(nprobe=data.get("nprobe"), ef_search=data.get("efSearch"))
+        return cls(nprobe=data.get("nprobe"), ef_search=data.get("efSearch"),
+                   rescore=data.get("rescore"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -143,6 +158,7 @@ class IndexManifest:
     update: dict[str, int] | None = None  # added / changed / deleted / kept
     chunking: dict[str, Any] | None = None  # rows are chunks of documents (the embed options)
     lexical: LexicalInfo | None = None  # the BM25 part: analysis and corpus-wide counts
+    vectors: VectorCodec | None = None  # how the vector files store vectors (None: in docs)
 
     @property
     def text_model(self) -> bool:
@@ -189,6 +205,8 @@ class IndexManifest:
             out["chunking"] = self.chunking
         if self.lexical is not None:
             out["lexical"] = self.lexical.to_dict()
+        if self.vectors is not None:
+            out["vectors"] = self.vectors.to_dict()
         return out
 
     @classmethod
@@ -220,6 +238,7 @@ class IndexManifest:
             update=data.get("update"),
             chunking=data.get("chunking"),
             lexical=_lexical_info(data.get("lexical")),
+            vectors=VectorCodec.from_dict(data["vectors"]) if data.get("vectors") else None,
         )
 
     @classmethod
@@ -282,6 +301,14 @@ class IndexVersion:
         the local cache first)."""
         entry = self.manifest.shards[shard]
         return read_index_mmap(self.local(entry.file, entry.sha256))
+
+    def open_vectors(self, shard: int) -> VectorFile | None:
+        """A serving shard's vector file (None: an index built before vector files, whose
+        docs tables hold the vectors)."""
+        entry, codec = self.manifest.shards[shard], self.manifest.vectors
+        if entry.vectors is None or codec is None:
+            return None
+        return VectorFile(self.local(entry.vectors, entry.vectors_sha256 or ""), codec)
 
     def open_postings(self, shard: int) -> ShardPostings | None:
         """A serving shard's BM25 postings (None: the index has no lexical part)."""

@@ -4,7 +4,6 @@ and how unbalanced its lists became; past the ratios below, an update warns to r
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import faiss
@@ -12,13 +11,13 @@ import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
-from embedlib.embed.documents import VECTOR
 from embedlib.index.store.docs import IID
-from embedlib.index.store.version import ShardEntry
-from embedlib.sets.columns import vectors_of
+from embedlib.index.store.vectors import read_vector_rows
+from embedlib.index.store.version import IndexManifest
 
 DRIFT_DISTANCE_RATIO = 1.25  # new vectors this much farther from their centroid: retrain
 DRIFT_IMBALANCE_RATIO = 1.5  # list sizes this much less balanced than before: retrain
+SAMPLE = 10_000  # kept vectors compared
 
 
 @dataclass
@@ -40,21 +39,24 @@ class Drift:
 def kept_sample(
     fs: fsspec.AbstractFileSystem,
     version_path: str,
-    shards: Sequence[ShardEntry],
+    manifest: IndexManifest,
     remove: set[int],
 ) -> np.ndarray:
-    """Up to 10,000 of the vectors that stay (for the drift comparison), read until
-    there are enough."""
+    """Up to 10,000 of the vectors that stay (for the drift comparison), read from the
+    shards' first rows until there are enough."""
     blocks, have = [], 0
-    for shard in shards:
+    removed = np.fromiter(remove, np.int64)
+    assert manifest.vectors is not None
+    for shard in manifest.shards:
         with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
-            for batch in pq.ParquetFile(fh).iter_batches(columns=[IID, VECTOR]):
-                keep = ~np.isin(batch.column(IID).to_numpy(), np.fromiter(remove, np.int64))
-                blocks.append(vectors_of(batch.column(VECTOR))[keep])
-                have += len(blocks[-1])
-                if have >= 10_000:
-                    return np.concatenate(blocks)[:10_000]
-    return np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+            iids = pq.read_table(fh, columns=[IID]).column(IID).to_numpy()[: SAMPLE * 2]
+        x = read_vector_rows(fs, posixpath.join(version_path, shard.vectors or ""),
+                             manifest.vectors, 0, len(iids))  # fmt: skip
+        blocks.append(x[~np.isin(iids, removed)])
+        have += len(blocks[-1])
+        if have >= SAMPLE:
+            break
+    return np.concatenate(blocks)[:SAMPLE] if blocks else np.zeros((0, 1), np.float32)
 
 
 def imbalance(index: faiss.Index) -> float:

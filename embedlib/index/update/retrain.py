@@ -24,8 +24,9 @@ def retrain_index(
     run: RunOptions | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> IndexReport:
-    """Rebuild the index from the documents it holds now (its docs tables: ids, vectors,
-    texts, metadata, content hashes) with a freshly trained quantizer, as a new version.
+    """Rebuild the index from the documents it holds now (its docs tables: ids, texts,
+    metadata, content hashes; its vector files, or the vectors of an index's docs tables
+    built before vector files) with a freshly trained quantizer, as a new version.
     Without `options`, the index's own factory, shard count and seed are kept."""
     run = run or RunOptions()
     fs, root = url_to_fs(index, **run.storage_options)
@@ -34,7 +35,8 @@ def retrain_index(
         version_path = resolve(fs, root)
         manifest = IndexManifest.read(fs, version_path)
         options = options or IndexOptions(
-            factory=manifest.factory, metric=manifest.metric, shards=len(manifest.shards),
+            factory=manifest.factory, metric=manifest.metric,
+            store_vectors=manifest.plan.store_vectors, rescore=manifest.plan.rescore, shards=len(manifest.shards),
             seed=manifest.seed, memory_budget=manifest.memory_budget,
             lexical=manifest.lexical is not None,
             lexical_language=manifest.lexical.language if manifest.lexical else "english",
@@ -45,7 +47,9 @@ def retrain_index(
             with fs.open(path, "rb") as fh:
                 rows = pq.ParquetFile(fh).metadata.num_rows
             offset = sum(p.rows for p in spans)
-            spans += [RowRange(fs, path, "parquet", a, min(a + RANGE_ROWS, rows), offset + a)
+            vectors = posixpath.join(version_path, shard.vectors) if shard.vectors else None
+            spans += [RowRange(fs, path, "parquet", a, min(a + RANGE_ROWS, rows), offset + a,
+                               vectors_path=vectors, codec=manifest.vectors)
                       for a in range(0, rows, RANGE_ROWS)]  # fmt: skip
         source = {"url": fs.unstrip_protocol(version_path), "kind": "retrain",
                   "documents": manifest.ntotal}  # fmt: skip

@@ -51,12 +51,13 @@ from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_ind
 from embedlib.index.store.docs import IID, NOT_METADATA
 from embedlib.index.store.layout import publish, resolve, staging_path
 from embedlib.index.store.lock import index_lock
+from embedlib.index.store.vectors import filter_vector_file, read_vector_positions
 from embedlib.index.store.version import TRAINED, IndexManifest
 from embedlib.index.update.drift import Drift, imbalance, kept_sample, measure_drift
 from embedlib.models.encoders import backend_for
 from embedlib.models.fingerprint import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.sets.columns import conform_table, unify_schemas, vector_array, vectors_of
+from embedlib.sets.columns import conform_table, unify_schemas, vectors_of
 from embedlib.sets.embedding_set import EmbeddingSet
 from embedlib.storage import file_sha256
 
@@ -164,7 +165,7 @@ def update_index(
             else (np.zeros((0, manifest.dim), np.float32), None)
         )
         if restamped:  # metadata changed, text not: the rows move with their vectors
-            vectors = np.concatenate([vectors, vectors_of(restamped.rows.column(VECTOR))])
+            vectors = np.concatenate([vectors, restamped.vectors])
             rows = pa.concat_tables([t for t in (rows, restamped.rows) if t is not None],
                                     promote_options="permissive")  # fmt: skip
         remove = {iid for i in [*deleted, *changed] for iid in current[i][0]}
@@ -207,6 +208,11 @@ def update_index(
 
 def _updatable(manifest: IndexManifest, index: str, model: str | None) -> ModelFingerprint:
     """The index's fingerprint; refuse indexes an update cannot extend."""
+    if manifest.vectors is None:
+        raise EmbedlibError(
+            f"{index!r} was built before indexes kept their vectors in vector files; rebuild "
+            f"it once with `embedlib index --retrain {index}`, then update it"
+        )
     if manifest.model is None or not manifest.text_model:
         raise EmbedlibError(
             f"{index!r} was built from vectors without a text model; update its vectors and "
@@ -261,10 +267,11 @@ def _current_docs(
 @dataclass
 class _Restamped:
     """Documents whose text is unchanged but whose metadata the update changes: their docs
-    rows (chunks included, vectors as indexed) carrying the new metadata."""
+    rows (chunks included) carrying the new metadata, and their vectors as indexed."""
 
     ids: list[str]
     rows: pa.Table
+    vectors: np.ndarray
 
     def __bool__(self) -> bool:
         return bool(self.ids)
@@ -283,7 +290,7 @@ def _restamped(
 ) -> _Restamped:
     """The documents of `same_text` whose incoming metadata differs from the indexed one
     (an upsert replaces a document whole: a column it leaves out becomes null)."""
-    none = _Restamped([], pa.table({}))
+    none = _Restamped([], pa.table({}), np.zeros((0, manifest.dim), np.float32))
     if not same_text:
         return none
     wanted = pa.array(sorted(same_text), pa.string())
@@ -293,12 +300,19 @@ def _restamped(
         row.pop(ID): {k: v for k, v in row.items() if k != text_column and v is not None}
         for row in new.to_pylist()
     }
-    parts = []
+    parts, vector_parts = [], []
+    assert manifest.vectors is not None
     for shard in manifest.shards:
         with fs.open(posixpath.join(version_path, shard.docs), "rb") as fh:
             table = pq.read_table(fh)
-        parts.append(table.filter(pc.is_in(table.column(ID), value_set=wanted)))
+        here = pc.is_in(table.column(ID), value_set=wanted)
+        parts.append(table.filter(here))
+        vector_parts.append(read_vector_positions(
+            fs, posixpath.join(version_path, shard.vectors or ""), manifest.vectors,
+            np.flatnonzero(here.to_numpy(zero_copy_only=False)),
+        ))  # fmt: skip
     old = pa.concat_tables(parts, promote_options="permissive")
+    old_vectors = np.concatenate(vector_parts)
     meta = [c for c in old.column_names if c not in (*NOT_METADATA, text_column)]
     old_meta = {
         row.pop(ID): {k: v for k, v in row.items() if v is not None}
@@ -307,13 +321,14 @@ def _restamped(
     ids = sorted(i for i, m in old_meta.items() if m != new_meta[i])
     if not ids:
         return none
-    rows = old.filter(pc.is_in(old.column(ID), value_set=pa.array(ids, pa.string())))
-    rows = rows.drop_columns([IID, *meta])
+    chosen = pc.is_in(old.column(ID), value_set=pa.array(ids, pa.string()))
+    rows = old.filter(chosen).drop_columns([IID, *meta])
+    vectors = old_vectors[chosen.to_numpy(zero_copy_only=False)]
     row_ids = rows.column(ID).to_pylist()
     for name in [c for c in new.column_names if c not in (ID, text_column)]:
         values = [new_meta[i].get(name) for i in row_ids]
         rows = rows.append_column(name, pa.array(values, new.schema.field(name).type))
-    return _Restamped(ids, rows)
+    return _Restamped(ids, rows, vectors)
 
 
 def _read_incoming(
@@ -411,8 +426,7 @@ def _embed(
     rows = embedded.read_table()
     vectors = prepare_vectors(vectors_of(rows.column(VECTOR)), manifest.metric,
                               rows.column(ID).to_pylist())  # fmt: skip
-    at = rows.column_names.index(VECTOR)  # the docs keep the vector as indexed
-    return vectors, rows.set_column(at, VECTOR, vector_array(vectors, "float32"))
+    return vectors, rows.drop_columns([VECTOR])  # the vectors go to the vector files
 
 
 def _write_version(
@@ -434,7 +448,7 @@ def _write_version(
     indexes = [read_index_file(fs, posixpath.join(version_path, s.file)) for s in shards]
     before = [imbalance(ix) for ix in indexes]
     ivf = faiss.try_extract_index_ivf(indexes[0]) is not None
-    kept = kept_sample(fs, version_path, shards, remove) if ivf and len(vectors) else None
+    kept = kept_sample(fs, version_path, manifest, remove) if ivf and len(vectors) else None
     iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
     removed = [int(ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64))))
                if remove else 0 for ix in indexes]  # fmt: skip
@@ -443,7 +457,9 @@ def _write_version(
     for s, (entry, ix) in enumerate(zip(shards, indexes, strict=True)):
         mine = np.flatnonzero(target == s)
         if not len(mine) and not removed[s]:  # untouched: the same files
-            for name in (entry.file, entry.docs, *([entry.lexical] if entry.lexical else [])):
+            for name in (entry.file, entry.docs, entry.vectors, entry.lexical):
+                if name is None:
+                    continue
                 fs.copy(posixpath.join(version_path, name), posixpath.join(staging, name))
             new_shards.append(entry)
             continue
@@ -451,11 +467,16 @@ def _write_version(
             ix.add_with_ids(vectors[mine], iids[mine])
         write_index(ix, fs, posixpath.join(staging, entry.file))
         new_rows = rows.take(pa.array(mine, pa.int64())) if rows is not None else None
-        _write_docs(fs, version_path, staging, entry.docs, remove, new_rows, iids[mine])
+        keep = _write_docs(fs, version_path, staging, entry.docs, remove, new_rows, iids[mine])
+        assert entry.vectors is not None and manifest.vectors is not None
+        filter_vector_file(fs, posixpath.join(version_path, entry.vectors),
+                           posixpath.join(staging, entry.vectors), manifest.vectors, keep,
+                           vectors[mine])  # fmt: skip
         new_shards.append(replace(
             entry, count=int(ix.ntotal),
             sha256=file_sha256(fs, posixpath.join(staging, entry.file)),
             docs_sha256=file_sha256(fs, posixpath.join(staging, entry.docs)),
+            vectors_sha256=file_sha256(fs, posixpath.join(staging, entry.vectors)),
         ))  # fmt: skip
     new = manifest.with_shards(new_shards, ntotal=sum(s.count for s in new_shards))
     drift = None if kept is None else measure_drift(indexes, vectors, kept, before)
@@ -481,8 +502,9 @@ def _write_docs(
     remove: set[int],
     new_rows: pa.Table | None,
     new_iids: np.ndarray,
-) -> None:
-    """The shard's docs table without the removed rows, plus the new rows."""
+) -> np.ndarray:
+    """The shard's docs table without the removed rows, plus the new rows; returns which
+    old rows it kept."""
     with fs.open(posixpath.join(version_path, name), "rb") as fh:
         old = pq.read_table(fh)
     keep = ~np.isin(old.column(IID).to_numpy(), np.fromiter(remove, np.int64))
@@ -495,3 +517,4 @@ def _write_docs(
         table = pa.concat_tables([p for p in parts if p is not None])
     with fs.open(posixpath.join(staging, name), "wb") as fh:
         pq.write_table(table, fh, row_group_size=8192)
+    return keep
