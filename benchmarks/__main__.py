@@ -1,6 +1,7 @@
 """embedlib against what a user would otherwise do, side by side in one run.
 
     python -m benchmarks [encode] [index] [serve] [memory] [quality] [--size small|default|large] [--reps N]
+    python -m benchmarks scale [--vectors 1M]   (named only: see benchmarks/scale.py)
 
 Prints one Markdown table. Rows:
 - encode: whole-process time and encoding throughput of plain single-process
@@ -58,7 +59,8 @@ SIZES = {
     "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
     "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
 }
-STAGES = ("encode", "index", "serve", "memory", "quality", "lexical", "collections")
+STAGES = ("encode", "index", "serve", "memory", "quality", "lexical", "collections", "scale")
+DEFAULT_STAGES = STAGES[:-1]  # scale runs only when named: it builds N vectors four times
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 PLAIN = """
@@ -258,8 +260,11 @@ def main() -> None:
     parser.add_argument("stages", nargs="*", help=f"{', '.join(STAGES)} (default: all)")
     parser.add_argument("--size", choices=sorted(SIZES), default="default")
     parser.add_argument("--reps", type=int, default=2)
+    parser.add_argument(
+        "--vectors", default="1M", help="scale: vectors to build and serve (e.g. 1M, 10M)"
+    )
     args = parser.parse_args()
-    stages = args.stages or list(STAGES)
+    stages = args.stages or list(DEFAULT_STAGES)
     if set(stages) - set(STAGES):
         parser.error(f"stages are {', '.join(STAGES)}, got {' '.join(stages)}")
     size = SIZES[args.size]
@@ -286,6 +291,11 @@ def main() -> None:
             from benchmarks.memory import collection_rows
 
             rows += collection_rows(Path(tmp), PY, ENV, size.memory_docs)
+        if "scale" in stages:
+            from benchmarks.scale import scale_rows
+
+            count = int(float(args.vectors.upper().replace("M", "e6").replace("K", "e3")))
+            rows += scale_rows(Path(tmp), count, ENV)
         if "memory" in stages:
             from benchmarks.memory import memory_rows
 

@@ -223,6 +223,31 @@ def _embedlib(work: Path, name: str, docs: dict[str, str], queries: list[Query],
     return out, seconds, report.chunks
 
 
+COMPRESSIONS = (("sq8", "int8"), ("pq", "int8"), ("binary", "int8"), ("binary", "float16"))
+
+
+def _compressed(work: Path, name: str, queries: list[Query]) -> dict[str, dict[str, float]]:
+    """The chunked set indexed with each compression (codes in RAM, vectors on disk,
+    rescored), searched dense and hybrid: the rows beside float32's."""
+    from embedlib import IndexOptions, RunOptions, ShardedIndex, build_index
+
+    run = RunOptions(runner="local", progress=False)
+    out = {}
+    for compress, store in COMPRESSIONS:
+        target = work / f"{name}-auto-{compress}-{store}-idx"
+        report = build_index(str(work / f"{name}-auto-emb"), str(target), run=run,
+                             options=IndexOptions(compress=compress, store_vectors=store))  # fmt: skip
+        index = ShardedIndex(str(target))
+        for mode in ("dense", "hybrid"):
+            hits = index.search_text([q["query"] for q in queries], 10, passages=3,
+                                     include=(), mode=mode)  # fmt: skip
+            answers = [[(h.id, [(p.start, p.end) for p in (h.passages or ([h.passage] if h.passage else []))])
+                        for h in row] for row in hits]  # fmt: skip
+            key = f"--compress {compress} --store-vectors {store} ({report.factory}, {report.search_params.to_dict()})"
+            out[f"{key}, mode {mode}"] = metrics(answers, queries)
+    return out
+
+
 def _plain(docs: dict[str, str], queries: list[Query], spans: dict[str, list[tuple[int, int]]],
            model: Any) -> dict[str, float]:  # fmt: skip
     """Plain sentence-transformers over the given spans of each document, a document
@@ -335,6 +360,8 @@ def quality_rows(work: Path, max_docs: int = 10_000) -> list[list[str]]:
             rows.append([f"{what}: embedlib, chunked (default), mode {mode}{default}",
                          f"{s:.1f} s" if mode == "dense" else "", "", f"{n} chunks", "",
                          fmt(m)])  # fmt: skip
+        for key, m in _compressed(work, name, queries).items():
+            rows.append([f"{what}: embedlib, chunked, {key}", "", "", "", "", fmt(m)])
         whole = {d: [(0, len(t))] for d, t in docs.items()}
         rows.append(
             [

@@ -32,6 +32,7 @@ class EmbedOptions:
     columns: tuple[str, ...] | None = None  # passthrough columns to keep; None: all
     normalize: bool = True
     max_seq_length: int | None = None  # None: the model's own limit
+    dims: int | None = None  # Matryoshka: keep the first `dims` dimensions (renormalized)
     dtype: Dtype = "float32"
     metric: Metric = "cosine"
     split_rows: int = 1_000  # small enough that one machine's workers share a modest corpus
@@ -58,6 +59,8 @@ class EmbedOptions:
             raise ValueError(f"split_rows must be >= 1, got {self.split_rows}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.dims is not None and self.dims < 1:
+            raise ValueError(f"dims must be >= 1, got {self.dims}")
         if self.format is not None and self.format not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}, got {self.format!r}")
         if self.on_duplicate not in ("error", "keep-first"):

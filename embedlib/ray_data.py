@@ -66,7 +66,7 @@ class Embedder:
         self.spec = DocumentSpec(text_column=o.text_column, id_column=o.id_column or ID,
                                  columns=o.columns)  # fmt: skip
         self.encoder = TextEncoder(
-            o.model, normalize=o.normalize, max_seq_length=o.max_seq_length,
+            o.model, normalize=o.normalize, max_seq_length=o.max_seq_length, dims=o.dims,
             batch_size=batch_size, num_threads=num_threads, backend=o.backend,
         )  # fmt: skip
         self.chunking = chunk_options(o)

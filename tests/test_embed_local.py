@@ -221,3 +221,46 @@ def test_exact_search_equals_a_flat_index(memfs):
     hits = index.search(queries, 5)
     assert ids == [[h.id for h in row] for row in hits]
     assert np.allclose(scores, [[h.score for h in row] for row in hits], atol=1e-5)
+
+
+def test_matryoshka_dims_cut_vectors_and_queries_alike(tmp_path, st_model):
+    """--dims 128: the first 128 dimensions, unit length again (sentence-transformers'
+    `truncate_dim` then normalized); recorded in the fingerprint, so the index cuts its
+    query text the same way and a set of full vectors is refused beside it."""
+    from embedlib import ModelMismatchError, ShardedIndex, build_index
+    from embedlib.exceptions import VectorError
+    from embedlib.models.fingerprint import ModelFingerprint
+
+    t = corpora.table(60, seed=4)
+    pq.write_table(t, tmp_path / "c.parquet")
+    options = dict(text_column="body", id_column="doc_id")
+    cut = embed_corpus(str(tmp_path / "c.parquet"), str(tmp_path / "cut"),
+                       options=EmbedOptions(dims=128, **options), run=LOCAL)  # fmt: skip
+    assert cut.documents == 60
+    eset = EmbeddingSet(str(tmp_path / "cut"))
+    ids, vectors = eset.read_vectors()
+    by_id = dict(zip(t.column("doc_id").to_pylist(), t.column("body").to_pylist(), strict=True))
+    full = st_model.encode([by_id[i] for i in ids], normalize_embeddings=True)[:, :128]
+    reference = full / np.linalg.norm(full, axis=1, keepdims=True)
+    assert vectors.shape == (60, 128) and (vectors * reference).sum(1).min() >= 0.9999
+    assert (eset.manifest.dim, eset.manifest.model.dims) == (128, 128)
+    build_index(str(tmp_path / "cut"), str(tmp_path / "idx"), run=LOCAL)
+    index = ShardedIndex(str(tmp_path / "idx"))
+    assert index.manifest.model.dims == 128
+    q = index.encode_text([by_id[ids[5]]])
+    assert q.shape == (1, 128) and float(q[0] @ vectors[5]) > 0.9999
+    assert index.search_text([by_id[ids[5]]], 1)[0][0].id == ids[5]
+    embed_corpus(str(tmp_path / "c.parquet"), str(tmp_path / "full"),
+                 options=EmbedOptions(**options), run=LOCAL)  # fmt: skip
+    with pytest.raises(VectorError, match=r"has dimension 384.* has 128"):
+        build_index(
+            [str(tmp_path / "cut"), str(tmp_path / "full")], str(tmp_path / "both"), run=LOCAL
+        )
+    whole = ModelFingerprint.from_dict({**index.manifest.model.to_dict(), "dim": 384, "dims": None})
+    with pytest.raises(ModelMismatchError, match="dims: 128 vs None"):
+        index.manifest.model.require_compatible(
+            whole, what="the index", other_what="the query encoder"
+        )
+    with pytest.raises(ValueError, match="more than the 384 dimensions"):
+        embed_corpus(str(tmp_path / "c.parquet"), str(tmp_path / "big"),
+                     options=EmbedOptions(dims=500, **options), run=LOCAL)  # fmt: skip

@@ -96,6 +96,12 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
         help="truncate texts to this many tokens (default: the model's)",
     )
     g.add_argument(
+        "--dims",
+        type=int,
+        help="Matryoshka models: keep the first N dimensions of each vector (made unit "
+        "length again); recorded in the fingerprint, so queries are cut the same way",
+    )
+    g.add_argument(
         "--backend",
         choices=BACKENDS,
         default="auto",
@@ -148,6 +154,7 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
         else None,
         normalize=not args.no_normalize,
         max_seq_length=args.max_seq_length,
+        dims=args.dims,
         dtype=args.dtype,
         metric=args.metric,
         split_rows=args.split_rows,
@@ -184,10 +191,10 @@ def _add_plan_options(g: argparse._ArgumentGroup) -> None:
     )
     g.add_argument(
         "--compress",
-        choices=("auto", "none", "sq8", "pq"),
+        choices=("auto", "none", "sq8", "pq", "binary"),
         default="auto",
-        help="codes held in RAM: full vectors (none), SQ8 or PQ; auto (default): the "
-        "least compressed that fits --memory-budget",
+        help="codes held in RAM: full vectors (none), SQ8, 4-bit PQ or binary (sign bits, "
+        "d/8 bytes); auto (default): the least compressed that fits --memory-budget",
     )
     g.add_argument(
         "--store-vectors",

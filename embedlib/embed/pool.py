@@ -45,6 +45,7 @@ def _encoder_args(options: EmbedOptions, run: RunOptions) -> dict[str, Any]:
         "model": options.model,
         "normalize": options.normalize,
         "max_seq_length": options.max_seq_length,
+        "dims": options.dims,
         "batch_size": run.batch_size,
         "device": "cuda" if run.gpus_per_worker > 0 else "cpu",
         "backend": options.backend,

@@ -12,7 +12,25 @@ import fsspec
 import numpy as np
 
 from embedlib.exceptions import VectorError
+from embedlib.index.binary import BinaryIndex, is_binary_factory, is_binary_file
 from embedlib.storage import is_local
+
+AnyIndex = Any  # a faiss.Index, or a BinaryIndex (binary.py) behind the same calls
+
+
+def new_index(d: int, factory: str, metric: int) -> AnyIndex:
+    """An empty index of a factory string (binary ones: "BIVF{K}", "BFlat")."""
+    if is_binary_factory(factory):
+        return BinaryIndex.create(d, factory)
+    return faiss.index_factory(d, factory, metric)
+
+
+def nlist_of(index: AnyIndex) -> int:
+    """IVF lists of an index (0: not an IVF)."""
+    if isinstance(index, BinaryIndex):
+        return index.nlist
+    ivf = faiss.try_extract_index_ivf(index)
+    return int(ivf.nlist) if ivf is not None else 0
 
 
 def use_task_cpus() -> None:
@@ -41,36 +59,49 @@ def prepare_vectors(vectors: np.ndarray, metric: str, ids: list[str]) -> np.ndar
     return x / norms[:, None]
 
 
-def write_index(index: faiss.Index, fs: fsspec.AbstractFileSystem, path: str) -> None:
+def write_index(index: AnyIndex, fs: fsspec.AbstractFileSystem, path: str) -> None:
     """Write an index file; FAISS streams it to disk (a remote store gets a local temp
     file uploaded), never a serialized copy in memory (that doubled a merge's peak)."""
     if is_local(fs):
-        faiss.write_index(index, path)
+        _write_local(index, path)
         return
     with tempfile.TemporaryDirectory(prefix="embedlib-index-") as tmp:
         local = os.path.join(tmp, "index.faiss")
-        faiss.write_index(index, local)
+        _write_local(index, local)
         fs.put_file(local, path)
 
 
-def read_index_file(fs: fsspec.AbstractFileSystem, path: str) -> faiss.Index:
+def _write_local(index: AnyIndex, path: str) -> None:
+    if isinstance(index, BinaryIndex):
+        index.write(path)
+    else:
+        faiss.write_index(index, path)
+
+
+def _read_local(path: str, flags: int = 0) -> AnyIndex:
+    if is_binary_file(path):
+        return BinaryIndex.read(path, flags)
+    return faiss.read_index(path, flags)
+
+
+def read_index_file(fs: fsspec.AbstractFileSystem, path: str) -> AnyIndex:
     """Read a whole index into memory (a remote one through a local temp file)."""
     if is_local(fs):
-        return faiss.read_index(path)
+        return _read_local(path)
     with tempfile.TemporaryDirectory(prefix="embedlib-index-") as tmp:
         local = os.path.join(tmp, "index.faiss")
         fs.get_file(path, local)
-        return faiss.read_index(local)
+        return _read_local(local)
 
 
-def read_index_mmap(local_path: str) -> faiss.Index:
+def read_index_mmap(local_path: str) -> AnyIndex:
     """Open a local index file; IVF inverted lists are memory-mapped, not copied.
 
     IO_FLAG_MMAP_IFC maps the lists in place as plain array lists. (IO_FLAG_MMAP gives
     OnDiskInvertedLists instead, whose per-search prefetch threads cost ~0.5 ms a query:
     16x the search itself on a 200k-vector IVF shard.) Other index types ignore the flag
     and are read whole."""
-    return faiss.read_index(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
+    return _read_local(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
 
 
 def merge_topk(
@@ -87,8 +118,11 @@ def merge_topk(
     return np.take_along_axis(d, order, axis=1), np.take_along_axis(i, order, axis=1)
 
 
-def merge_into(target: faiss.Index, other: faiss.Index) -> None:
+def merge_into(target: AnyIndex, other: AnyIndex) -> None:
     """Append `other`'s vectors (with their ids) to `target`; both share one quantizer."""
+    if isinstance(target, BinaryIndex):
+        target.merge_from(other)
+        return
     ivf = faiss.try_extract_index_ivf(target)
     if ivf is not None:
         ivf.merge_from(faiss.extract_index_ivf(other), 0)
@@ -102,7 +136,10 @@ def search_params(
 ) -> Any:
     """Per-call search parameters (thread-safe; the index is not modified). `selector`
     (a faiss.IDSelector over external ids) restricts the search inside FAISS. `nprobe`
-    is clamped to the index's list count (more probes than lists search nothing more)."""
+    is clamped to the index's list count (more probes than lists search nothing more).
+    A binary index takes no selector (see binary.py)."""
+    if isinstance(index, BinaryIndex):
+        return index.search_params(nprobe)
     inner: Any = None
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None and (nprobe is not None or selector is not None):

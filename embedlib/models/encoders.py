@@ -50,6 +50,7 @@ class TextEncoder:
         device: str = "cpu",
         normalize: bool = True,
         max_seq_length: int | None = None,
+        dims: int | None = None,
         batch_size: int = 64,
         num_threads: int | None = None,
         backend: str = "auto",
@@ -72,6 +73,7 @@ class TextEncoder:
             self.fingerprint: ModelFingerprint = fingerprint_of(
                 self.model, name=model, normalize=normalize
             )
+            self.fingerprint = _cut(self.fingerprint, dims)
             return
         int8 = self.backend == "openvino"
         converted = converted_model(model, "int8" if int8 else "fp32")
@@ -83,6 +85,7 @@ class TextEncoder:
             max_seq_length=self.max_seq_length,
             precision=INT8_PRECISION if int8 else "fp32",
         )
+        self.fingerprint = _cut(self.fingerprint, dims)
 
     @property
     def dim(self) -> int:
@@ -149,10 +152,28 @@ class TextEncoder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
+        cut = self.fingerprint.dims
+        if cut is not None:  # Matryoshka: the leading dimensions, made unit length again
+            vectors = vectors[:, :cut]
+            if self.normalize or self.fingerprint.normalize:
+                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+                vectors = vectors / np.where(norms > 0, norms, 1)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         out[order] = vectors
         truncated = int((lengths > self.max_seq_length).sum())
         return out, truncated
+
+
+def _cut(fingerprint: ModelFingerprint, dims: int | None) -> ModelFingerprint:
+    """The fingerprint of a model's vectors cut to their first `dims` dimensions
+    (Matryoshka models are trained so that these stand alone)."""
+    if dims is None or (dims == fingerprint.dim and fingerprint.dims is None):
+        return fingerprint
+    if dims > fingerprint.dim:
+        raise ValueError(
+            f"--dims {dims} is more than the {fingerprint.dim} dimensions of model {fingerprint.name!r}"
+        )
+    return replace(fingerprint, dim=dims, dims=dims)
 
 
 def query_encoder(fingerprint: ModelFingerprint) -> TextEncoder:
@@ -162,6 +183,7 @@ def query_encoder(fingerprint: ModelFingerprint) -> TextEncoder:
         fingerprint.name,
         normalize=fingerprint.normalize,
         max_seq_length=fingerprint.max_seq_length,
+        dims=fingerprint.dims,
         backend=backend_for(fingerprint),
     )
     fingerprint.require_compatible(

@@ -61,6 +61,7 @@ class ModelFingerprint:
     normalize: bool
     max_seq_length: int
     precision: str = "fp32"
+    dims: int | None = None  # Matryoshka: the first `dims` of the model's dimensions kept
 
     @property
     def is_text_model(self) -> bool:
@@ -69,7 +70,10 @@ class ModelFingerprint:
         return self.precision != STATIC
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.dims is None:  # as fingerprints written before Matryoshka cuts read
+            del out["dims"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelFingerprint:

@@ -23,7 +23,8 @@ import faiss
 import numpy as np
 
 from embedlib.exceptions import QueryError
-from embedlib.index.faiss_ops import merge_topk, search_params
+from embedlib.index.binary import BinaryIndex
+from embedlib.index.faiss_ops import merge_topk, nlist_of, search_params
 from embedlib.index.store.docs import DocsLookup, ShardDocs
 from embedlib.index.store.version import IndexVersion, SearchParams
 from embedlib.search.filters import Filter, filter_mask
@@ -64,8 +65,8 @@ class IndexShard:
         postings: ShardPostings | None = None,
     ) -> None:
         self.index, self.docs, self.metric, self.postings = index, docs, metric, postings
-        ivf = faiss.try_extract_index_ivf(index)
-        self.nlist = int(ivf.nlist) if ivf is not None else 0
+        self.nlist = nlist_of(index)
+        self.binary = isinstance(index, BinaryIndex)
         self._unfiltered: dict[tuple[int | None, int | None], Any] = {}
 
     def _params(self, params: SearchParams) -> Any:
@@ -104,6 +105,13 @@ class IndexShard:
         rows = np.flatnonzero(mask)
         if len(rows) <= EXACT_FILTER_LIMIT:
             return self._exact(x, task.k, rows)
+        if self.binary:
+            found = self._post_filtered(x, depth, params, mask, len(rows))
+            return (
+                self._rescored(x, found, task.k)
+                if factor
+                else merge_topk([found], task.k, self.metric)
+            )
         allowed = self.docs.iids[rows]
         selector = faiss.IDSelectorBatch(allowed.astype(np.int64))
         # fewer matching rows spread over the same lists: probe proportionally more
@@ -113,6 +121,24 @@ class IndexShard:
         p = search_params(self.index, nprobe=nprobe, ef_search=params.ef_search, selector=selector)
         found = self.index.search(x, depth, params=p)
         return self._rescored(x, found, task.k) if factor else found
+
+    def _post_filtered(
+        self, x: np.ndarray, depth: int, params: SearchParams, mask: np.ndarray, kept: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A binary index (no ID selector in FAISS's binary IVF): candidates fetched as
+        much deeper as the filter is selective (at most MAX_CANDIDATES), those it
+        rejects dropped."""
+        deeper = int(min(MAX_CANDIDATES, max(depth, np.ceil(2 * depth * len(mask) / kept))))
+        nprobe = params.nprobe
+        if self.nlist and nprobe is not None:
+            nprobe = min(self.nlist, int(np.ceil(nprobe * len(mask) / kept)))
+        d, i = self.index.search(
+            x, deeper, params=search_params(self.index, nprobe=nprobe, ef_search=None)
+        )
+        pos = self.docs.positions(i.ravel()).reshape(i.shape)
+        keep = (pos >= 0) & mask[np.maximum(pos, 0)]
+        d, i = np.where(keep, d, np.nan), np.where(keep, i, -1)
+        return merge_topk([(d, i)], depth, self.metric)
 
     def _rescored(
         self, x: np.ndarray, found: tuple[np.ndarray, np.ndarray], k: int

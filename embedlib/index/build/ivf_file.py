@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import faiss
 import numpy as np
+
+from embedlib.index.binary import BinaryIndex
 
 _LISTS = b"ilar"
 _EMPTY_LISTS_BYTES = 32  # "ilar", nlist, code size, "sprs", an empty size vector
@@ -30,9 +32,11 @@ class _Lists:
     sizes: np.ndarray  # entries per list
 
 
-def streamable(index: faiss.Index) -> bool:
+def streamable(index: Any) -> bool:
     """Whether files of this (trained, empty) index can be merged by `merge_ivf_files`:
-    an IVF whose file ends with its array inverted lists."""
+    an IVF whose file ends with its array inverted lists (binary ones merge in memory)."""
+    if isinstance(index, BinaryIndex):
+        return False
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is None or index.ntotal:
         return False

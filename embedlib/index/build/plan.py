@@ -27,12 +27,13 @@ from typing import Any, Literal
 import faiss
 
 from embedlib.exceptions import IndexPlanError
+from embedlib.index.binary import is_binary_factory
 from embedlib.index.store.vectors import VECTOR_DTYPES, VectorDtype
 from embedlib.options import Metric
 from embedlib.storage import human
 
-Compression = Literal["none", "sq8", "pq"]
-COMPRESSIONS: tuple[str, ...] = ("auto", "none", "sq8", "pq")
+Compression = Literal["none", "sq8", "pq", "binary"]
+COMPRESSIONS: tuple[str, ...] = ("auto", "none", "sq8", "pq", "binary")
 
 TINY = 10_000  # below this many vectors, exact search is fast enough
 MIN_POINTS_PER_CENTROID = 39
@@ -68,7 +69,9 @@ class IndexPlan:
     @property
     def compressed(self) -> bool:
         """Whether the index holds approximate codes (its distances need rescoring)."""
-        return any(code in self.factory for code in ("SQ", "PQ", "LSH", "RaBitQ"))
+        return is_binary_factory(self.factory) or any(
+            code in self.factory for code in ("SQ", "PQ", "LSH", "RaBitQ")
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> IndexPlan:
@@ -165,6 +168,8 @@ def _with_storage(plan: IndexPlan, n: int, store: str, rescore: int | str) -> In
         factor = int(rescore)
         if factor < 0:
             raise IndexPlanError(f"--rescore must be auto or a count >= 0; got {rescore!r}")
+        if factor == 0 and is_binary_factory(plan.factory):
+            raise IndexPlanError("binary codes are only candidates: they need --rescore >= 1")
     dtype: VectorDtype = (
         ("int8" if plan.compressed else "float32") if store == "auto" else store  # type: ignore[assignment]
     )
@@ -185,6 +190,8 @@ def _auto(n: int, d: int, metric: Metric, memory_budget: int, compress: str) -> 
         )
     k = _nlist(n)
     train = min(n, max(MIN_POINTS_PER_CENTROID * k, min(TRAIN_POINTS_PER_CENTROID * k, MAX_TRAIN)))
+    if compress == "binary":
+        return _binary(n, d, metric, memory_budget, k, train)
     centroids = k * d * 4
     flat = n * (4 * d + ID_BYTES) + centroids
     sq8 = n * (d + ID_BYTES) + centroids
@@ -217,6 +224,37 @@ def _auto(n: int, d: int, metric: Metric, memory_budget: int, compress: str) -> 
         f"IVF{k},PQ{m}x4fs", metric, k, train, pq_bytes,
         f"{why}; 4-bit PQ (fast scan) with {m // 2}-byte codes ({human(pq_bytes)}) {fits}, "
         f"SQ8 would need {human(sq8)}",
+    )  # fmt: skip
+
+
+def _binary(n: int, d: int, metric: Metric, budget: int, k: int, train: int) -> IndexPlan:
+    """Sign bits (d/8 bytes) in a binary IVF (flat below TINY vectors)."""
+    if metric == "l2":
+        raise IndexPlanError(
+            "binary codes approximate angles: use --metric cosine or dot with --compress binary"
+        )
+    if d % 8:
+        raise IndexPlanError(f"binary codes need a dimension divisible by 8; this set's is {d}")
+    code = d // 8
+    if n < TINY:
+        size = n * (code + ID_BYTES)
+        return IndexPlan(
+            "BFlat",
+            metric,
+            0,
+            0,
+            size,
+            f"N={n} < {TINY}: {code}-byte sign codes, searched exhaustively",
+        )
+    size = n * (code + ID_BYTES) + k * code
+    if size > budget:
+        raise IndexPlanError(
+            f"binary codes need {human(size)}, over the memory budget of {human(budget)}; "
+            "raise --memory-budget or use more serving shards on more machines"
+        )
+    return IndexPlan(
+        f"BIVF{k}", metric, k, train, size,
+        f"N={n}, d={d}: binary IVF with K={k} lists, {code}-byte sign codes ({human(size)}), trained on {train} vectors",
     )  # fmt: skip
 
 

@@ -9,10 +9,11 @@ import faiss
 import numpy as np
 
 from embedlib.distributed import map_tasks
+from embedlib.index.binary import BinaryIndex
 from embedlib.index.build.ivf_file import streamable
 from embedlib.index.build.plan import faiss_metric
 from embedlib.index.build.staging import BuildContext
-from embedlib.index.faiss_ops import prepare_vectors, use_task_cpus, write_index
+from embedlib.index.faiss_ops import new_index, prepare_vectors, use_task_cpus, write_index
 from embedlib.index.store.vectors import VectorCodec
 from embedlib.options import RunOptions
 from embedlib.sets.sources import RowRange, VectorSource, read_range
@@ -51,7 +52,7 @@ def train_index(
     Returns whether its partial files can be merged list by list on disk, and the vector
     files' codec (an int8 one calibrated on the same sample)."""
     use_task_cpus()
-    index = faiss.index_factory(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
+    index = new_index(ctx.dim, ctx.plan.factory, faiss_metric(ctx.metric))
     x = np.zeros((0, ctx.dim), np.float32)
     if picks and (not index.is_trained or ctx.plan.store_vectors == "int8"):
         with ThreadPoolExecutor(faiss.omp_get_max_threads()) as pool:
@@ -65,7 +66,7 @@ def train_index(
         del samples
         x = prepare_vectors(x, ctx.metric, ids)
     if not index.is_trained:
-        ivf = faiss.try_extract_index_ivf(index)
+        ivf = index.ivf if isinstance(index, BinaryIndex) else faiss.try_extract_index_ivf(index)
         if ivf is not None:
             ivf.cp.seed = seed
         index.train(x)

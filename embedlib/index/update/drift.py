@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import fsspec
 import numpy as np
 import pyarrow.parquet as pq
 
+from embedlib.index.binary import BinaryIndex
 from embedlib.index.store.docs import IID
 from embedlib.index.store.vectors import read_vector_rows
 from embedlib.index.store.version import IndexManifest
@@ -59,8 +61,8 @@ def kept_sample(
     return np.concatenate(blocks)[:SAMPLE] if blocks else np.zeros((0, 1), np.float32)
 
 
-def imbalance(index: faiss.Index) -> float:
-    ivf = faiss.try_extract_index_ivf(index)
+def imbalance(index: Any) -> float:
+    ivf = index.ivf if isinstance(index, BinaryIndex) else faiss.try_extract_index_ivf(index)
     if ivf is None or ivf.ntotal == 0:
         return 1.0
     lists = ivf.invlists

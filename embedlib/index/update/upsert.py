@@ -46,6 +46,7 @@ from embedlib.embed.corpus.read import ROW, RawBatch
 from embedlib.embed.documents import ID, TEXT_HASH, VECTOR, DocumentSpec, prepare, text_hash
 from embedlib.embed.job import embed_corpus
 from embedlib.exceptions import EmbedlibError, ModelMismatchError, SourceError
+from embedlib.index.binary import BinaryIndex
 from embedlib.index.build.lexical import write_lexical
 from embedlib.index.faiss_ops import prepare_vectors, read_index_file, write_index
 from embedlib.index.store.docs import IID, NOT_METADATA
@@ -410,6 +411,7 @@ def _embed(
     options = EmbedOptions(
         model=fingerprint.name, text_column=spec.text_column, id_column=ID,
         normalize=fingerprint.normalize, max_seq_length=fingerprint.max_seq_length,
+        dims=fingerprint.dims,
         backend=backend_for(fingerprint), metric=manifest.metric,
         chunking="auto" if chunking else "none",
         chunk_tokens=chunking.get("chunk_tokens") if chunking else None,
@@ -447,7 +449,11 @@ def _write_version(
     shards = manifest.shards
     indexes = [read_index_file(fs, posixpath.join(version_path, s.file)) for s in shards]
     before = [imbalance(ix) for ix in indexes]
-    ivf = faiss.try_extract_index_ivf(indexes[0]) is not None
+    # drift compares distances to the float quantizer: none for binary codes
+    ivf = (
+        not isinstance(indexes[0], BinaryIndex)
+        and faiss.try_extract_index_ivf(indexes[0]) is not None
+    )
     kept = kept_sample(fs, version_path, manifest, remove) if ivf and len(vectors) else None
     iids = np.arange(next_iid, next_iid + len(vectors), dtype=np.int64)
     removed = [int(ix.remove_ids(faiss.IDSelectorBatch(np.fromiter(remove, np.int64))))
