@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import stat
 import tempfile
 import time
@@ -30,6 +31,8 @@ CHUNK = 1 << 22
 # a file used this recently is never evicted: another process sharing the folder (a
 # replica on the same node) may have just been handed its path and not opened it yet
 EVICT_GRACE_S = 60.0
+INCOMING_STALE_S = 3600.0  # a partial copy this old was left by a process that died
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def cache_root() -> Path:
@@ -80,6 +83,11 @@ class FileCache:
     def get(self, fs: fsspec.AbstractFileSystem, path: str, sha256: str) -> str:
         """A local copy of `path` whose content has that sha256 (copied and verified on a
         miss); StorageError if the file's bytes do not match its checksum."""
+        if not _SHA256.fullmatch(sha256 or ""):
+            raise StorageError(
+                f"the manifest lists {sha256!r} as the sha256 of {fs.unstrip_protocol(path)!r}: "
+                "not 64 hex digits; the manifest is damaged"
+            )
         folder = private_dir(self.folder)
         name = Path(path).name
         target = folder / f"{sha256}-{name}"
@@ -113,7 +121,11 @@ class FileCache:
         recent = time.time() - self.grace_s
         files = []
         for entry in os.scandir(self.folder):
-            if entry.is_file() and not entry.name.startswith(".incoming-"):
+            if entry.is_file() and entry.name.startswith(".incoming-"):
+                # a copy a killed process left: removed once no copy could still be running
+                if entry.stat().st_mtime < time.time() - INCOMING_STALE_S:
+                    Path(entry.path).unlink(missing_ok=True)
+            elif entry.is_file():
                 info = entry.stat()
                 files.append((info.st_mtime, info.st_size, Path(entry.path)))
         total = sum(size for _, size, _ in files)

@@ -19,6 +19,17 @@ from embedlib.exceptions import ClientError
 from embedlib.search.query import Hit, Query, VectorBatch
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Redirects are not followed: urllib would send the API key (Authorization) on to
+    whatever host the redirect names. A redirect answers as the HTTP error it is."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 class Client:
     """Talk to `embedlib serve` at `url` (e.g. http://127.0.0.1:8000); searches and writes
     address `collection` (None: the server's default collection)."""
@@ -49,7 +60,7 @@ class Client:
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.url + path, data=data, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with _OPENER.open(request, timeout=self.timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             raw = e.read()

@@ -37,7 +37,8 @@ def test_a_damaged_remote_file_is_refused_and_never_enters_the_cache(memfs, tmp_
     cache = tmp_path / "cache"
     with pytest.raises(StorageError, match="does not match the checksum"):
         ShardedIndex(f"{url}/idx", cache=FileCache(cache, budget_bytes=10**9))
-    assert list(cache.iterdir()) == []  # nothing kept, no partial download
+    kept = [p.name for p in cache.iterdir()]  # the damaged file not kept, no partial copy
+    assert not [n for n in kept if n.endswith(entry.file) or n.startswith(".")], kept
     # the copy verified before the damage is still served from the other cache
     again = ShardedIndex(f"{url}/idx", cache=FileCache(tmp_path / "good", budget_bytes=10**9))
     assert len(again.search(rng.standard_normal((1, 8)).astype(np.float32), 3)[0]) == 3
@@ -92,3 +93,22 @@ def test_the_cache_folder_is_private(tmp_path):
     folder.chmod(0o755)
     private_dir(folder)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_leftover_partial_copies_are_cleaned_and_a_bad_checksum_name_is_refused(memfs, tmp_path):
+    """A `.incoming-*` copy left by a killed process goes once it is an hour old (a fresh
+    one may still be written); a manifest's sha256 that is not 64 hex digits (it becomes
+    part of a file name) is refused before anything is copied."""
+    fs, url = memfs
+    fs.pipe(f"{url}/a.bin", b"x" * 100)
+    cache = FileCache(tmp_path / "c", budget_bytes=10**9)
+    folder = private_dir(tmp_path / "c")
+    old, fresh = folder / ".incoming-old", folder / ".incoming-fresh"
+    old.write_bytes(b"partial")
+    fresh.write_bytes(b"partial")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    cache.get(fs, f"{url}/a.bin", hashlib.sha256(b"x" * 100).hexdigest())
+    assert not old.exists() and fresh.exists()
+    for bad in ("../../etc/passwd", "", "A" * 64):
+        with pytest.raises(StorageError, match="not 64 hex digits"):
+            cache.get(fs, f"{url}/a.bin", bad)

@@ -141,3 +141,18 @@ def test_bad_k_is_refused(glove20k, tmp_path):
         cluster_vectors(str(glove20k), str(tmp_path / "x"), k=30_000, run=LOCAL)
     with pytest.raises(EmbedlibError, match="between 1 and the number of vectors"):
         cluster_vectors(str(glove20k), str(tmp_path / "x"), k=0, run=LOCAL)
+
+
+def test_a_map_of_one_document_draws_one_point(tmp_path):
+    """One document: clustered into one cluster, drawn at the origin (PCA); UMAP, which
+    needs a few points, is refused naming --projection pca."""
+    table = pa.table({"id": ["only"], "vector": pa.FixedSizeListArray.from_arrays(
+        pa.array(np.arange(1, 17, dtype=np.float32)), 16)})  # fmt: skip
+    (tmp_path / "set").mkdir()
+    pq.write_table(table, tmp_path / "set" / "part.parquet")
+    report = draw_map(str(tmp_path / "set"), str(tmp_path / "map"), run=LOCAL)
+    points = pq.read_table(tmp_path / "map" / "points.parquet").to_pylist()
+    assert report.points == 1 and points == [{"id": "only", "x": 0.0, "y": 0.0, CLUSTER: 0}]
+    assert (tmp_path / "map" / "map.png").stat().st_size > 0
+    with pytest.raises(EmbedlibError, match="--projection pca"):
+        draw_map(str(tmp_path / "set"), str(tmp_path / "umap"), projection="umap", run=LOCAL)

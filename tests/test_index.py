@@ -355,6 +355,38 @@ def test_compressed_codes_rescored_answer_the_same_on_any_shard_count(
     assert (answers[0] == answers[1]).mean() > 0.99  # ties in dequantized scores may swap
 
 
+def test_binary_codes_are_rescored_filtered_and_refused_for_l2(tmp_path):
+    """Sign bits in a binary IVF: tuned to the target with rescoring, the same top 10 on
+    1 and 3 shards, a filter keeping a third of the rows applied (FAISS's binary IVF
+    takes no ID selector), and refused for l2 (binary codes approximate angles)."""
+    rng = np.random.default_rng(5)
+    n, d = 30_000, 64
+    centers = rng.standard_normal((100, d)).astype(np.float32)
+    x = centers[rng.integers(0, 100, n)] + 0.6 * rng.standard_normal((n, d)).astype(np.float32)
+    tag = np.arange(n) % 3
+    table = pa.table({"id": [f"r{i}" for i in range(n)], "tag": tag,
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), d)})  # fmt: skip
+    pq.write_table(table, tmp_path / "v.parquet")
+    answers = []
+    for shards in (1, 3):
+        options = IndexOptions(compress="binary", shards=shards)
+        report = build_index(
+            str(tmp_path / "v.parquet"), str(tmp_path / f"b{shards}"), options=options, run=LOCAL
+        )
+        assert report.factory.startswith("BIVF") and report.recall_met
+        index = ShardedIndex(str(tmp_path / f"b{shards}"))
+        assert index.manifest.vectors.dtype == "int8"
+        q = index.prepare_queries(x[:20] + 0.1)
+        answers.append(index.search_ids(q, 10, nprobe=10_000, rescore=64)[1])
+        hits = index.search(x[:5], 10, filter={"tag": 1}, nprobe=10_000)
+        assert all(len(row) == 10 and all(int(h.id[1:]) % 3 == 1 for h in row) for row in hits)
+    assert (answers[0] == answers[1]).mean() > 0.99
+    with pytest.raises(IndexPlanError, match="use --metric cosine or dot"):
+        plan_index(n, d, metric="l2", memory_budget=10**9, compress="binary")
+    with pytest.raises(IndexPlanError, match="need --rescore >= 1"):
+        plan_index(n, d, metric="cosine", memory_budget=10**9, compress="binary", rescore=0)
+
+
 def test_missed_recall_warns_or_fails_with_strict_recall(tmp_path, glove):
     _, words, vectors = glove
     src = _write_vectors(tmp_path / "v.parquet", vectors[:12000], words[:12000])

@@ -103,13 +103,17 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
     assert again.version is None and again.kept == 375
 
 
-def test_an_update_of_a_compressed_index_rewrites_its_vector_files(versions, tmp_path):
-    """SQ8 codes with int8 vector files: an update keeps the calibrated ranges, copies the
-    unchanged documents' stored vectors bit for bit, and with every candidate rescored
-    the updated index ranks as brute force over the vectors it stores."""
+@pytest.mark.parametrize(
+    "options",
+    [IndexOptions(factory="IVF8,SQ8", shards=2), IndexOptions(compress="binary", shards=2)],
+    ids=["sq8", "binary"],
+)
+def test_an_update_of_a_compressed_index_rewrites_its_vector_files(versions, tmp_path, options):
+    """SQ8 or binary codes with int8 vector files: an update keeps the calibrated ranges,
+    copies the unchanged documents' stored vectors bit for bit, and with every candidate
+    rescored the updated index ranks as brute force over the vectors it stores."""
     root, (_v1, v2) = versions
     index = str(tmp_path / "idx")
-    options = IndexOptions(factory="IVF8,SQ8", shards=2)
     build_index(str(root / "emb1"), index, options=options, run=LOCAL)
     old = ShardedIndex(index)
     assert old.manifest.vectors is not None and old.manifest.vectors.dtype == "int8"

@@ -59,6 +59,9 @@ class MapReport:
         return "\n".join(lines)
 
 
+UMAP_MIN_POINTS = 4  # UMAP's spectral start needs a few more points than components
+
+
 def draw_map(
     source: str,
     out: str,
@@ -159,6 +162,11 @@ def _project(
     """2-D coordinates, by UMAP when given, else by PCA with the share of the variance
     they keep."""
     if umap is not None:
+        if len(x) < UMAP_MIN_POINTS:
+            raise EmbedlibError(
+                f"UMAP needs at least {UMAP_MIN_POINTS} points, the set has {len(x)}; "
+                "use --projection pca"
+            )
         reducer = umap.UMAP(
             n_components=2,
             metric="cosine" if metric == "cosine" else "euclidean",
@@ -171,7 +179,10 @@ def _project(
     _, s, vt = np.linalg.svd(centered, full_matrices=False)
     variance = s**2
     explained = float(variance[:2].sum() / variance.sum()) if variance.sum() > 0 else 1.0
-    return (centered @ vt[:2].T).astype(np.float32), explained
+    xy = (centered @ vt[:2].T).astype(np.float32)
+    if xy.shape[1] < 2:  # one point (or one dimension): the rest of the plane is 0
+        xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
+    return xy, explained
 
 
 def _png(
