@@ -65,6 +65,8 @@ def ensure_ray(address: str | None, *, dashboard: bool = False, **init_options: 
             address = "local"  # nothing to join: Ray would start one anyway
     if address == "local":
         init_options = {"include_dashboard": dashboard, **init_options}
+    else:  # options of a new instance only
+        init_options.pop("_system_config", None)
     if "runtime_env" in init_options:
         init_options["runtime_env"] = _beside_job_env(init_options["runtime_env"])
     ray.init(address=address, **{"log_to_driver": True, **init_options})

@@ -75,16 +75,34 @@ def _metric(prefix: str, name: str, at_least: float, **labels: str) -> float:
         time.sleep(1)
 
 
-def _query_until(done: threading.Event, failures: list[int], prefix: str = ""):
-    """A loop for a thread: search until `done` is set, noting every non-200 status."""
+class _QueryLoop:
+    """A thread's loop: search until `done` is set, counting the answers and noting every
+    failure: a status other than 200, or a request that got no answer at all (refused,
+    reset, timed out: urllib raises an OSError)."""
 
-    def loop() -> None:
-        while not done.is_set():
-            status, _ = _request(f"{prefix}/v1/search", {"query": "cheap shoes", "k": 2})
-            if status != 200:
-                failures.append(status)
+    def __init__(self, done: threading.Event, prefix: str = "") -> None:
+        self.done, self.prefix = done, prefix
+        self.answered = 0
+        self.failures: list[object] = []
+        self._lock = threading.Lock()
 
-    return loop
+    def __call__(self) -> None:
+        while not self.done.is_set():
+            try:
+                status, _ = _request(f"{self.prefix}/v1/search", {"query": "cheap shoes", "k": 2})
+                failed: object = None if status == 200 else status
+            except OSError as e:
+                failed = f"{type(e).__name__}: {e}"
+            with self._lock:
+                if failed is None:
+                    self.answered += 1
+                else:
+                    self.failures.append(failed)
+
+    def check(self, at_least: int) -> None:
+        """Every request answered 200, and enough were made for that to mean something."""
+        assert self.failures == [], self.failures[:5]
+        assert self.answered >= at_least, f"only {self.answered} requests were answered"
 
 
 @pytest.fixture(scope="module")
@@ -418,9 +436,8 @@ def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
             if "ShardSearcher" in a["name"]
         ]
         assert len(names) == 2, names
-        failures: list[int] = []
         done = threading.Event()
-        query_loop = _query_until(done, failures, prefix="/grouped")
+        query_loop = _QueryLoop(done, prefix="/grouped")
         threads = [threading.Thread(target=query_loop) for _ in range(2)]
         for t in threads:
             t.start()
@@ -430,7 +447,7 @@ def test_queries_keep_succeeding_while_a_searcher_replica_dies(served):
         done.set()
         for t in threads:
             t.join()
-        assert failures == []
+        query_loop.check(at_least=10)
         answer = _request("/grouped/v1/search", {"query": "cheap shoes", "k": 1})[1]
         assert answer["results"][0]["id"] == "2"
         _assert_answers_like_the_library(served, "/grouped")
@@ -602,8 +619,9 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
             time.sleep(0.3)
         raise AssertionError(f"write {write_id} did not finish")
 
-    done, failures = threading.Event(), []
-    thread = threading.Thread(target=_query_until(done, failures, "/upd"))
+    done = threading.Event()
+    query_loop = _QueryLoop(done, "/upd")
+    thread = threading.Thread(target=query_loop)
     thread.start()
     try:
         new = {"id": "9", "text": "volcanoes erupt with lava and ash", "metadata": {"lang": "en"}}
@@ -644,7 +662,7 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
         done.set()
         thread.join()
         serve.delete("upd")
-    assert failures == []
+    query_loop.check(at_least=10)
 
 
 def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_path):
@@ -757,9 +775,8 @@ def test_reload_switches_to_a_new_version_without_dropping_requests(served):
     assert _request("/v1/admin/reload", {}, key=None)[0] == 401
     assert _request("/v1/admin/reload", {}) == (200, {"reloading": False, "version": "v-00001"})
     build_index(str(root / "emb2"), str(served), run=LOCAL)
-    failures: list[int] = []
     done = threading.Event()
-    query_loop = _query_until(done, failures)
+    query_loop = _QueryLoop(done)
     loop = threading.Thread(target=query_loop)
     loop.start()
     try:
@@ -775,7 +792,7 @@ def test_reload_switches_to_a_new_version_without_dropping_requests(served):
     finally:
         done.set()
         loop.join()
-    assert failures == []
+    query_loop.check(at_least=10)
     assert (
         _request("/v1/search", {"query": "quantum physics class", "k": 1})[1]["results"][0]["id"]
         == "7"
@@ -928,6 +945,22 @@ def test_watch_keeps_serving_through_a_broken_version_and_moves_on(tmp_path):
     assert watcher.next_version() is None and watcher.failures == 0
     build_index(str(tmp_path / "v.parquet"), str(root), run=LOCAL)
     assert watcher.next_version() == published_version(str(root)) != "v-00001"
+
+
+def test_watch_outlives_an_error_a_storage_client_raises_its_own_way(tmp_path, monkeypatch):
+    """gcsfs raises HttpError (neither OSError nor ValueError): the watcher keeps the
+    served version and retries, instead of ending `embedlib serve --watch`."""
+    import embedlib.serve.run as run_module
+
+    class HttpError(Exception):  # as gcsfs.retry.HttpError: a plain Exception
+        pass
+
+    def unreachable(*args, **kwargs):
+        raise HttpError("503 backend error")
+
+    monkeypatch.setattr(run_module, "published_version", unreachable)
+    watcher = run_module.VersionWatcher(str(tmp_path), "v-00001", {})
+    assert watcher.next_version() is None and watcher.failures == 1
 
 
 def test_named_collections_behind_one_server(served, tmp_path):

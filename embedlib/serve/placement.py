@@ -9,11 +9,12 @@ replicas and merge their top-k.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, Protocol
 
 import numpy as np
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import RayActorError, RayError
 
 from embedlib.index.faiss_ops import merge_topk
 from embedlib.index.store.version import IndexVersion
@@ -26,6 +27,7 @@ from embedlib.search.shards import SearchTask
 INLINE_SEARCH_ROWS = 16  # smaller unfiltered searches run on the event loop, larger in a thread
 INLINE_LEXICAL_ROWS = 200_000  # ... BM25 searches too, over indexes of at most this many rows
 RETRIES = 3  # calls to a searcher replica that died mid-call
+READY_CACHE_S = 1.0  # /readyz answers from the last fan-out this recent
 
 
 class Placement(AsyncPlacement, Protocol):
@@ -89,6 +91,7 @@ class RemotePlacement:
         self.searcher = Searcher.open(version)
         self.manifest = version.manifest
         self.searchers, self.encoder = searchers, encoder
+        self._ready, self._ready_at = False, -READY_CACHE_S
 
     def _encoder(self) -> Any:
         require_text_model(self.manifest)
@@ -107,14 +110,22 @@ class RemotePlacement:
         return merge_topk(parts, task.k, self.manifest.metric)
 
     async def ready(self) -> bool:
+        """Whether every searcher and the encoder answer a ping; the answer is kept for
+        READY_CACHE_S, so probes that come often do not fan out each time. A dead
+        replica (Ray raises its error) is "not ready", not an error."""
+        now = time.monotonic()
+        if now - self._ready_at < READY_CACHE_S:
+            return self._ready
         calls = [s.ping.remote() for s in self.searchers]
         if self.encoder is not None:
             calls.append(self.encoder.ping.remote())
         try:
             await asyncio.wait_for(asyncio.gather(*calls), timeout=5)
-        except (TimeoutError, RuntimeError):
-            return False
-        return True
+            ready = True
+        except (TimeoutError, RuntimeError, RayError):
+            ready = False
+        self._ready, self._ready_at = ready, time.monotonic()
+        return ready
 
 
 async def _with_retry(method: Any, *args: Any) -> Any:

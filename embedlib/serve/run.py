@@ -43,6 +43,9 @@ HAPROXY_ENV = {
     "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
 }
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+# a server's own Ray instance starts no idle worker ahead of time (one held 80 MB
+# resident for nothing: Serve starts its actors' workers itself)
+SERVER_RAY_CONFIG = {"enable_worker_prestart": False, "prestart_worker_first_driver": False}
 WATCH_BACKOFF_S = (5.0, 300.0)  # a version that cannot be opened: first and longest wait
 
 
@@ -93,7 +96,9 @@ class VersionWatcher:
                 self.failures = 0
                 return None
             servable_version(self.index, now, self.storage_options)
-        except (OSError, ValueError, EmbedlibError) as e:
+        except Exception as e:  # noqa: BLE001  storage clients raise their own (gcsfs: HttpError)
+            # the watcher must outlive any error of the storage it polls: logged, counted,
+            # retried with a growing wait; the served version stays
             self.failed(e)
             return None
         self.failures, self.retry_at = 0, 0.0
@@ -106,7 +111,8 @@ class VersionWatcher:
             self.notify("watch_failed")
         first, longest = WATCH_BACKOFF_S
         wait = min(longest, first * 2 ** (self.failures - 1))
-        log.warning("--watch: keeping %s: %s (retrying in %.0f s)", self.served, error, wait)
+        log.warning("--watch: keeping %s: %s: %s (retrying in %.0f s)", self.served,
+                    type(error).__name__, error, wait)  # fmt: skip
         self.retry_at = time.monotonic() + wait
 
 
@@ -205,7 +211,8 @@ def serve_index(
     if ingress == "haproxy" and (stopped := stop_orphaned_haproxy()):
         log.warning("stopped HAProxy processes left by a Ray instance that is gone: %s", stopped)
     if not ray.is_initialized():
-        ensure_ray(address, dashboard=dashboard, log_to_driver=False, runtime_env={"env_vars": env})
+        ensure_ray(address, dashboard=dashboard, log_to_driver=False, runtime_env={"env_vars": env},
+                   _system_config=SERVER_RAY_CONFIG)  # fmt: skip
     started_ray = _is_local_instance(ray)
     stop = threading.Event()
     previous = {
