@@ -624,6 +624,11 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
     thread = threading.Thread(target=query_loop)
     thread.start()
     try:
+        # metadata may not overwrite the row's own columns, nor change a column's type
+        for bad in ({"id": "2"}, {"_iid": 3}, {"year": 1.5}, {"year": "soon"}):
+            doc = {"id": "9", "text": "volcanoes", "metadata": bad}
+            status, body = _request("/upd/v1/upsert", {"documents": [doc]})
+            assert status == 422 and next(iter(bad)) in body["error"]["message"], (bad, body)
         new = {"id": "9", "text": "volcanoes erupt with lava and ash", "metadata": {"lang": "en"}}
         status, body = _request("/upd/v1/upsert", {"documents": [new]})
         assert status == 202 and body["status"] in ("queued", "running"), body

@@ -312,3 +312,33 @@ def test_a_metadata_only_upsert_is_applied_without_embedding(versions, tmp_path)
     assert after.manifest.ntotal == before.manifest.ntotal
     again = update_index(index, upserts=upserts, delta=True, run=LOCAL)
     assert again.version is None and again.changed == 0
+
+
+def test_a_value_that_does_not_fit_its_column_is_refused_and_loses_nothing(versions, tmp_path):
+    """An int64 column holding 2**53 + 1: an upsert sending 1.5 for it used to widen the
+    column to float64, fail to convert the old rows and drop them all while reporting
+    done. The column keeps its type: the value is refused naming column and value, and
+    nothing is published."""
+    import pyarrow as pa
+
+    from embedlib.exceptions import SourceError
+
+    root, (v1, _v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat", shards=2),
+                run=LOCAL)  # fmt: skip
+    text = {r["id"]: r["text"] for r in map(json.loads, Path(v1).read_text().splitlines())}
+    big = 2**53 + 1
+    update_index(index, upserts=pa.table({"id": ["d7"], "text": [text["d7"]], "n": [big]}),
+                 delta=True, run=LOCAL)  # fmt: skip
+    current = (tmp_path / "idx" / "CURRENT").read_text()
+    for bad, kind in ((1.5, None), ("seven", None), (2**63, pa.uint64())):
+        upserts = pa.table({"id": ["d8"], "text": [text["d8"]], "n": pa.array([bad], kind)})
+        with pytest.raises(SourceError, match=rf"metadata 'n': the value {bad!r} does not fit"):
+            update_index(index, upserts=upserts, delta=True, run=LOCAL)
+    assert (tmp_path / "idx" / "CURRENT").read_text() == current  # nothing published
+    after = ShardedIndex(index)
+    assert after.manifest.ntotal == 360
+    hit = after.search_text([text["d7"]], k=1, include=["metadata"])[0][0]
+    assert hit.id == "d7" and hit.metadata == {"n": big}  # exact: still int64
+    assert after.search_text([text["d9"]], k=1)[0][0].id == "d9"  # the shards' other rows

@@ -15,6 +15,7 @@ from embedlib.exceptions import VectorError
 from embedlib.index.binary import BinaryIndex, is_binary_factory, is_binary_file
 from embedlib.storage import is_local
 
+FAST_SCAN_FOURCC = b"IwPf"  # how FAISS files start an IndexIVFPQFastScan
 AnyIndex = Any  # a faiss.Index, or a BinaryIndex (binary.py) behind the same calls
 
 
@@ -104,9 +105,8 @@ def read_index_mmap(local_path: str) -> AnyIndex:
     resident beside the copy (2x the codes: 1.3 GB of a 10M-vector server's 1.8 GB
     gateway), so those are read, not mapped. Other index types ignore the flag and are
     read whole."""
-    if not is_binary_file(local_path):
-        header = faiss.read_index(local_path, faiss.IO_FLAG_SKIP_IVF_DATA)
-        if isinstance(faiss.downcast_index(header), faiss.IndexIVFFastScan):
+    with open(local_path, "rb") as fh:
+        if fh.read(4) == FAST_SCAN_FOURCC:
             return faiss.read_index(local_path)
     return _read_local(local_path, faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY)
 

@@ -21,6 +21,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -32,6 +33,7 @@ from embedlib.exceptions import (
     ApiError,
     QueryError,
     RecommendError,
+    SourceError,
 )
 from embedlib.index.store.layout import has_version, published_version
 from embedlib.models.encoders import QueryModels
@@ -71,6 +73,7 @@ from embedlib.serve.schemas import (
     check_hits,
 )
 from embedlib.serve.writes import keeper
+from embedlib.sets.columns import fitted_schema, unify_schemas
 from embedlib.uses.recommend import Recommender
 
 PAGE_HEADERS = {
@@ -275,6 +278,8 @@ class Gateway:
         it as a Ray task and switches the app to the version it publishes; 202 with the
         write's id at once."""
         self._require_key("writes")
+        if documents:
+            _check_fits(c, documents)
         record = await self._keeper().submit.remote(
             c.name, [d.model_dump() for d in documents], deletes,
             c.manifest.text_column or "text",
@@ -374,6 +379,22 @@ class Gateway:
             if not await c.placement.ready():
                 raise ApiError(503, "not_ready", f"not every shard of {c.name!r} answers yet")
         return {"ready": True}
+
+
+def _check_fits(c: ServedCollection, documents: list[UpsertDocument]) -> None:
+    """Refuse (422) an upsert whose metadata would overwrite the text column or does not
+    fit the types of the index's columns, before it is queued: nothing is published."""
+    text_column = c.manifest.text_column or "text"
+    for d in documents:
+        if text_column in d.metadata:
+            raise ApiError(422, "reserved_metadata", f"metadata key {text_column!r} is the "
+                           "index's text column; send the text as `text`")  # fmt: skip
+    schema = unify_schemas([docs.schema for docs in c.searcher.docs.shards])
+    rows = pa.Table.from_pylist([d.metadata for d in documents])
+    try:
+        fitted_schema(schema, rows)
+    except SourceError as e:
+        raise ApiError(422, "metadata_type", str(e)) from None
 
 
 def _app_name() -> str:

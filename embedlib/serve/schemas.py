@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from embedlib.exceptions import QueryError
+from embedlib.index.store.docs import NOT_METADATA
 from embedlib.search.query import MAX_K, Hit, Include, Query, VectorBatch
 
 # What one request may cost, beyond what one query may ask (search/query.py): each
@@ -26,6 +27,11 @@ MAX_BATCH_VECTORS = 10_000
 MAX_HITS = 100_000  # hits one request asks for: queries (or vectors) x k
 MAX_VECTOR_HITS = 10_000  # hits with `include: ["vector"]`, per request
 MAX_EMBED_CHARS = 2_000_000  # the texts of one /v1/embeddings request, together
+MAX_METADATA_KEYS = 64  # metadata keys of one upserted document (each becomes a column)
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 10_000
+# names the docs tables use themselves: metadata under them would overwrite the row's own
+RESERVED_COLUMNS = frozenset({"id", "text", "vector", *NOT_METADATA})
 
 
 def check_hits(requests: list[tuple[int, int, bool]]) -> None:
@@ -122,7 +128,34 @@ class UpsertDocument(BaseModel):
 
     id: str = Field(min_length=1)
     text: str = Field(min_length=1)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description=f"at most {MAX_METADATA_KEYS} keys of up to {MAX_METADATA_KEY_CHARS} "
+        f"characters; values null, booleans, numbers or strings of up to "
+        f"{MAX_METADATA_VALUE_CHARS} characters; not the names the index uses itself",
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _plain_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key, item in value.items():
+            if key in RESERVED_COLUMNS or key.startswith("_"):
+                raise ValueError(
+                    f"metadata key {key!r} is a name the index uses itself "
+                    f"({', '.join(sorted(RESERVED_COLUMNS))}, and names starting with _)"
+                )
+            if not key or len(key) > MAX_METADATA_KEY_CHARS:
+                raise ValueError(f"metadata keys have 1 to {MAX_METADATA_KEY_CHARS} characters")
+            if item is not None and not isinstance(item, bool | int | float | str):
+                raise ValueError(
+                    f"metadata {key!r}: a value is null, a boolean, a number or a string"
+                )
+            if isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS:
+                raise ValueError(
+                    f"metadata {key!r}: a string of up to {MAX_METADATA_VALUE_CHARS} characters"
+                )
+        return value
 
 
 class UpsertRequest(BaseModel):

@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from embedlib.exceptions import SourceError
+
 
 def vector_array(vectors: np.ndarray, dtype: str) -> pa.FixedSizeListArray:
     """An (n, d) matrix as an Arrow fixed_size_list<float32|float16>[d] array."""
@@ -73,3 +75,34 @@ def _text(value: Any) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return json.dumps(value, default=str)
+
+
+def fitted_schema(schema: pa.Schema, rows: pa.Table) -> pa.Schema:
+    """The docs schema that takes `rows`: each column keeps the type the index gave it
+    (a value that does not fit it exactly is refused, naming the column and the value:
+    1.5 in an integer column, 2**63 in int64, a string in a number column, an integer
+    that float64 would round); a new metadata column is appended."""
+    for name in rows.column_names:
+        if name not in schema.names:
+            continue
+        column, want = rows.column(name), schema.field(name).type
+        if column.type == want or pa.types.is_null(column.type):
+            continue
+        try:
+            column.cast(want, safe=True)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):
+            bad = next((v for v in column.to_pylist() if not _fits(v, want)), column.type)
+            raise SourceError(
+                f"metadata {name!r}: the value {bad!r} does not fit the index's {want} column "
+                "exactly; send a value of that type (an index keeps one type per column)"
+            ) from None
+    extra = [rows.schema.field(n) for n in rows.column_names if n not in schema.names]
+    return pa.schema([*schema, *extra])
+
+
+def _fits(value: Any, want: pa.DataType) -> bool:
+    try:
+        pa.array([value]).cast(want, safe=True)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError):
+        return False
+    return True

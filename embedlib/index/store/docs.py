@@ -60,7 +60,8 @@ class ShardDocs:
         self.vector_file = vector_file
         with fs.open(path, "rb") as fh:
             pf = pq.ParquetFile(fh)
-            self.columns: list[str] = pf.schema_arrow.names
+            self.schema: pa.Schema = pf.schema_arrow
+            self.columns: list[str] = self.schema.names
             self.metadata_columns = [
                 c for c in self.columns if c not in (*NOT_METADATA, text_column)
             ]

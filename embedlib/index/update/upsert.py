@@ -58,7 +58,7 @@ from embedlib.index.update.drift import Drift, imbalance, kept_sample, measure_d
 from embedlib.models.encoders import backend_for
 from embedlib.models.fingerprint import ModelFingerprint, canonical_model_name
 from embedlib.options import EmbedOptions, RunOptions
-from embedlib.sets.columns import conform_table, unify_schemas, vectors_of
+from embedlib.sets.columns import conform_table, fitted_schema, vectors_of
 from embedlib.sets.embedding_set import EmbeddingSet
 from embedlib.storage import file_sha256
 
@@ -518,9 +518,15 @@ def _write_docs(
     table = old
     if new_rows is not None and new_rows.num_rows:
         added = new_rows.add_column(0, IID, pa.array(new_iids, pa.int64()))
-        schema = unify_schemas([old.schema, added.schema])
-        parts = [conform_table(t, schema, text_fallback=True) for t in (old, added)]
-        table = pa.concat_tables([p for p in parts if p is not None])
+        schema = fitted_schema(old.schema, added)
+        kept, fitted = conform_table(old, schema), conform_table(added, schema)
+        if kept is None or fitted is None:  # fitted_schema let only lossless casts through
+            raise SourceError(
+                f"the update's rows do not fit the docs table {name!r}; nothing was published"
+            )
+        table = pa.concat_tables([kept, fitted])
+        if table.num_rows != old.num_rows + added.num_rows:
+            raise SourceError(f"rows were lost rewriting {name!r}; nothing was published")
     with fs.open(posixpath.join(staging, name), "wb") as fh:
         pq.write_table(table, fh, row_group_size=8192)
     return keep
