@@ -20,15 +20,19 @@ from embedlib.exceptions import FilterError
 Filter = Mapping[str, Any]
 
 
-def check_filter(spec: Filter, columns: Collection[str]) -> None:
-    """Refuse a filter on a column the index does not have, or of a shape not understood."""
+def check_filter(spec: Filter, columns: Collection[str] | Mapping[str, pa.DataType]) -> None:
+    """Refuse a filter on a column the index does not have, of a shape not understood, or
+    (given the columns' types) with a value its column cannot hold: before any search, so
+    the error stays with its own request."""
     for column, cond in spec.items():
         if column not in columns:
             known = ", ".join(sorted(map(repr, columns))) or "none"
             raise FilterError(
                 f"cannot filter on {column!r}: the index has no such metadata column (it has {known})"
             )
-        _values(column, cond)
+        values = _values(column, cond)
+        if isinstance(columns, Mapping):
+            _wanted(column, values, columns[column])
 
 
 def _values(column: str, cond: Any) -> list[Any]:
@@ -50,12 +54,19 @@ def filter_mask(table: pa.Table, spec: Filter) -> np.ndarray:
         if column not in table.column_names:
             return np.zeros(table.num_rows, dtype=bool)
         col = table.column(column)
-        try:
-            wanted = pa.array(values).cast(col.type) if values else pa.array([], col.type)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as e:
-            raise FilterError(
-                f"filter values {values!r} do not fit column {column!r} of type {col.type}"
-            ) from e
+        wanted = _wanted(column, values, col.type)
         hit = pc.is_in(col, value_set=wanted).to_numpy(zero_copy_only=False)
         mask &= np.asarray(hit, dtype=bool)
     return mask
+
+
+def _wanted(column: str, values: list[Any], kind: pa.DataType) -> pa.Array:
+    """The filter's values as an array of the column's type; FilterError when one does
+    not fit (2**64 in an int64 column, a word in a number column)."""
+    try:
+        return pa.array(values).cast(kind) if values else pa.array([], kind)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, OverflowError) as e:
+        shown = ", ".join(map(repr, values[:5]))
+        raise FilterError(
+            f"filter values {shown} do not fit column {column!r} of type {kind}"
+        ) from e

@@ -51,6 +51,8 @@ MAX_PASSAGES = 20
 MAX_EF_SEARCH = 4096  # HNSW search breadth: FAISS allocates per query and step
 MAX_RESCORE = 64  # candidates per hit rescored (at most MAX_CANDIDATES per shard in all)
 MAX_ITEMS = 1000  # positive + negative items of one query
+MAX_TEXT_ITEMS = 64  # of them, texts to embed
+MAX_QUERY_TEXT_CHARS = 100_000  # the texts one query embeds, together
 MAX_EXCLUDE = 10_000  # ids one query leaves out
 MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
 MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
@@ -218,6 +220,11 @@ class SearchOptions(_Contract):
         """`include` as a set."""
         return frozenset(self.include)
 
+    @property
+    def work(self) -> int:
+        """What one query of these options may walk: (k + excluded ids) x passages."""
+        return (self.k + len(self.exclude)) * self.passages
+
 
 def _drop_empty_items(data: Any) -> Any:
     """`positive: []` or `negative: []` say nothing: as if not given."""
@@ -275,6 +282,16 @@ class Query(SearchOptions):
             raise ValueError("give exactly one of: text (query), a vector, or positive/negative")
         if len(self.positive) + len(self.negative) > MAX_ITEMS:
             raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
+        texts = self.texts()
+        if len(texts) > MAX_TEXT_ITEMS + (self.text is not None):
+            raise ValueError(
+                f"at most {MAX_TEXT_ITEMS} text items (each is embedded); got {len(texts)}"
+            )
+        chars = sum(map(len, texts))
+        if chars > MAX_QUERY_TEXT_CHARS:
+            raise ValueError(
+                f"the texts of one query hold {chars} characters; the cap is {MAX_QUERY_TEXT_CHARS}"
+            )
         return self
 
     def texts(self) -> list[str]:

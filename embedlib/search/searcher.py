@@ -244,7 +244,7 @@ class Searcher:
 
     def _check(self, options: SearchOptions) -> None:
         if options.filter:
-            check_filter(options.filter, self.docs.metadata_columns)
+            check_filter(options.filter, self.docs.metadata_types)
 
     def _row(
         self,
@@ -504,7 +504,11 @@ class Searcher:
         return np.asarray(rows, dtype=np.float32)
 
     def _params(self, q: SearchOptions) -> SearchParams:
-        return self.defaults.override(nprobe=q.nprobe, ef_search=q.ef_search, rescore=q.rescore)
+        # nprobe past the list count searches nothing more: clamped here, so that queries
+        # asking 65, 66, ... of a 64-list index share one search instead of one each
+        nlist = self.manifest.plan.nlist
+        nprobe = min(q.nprobe, nlist) if q.nprobe is not None and nlist else q.nprobe
+        return self.defaults.override(nprobe=nprobe, ef_search=q.ef_search, rescore=q.rescore)
 
     def _excluded(self, ids: Sequence[str]) -> frozenset[int]:
         return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()

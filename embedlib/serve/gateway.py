@@ -71,6 +71,7 @@ from embedlib.serve.schemas import (
     WriteAccepted,
     WriteStatus,
     check_hits,
+    check_work,
 )
 from embedlib.serve.writes import keeper
 from embedlib.sets.columns import fitted_schema, unify_schemas
@@ -424,6 +425,7 @@ def _batch_matrix(c: ServedCollection, body: VectorBatchRequest) -> np.ndarray:
     if rows > MAX_BATCH_VECTORS:
         raise QueryError(f"at most {MAX_BATCH_VECTORS} vectors per request, got {rows}")
     check_hits([(rows, body.k, "vector" in body.include)])
+    check_work([(rows, body.work)])
     return np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
 
 

@@ -25,6 +25,8 @@ from embedlib.search.query import MAX_K, Hit, Include, Query, VectorBatch
 MAX_BATCH_QUERIES = 1000
 MAX_BATCH_VECTORS = 10_000
 MAX_HITS = 100_000  # hits one request asks for: queries (or vectors) x k
+MAX_WORK = 1_000_000  # what one request may walk: queries x (k + excluded ids) x passages
+MAX_REQUEST_TEXT_CHARS = 2_000_000  # the texts one request embeds (queries and text items)
 MAX_VECTOR_HITS = 10_000  # hits with `include: ["vector"]`, per request
 MAX_EMBED_CHARS = 2_000_000  # the texts of one /v1/embeddings request, together
 MAX_METADATA_KEYS = 64  # metadata keys of one upserted document (each becomes a column)
@@ -48,6 +50,16 @@ def check_hits(requests: list[tuple[int, int, bool]]) -> None:
         )
 
 
+def check_work(requests: list[tuple[int, int]]) -> None:
+    """Refuse a request whose searches would walk too much: (queries, work per query)."""
+    work = sum(n * w for n, w in requests)
+    if work > MAX_WORK:
+        raise QueryError(
+            f"this request asks for queries x (k + excluded ids) x passages = {work}; the cap "
+            f"is {MAX_WORK}: send fewer queries, a smaller k or fewer excluded ids"
+        )
+
+
 class BatchSearchRequest(BaseModel):
     """Several searches, each with its own parameters."""
 
@@ -57,6 +69,13 @@ class BatchSearchRequest(BaseModel):
     @model_validator(mode="after")
     def _hits(self) -> BatchSearchRequest:
         check_hits([(1, q.k, "vector" in q.include) for q in self.queries])
+        check_work([(1, q.work) for q in self.queries])
+        chars = sum(len(t) for q in self.queries for t in q.texts())
+        if chars > MAX_REQUEST_TEXT_CHARS:
+            raise ValueError(
+                f"the texts of this request hold {chars} characters to embed; the cap is "
+                f"{MAX_REQUEST_TEXT_CHARS}"
+            )
         return self
 
 
@@ -70,6 +89,7 @@ class VectorBatchRequest(VectorBatch):
             if len(self.vectors) > MAX_BATCH_VECTORS:
                 raise ValueError(f"at most {MAX_BATCH_VECTORS} vectors per request")
             check_hits([(len(self.vectors), self.k, "vector" in self.include)])
+            check_work([(len(self.vectors), self.work)])
         return self  # base64: the gateway counts the rows once it knows the dimension
 
 

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from embedlib.exceptions import QueryError
 from embedlib.index.store.docs import DocRow
@@ -40,6 +41,9 @@ class FakeCorpus:
         self.vectors = x / np.linalg.norm(x, axis=1, keepdims=True)
         self.chunked = any(r.chunk for r in rows)
         self.metadata_columns = frozenset(c for r in rows for c in r.metadata)
+        self.metadata_types = {
+            c: pa.array([r.metadata.get(c) for r in rows]).type for c in self.metadata_columns
+        }
 
     # -- the DocsLookup the searcher uses ------------------------------------------------
     def iids_of(self, doc_id: str) -> list[int]:
@@ -115,6 +119,7 @@ class FakeDocs:
         self.text_column = "text"
         self.chunked = corpus.chunked
         self.metadata_columns = corpus.metadata_columns
+        self.metadata_types = corpus.metadata_types
         self.iids_of = corpus.iids_of
         self.document_vector = corpus.document_vector
         self.string_ids = corpus.string_ids
@@ -147,8 +152,9 @@ class AsyncPlacement:
         return self.corpus.search(task)
 
 
-def searcher(corpus: FakeCorpus, *, lexical: bool = False) -> Searcher:
+def searcher(corpus: FakeCorpus, *, lexical: bool = False, nlist: int = 0) -> Searcher:
     manifest = SimpleNamespace(
+        plan=SimpleNamespace(nlist=nlist),
         metric="cosine",
         dim=corpus.vectors.shape[1],
         search_params=SearchParams(),

@@ -110,3 +110,28 @@ def test_search_options_are_the_query_fields_without_a_query():
         "positive",
         "negative",
     }
+
+
+def test_excluded_ids_and_text_items_count_against_the_caps():
+    """A batch of 2,000 vectors each leaving out 5,000 ids (it answered after 17 s and
+    grew the server by 761 MB) and text items beyond what one query may embed are
+    refused before any work; what a normal query asks stays allowed."""
+    from pydantic import ValidationError
+
+    from embedlib.exceptions import QueryError
+    from embedlib.search.query import MAX_TEXT_ITEMS, Query, TextItem
+    from embedlib.serve.schemas import BatchSearchRequest, VectorBatchRequest
+
+    excluded = [f"d{i}" for i in range(5000)]
+    with pytest.raises((ValidationError, QueryError), match="excluded ids"):
+        VectorBatchRequest(vectors=[[0.1, 0.2]] * 2000, k=10, exclude=excluded)
+    VectorBatchRequest(vectors=[[0.1, 0.2]] * 50, k=10, exclude=excluded)  # 250k: allowed
+    with pytest.raises(QueryError, match="text items"):
+        Query(positive=[TextItem(f"word {i}") for i in range(MAX_TEXT_ITEMS + 1)])
+    with pytest.raises(QueryError, match="characters"):
+        Query(positive=[TextItem("x" * 20_000) for _ in range(6)])
+    assert Query(text="q", k=1000, exclude=excluded * 2, passages=20).work == 220_000  # the most
+    many = [Query(text="y" * 19_000) for _ in range(120)]
+    with pytest.raises((ValidationError, QueryError), match="characters to embed"):
+        BatchSearchRequest(queries=many)
+    BatchSearchRequest(queries=many[:100])

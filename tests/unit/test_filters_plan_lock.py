@@ -51,3 +51,19 @@ def test_the_lock_is_exclusive_and_a_stale_one_is_taken_over(tmp_path):
                 lease.check()
     with index_lock(fs, root):  # released: free again
         pass
+
+
+@pytest.mark.parametrize("value", [2**64 - 1, 2**64, "soon", 1.5, {"in": [2020, 2**70]}])
+def test_a_filter_value_its_column_cannot_hold_is_refused_before_any_search(value):
+    """(It answered 500 from inside the search; in grouped placement the error failed the
+    other requests of its batch.)"""
+    import pyarrow as pa
+
+    from embedlib.exceptions import FilterError
+    from embedlib.search.filters import check_filter
+
+    with pytest.raises(FilterError, match="do not fit column 'year' of type int64"):
+        check_filter({"year": value}, {"year": pa.int64(), "lang": pa.string()})
+    check_filter(
+        {"year": {"in": [2020, 2021]}, "lang": "en"}, {"year": pa.int64(), "lang": pa.string()}
+    )

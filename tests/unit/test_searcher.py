@@ -194,3 +194,24 @@ def test_query_vectors_are_checked():
         s.run([Query(vector=[0.0, 0.0, 0.0, 0.0])], c)
     with pytest.raises(QueryError, match="not in the index"):
         s.run([Query(positive=["nobody"])], c)
+
+
+def test_nprobe_past_the_list_count_is_clamped_before_grouping():
+    """1,000 queries with distinct nprobe values ran one search each (and held the event
+    loop for seconds); past the list count they search the same: one search."""
+    c = corpus()
+    s = searcher(c, nlist=4)
+    seen = []
+
+    class Counting:
+        def encode(self, texts):
+            return c.encode(texts)
+
+        def search(self, task):
+            seen.append(task)
+            return c.search(task)
+
+    queries = [Query(vector=E[0], k=2, nprobe=n) for n in (4, 5, 50, 500)]
+    hits = s.run(queries, Counting()).hits
+    assert len(seen) == 1 and seen[0].params.nprobe == 4
+    assert all([h.id for h in row] == ["a", "b"] for row in hits)

@@ -204,6 +204,10 @@ class DocsLookup:
         self.metadata_columns: frozenset[str] = frozenset(
             c for docs in self.shards for c in docs.metadata_columns
         )
+        # each metadata column's type (a filter's values are checked against it)
+        self.metadata_types: dict[str, pa.DataType] = {
+            c: docs.schema.field(c).type for docs in self.shards for c in docs.metadata_columns
+        }
 
     def iids_of(self, doc_id: str) -> list[int]:
         """The int64 ids of a document's rows (its chunks); QueryError when the index does
