@@ -235,9 +235,10 @@ def test_every_query_kind_answers_alike_through_the_library_and_http(served):
 
 
 def test_the_openapi_document_declares_every_body(served):
-    """/openapi.json declares each POST route's JSON body and answers, and /docs serves
-    the page that uses it."""
-    status, spec = _request("/openapi.json", key=None)
+    """/openapi.json (behind the key) declares each POST route's JSON body and answers;
+    no Swagger UI is served (it would load its script from a CDN)."""
+    assert _request("/openapi.json", key=None)[0] == 401
+    status, spec = _request("/openapi.json")
     assert status == 200
     posts = {p: ops["post"] for p, ops in spec["paths"].items() if "post" in ops}
     assert {"/v1/search", "/v1/search/batch", "/v1/embeddings", "/v1/upsert"} <= set(posts)
@@ -251,9 +252,7 @@ def test_the_openapi_document_declares_every_body(served):
         search
     )
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
-    req = urllib.request.Request(f"http://127.0.0.1:{PORT}/docs")
-    with urllib.request.urlopen(req, timeout=30) as r:
-        assert r.status == 200 and b"openapi.json" in r.read()
+    assert _request("/docs")[0] == 404
 
 
 def test_filtered_search_equals_exact_search_over_the_matching_rows(served):
@@ -624,8 +623,8 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
     thread = threading.Thread(target=query_loop)
     thread.start()
     try:
-        # metadata may not overwrite the row's own columns, nor change a column's type
-        for bad in ({"id": "2"}, {"_iid": 3}, {"year": 1.5}, {"year": "soon"}):
+        # metadata may not overwrite the row's own columns (types: test_update.py)
+        for bad in ({"id": "2"}, {"_iid": 3}, {"text": "other"}, {"chunk": 1}):
             doc = {"id": "9", "text": "volcanoes", "metadata": bad}
             status, body = _request("/upd/v1/upsert", {"documents": [doc]})
             assert status == 422 and next(iter(bad)) in body["error"]["message"], (bad, body)
@@ -707,6 +706,40 @@ def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_p
         assert _request("/nokey/healthz", key=None)[0] == 200
     finally:
         serve.delete("nokey")
+
+
+def test_the_read_key_searches_and_only_the_admin_key_writes(served):
+    """EMBEDLIB_READ_KEY opens searches, the page's API and /openapi.json, never a write
+    or a reload (403); EMBEDLIB_API_KEY opens everything. The page and its script load
+    without a key, under a policy that runs no inline script."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    serve.run(build_app(str(served), searcher_cpus=0.1, app_name="roles", api_key=KEY,
+                        read_key="reader-key", route_prefix="/roles"),
+              name="roles", route_prefix="/roles")  # fmt: skip
+    try:
+        query = {"query": "cheap shoes", "k": 1}
+        assert _request("/roles/v1/search", query, key="reader-key")[1]["results"][0]["id"] == "2"
+        assert _request("/roles/v1/search", query)[0] == 200  # the admin key reads too
+        assert _request("/roles/v1/search", query, key=None)[0] == 401
+        assert _request("/roles/v1/search", query, key="wrong")[0] == 401
+        assert _request("/roles/openapi.json", key="reader-key")[0] == 200
+        doc = {"id": "9", "text": "lava", "metadata": {}}
+        for path, body in (("/v1/upsert", {"documents": [doc]}), ("/v1/delete", {"ids": ["1"]}),
+                           ("/v1/admin/reload", {}), ("/v1/writes/x", None)):  # fmt: skip
+            status, answer = _request("/roles" + path, body, key="reader-key")
+            assert status == 403 and answer["error"]["code"] == "admin_key_required", (path, answer)
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/roles/", timeout=30) as r:
+            page, policy = r.read().decode(), r.headers["Content-Security-Policy"]
+        assert '<script src="/roles/search.js">' in page and "<script>" not in page
+        scripts = next(p for p in policy.split(";") if "script-src" in p)
+        assert scripts.strip() == "script-src 'self'"
+        with urllib.request.urlopen(f"http://127.0.0.1:{PORT}/roles/search.js", timeout=30) as r:
+            assert r.headers.get_content_type() == "text/javascript" and b"fetch(" in r.read()
+    finally:
+        serve.delete("roles")
 
 
 @pytest.mark.slow  # a Ray instance and a Serve app of its own, started and stopped: 35 s

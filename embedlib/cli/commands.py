@@ -102,7 +102,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from embedlib.serve.config import api_key_from_env, collection_specs
+    from embedlib.serve.config import api_key_from_env, collection_specs, read_key_from_env
     from embedlib.serve.run import serve_index
 
     serve_index(
@@ -117,6 +117,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         placement=args.placement,
         ingress=args.ingress,
         api_key=api_key_from_env(),
+        read_key=read_key_from_env(),
         request_timeout_s=args.timeout,
         recommender=args.recommender,
     )

@@ -28,6 +28,7 @@ from embedlib.serve.config import (
     GatewayConfig,
     ServedVersion,
     api_key_from_env,
+    read_key_from_env,
 )
 from embedlib.serve.deployments import Encoder, ShardSearcher
 from embedlib.serve.gateway import GatewayIngress
@@ -134,4 +135,5 @@ def app_builder(args: dict[str, Any]) -> Application:
         replicas=int(args.get("replicas", 1)),
         placement=args.get("placement", "gateway"),
         api_key=args.get("api_key") or api_key_from_env(),
+        read_key=args.get("read_key") or read_key_from_env(),
     )

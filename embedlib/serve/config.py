@@ -19,17 +19,20 @@ APP_NAME = "embedlib"
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
-def api_key_from_env() -> str | None:
-    """EMBEDLIB_API_KEY: None when unset; refused when set but blank (auth would be off
-    without anyone having asked for that)."""
-    key = os.environ.get("EMBEDLIB_API_KEY")
+def api_key_from_env(name: str = "EMBEDLIB_API_KEY") -> str | None:
+    """EMBEDLIB_API_KEY (the admin key: every route) or, with `name`, EMBEDLIB_READ_KEY
+    (searches, embeddings, the page's API, /openapi.json): None when unset; refused when
+    set but blank (auth would be off without anyone having asked for that)."""
+    key = os.environ.get(name)
     if key is None:
         return None
     if not key.strip():
-        raise EmbedlibError(
-            "EMBEDLIB_API_KEY is set but empty: set a key, or unset it to serve without one"
-        )
+        raise EmbedlibError(f"{name} is set but empty: set a key, or unset it")
     return key
+
+
+def read_key_from_env() -> str | None:
+    return api_key_from_env("EMBEDLIB_READ_KEY")
 
 
 COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -90,7 +93,8 @@ class AppOptions:
     collections: tuple[CollectionSpec, ...] = ()
     replicas: int = 1
     placement: Placement = "gateway"
-    api_key: str | None = None
+    api_key: str | None = None  # admin: every route (writes, reloads included)
+    read_key: str | None = None  # reads only; None: reads take the admin key (or none)
     request_timeout_s: float = 30.0
     max_body_bytes: int = MAX_BODY_BYTES
     searcher_cpus: float = 0.25

@@ -17,6 +17,7 @@ import binascii
 import posixpath
 from collections.abc import Callable, Mapping
 from functools import cache, partial
+from html import escape as html_escape
 from importlib import resources
 from typing import Any
 
@@ -77,8 +78,8 @@ from embedlib.serve.writes import keeper
 from embedlib.sets.columns import fitted_schema, unify_schemas
 from embedlib.uses.recommend import Recommender
 
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+PAGE_HEADERS = {  # the page runs only its own script file (no inline script)
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; "
     "style-src 'unsafe-inline'; connect-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
@@ -88,9 +89,9 @@ EMBED_SLICE = 64  # /v1/embeddings encodes this many texts per call
 
 
 @cache
-def search_page() -> str:
-    """The search page's HTML, read from the package once, when first asked for."""
-    return (resources.files("embedlib.serve") / "static" / "search.html").read_text("utf-8")
+def static_file(name: str) -> str:
+    """A file of the search page (search.html, search.js), read from the package once."""
+    return (resources.files("embedlib.serve") / "static" / name).read_text("utf-8")
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -108,8 +109,10 @@ api = FastAPI(
     title="embedlib",
     version=__version__,
     description="k-NN search over a sharded FAISS index, served by Ray Serve.",
-    docs_url="/docs",
-    openapi_url="/openapi.json",
+    # no Swagger UI: it loads its script from a CDN; /openapi.json (a route below, behind
+    # the read key) feeds any OpenAPI viewer or client generator
+    docs_url=None,
+    openapi_url=None,
     responses=ERRORS,
 )
 # every route is a GatewayRoute, registered on the app itself: included routers and
@@ -130,6 +133,7 @@ class Gateway:
         o = config.options
         self.config = config
         self.api_key = o.api_key
+        self.read_key = o.read_key
         self.request_timeout_s = o.request_timeout_s
         self.max_body_bytes = o.max_body_bytes
         self.metrics = RequestMetrics(_app_name())
@@ -363,10 +367,23 @@ class Gateway:
         return PlainTextResponse(text)
 
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def page(self) -> Response:
-        """The search page (one static file; it uses the JSON API, with the key it asks
-        for once per tab). Its policy lets it reach this server only."""
-        return HTMLResponse(search_page(), headers=PAGE_HEADERS)
+    async def page(self, request: Request) -> Response:
+        """The search page (static; it uses the JSON API, with the key it asks for once
+        per tab). Its policy lets it reach this server only and run only its own script,
+        named beside the page's path (the app may be served under a route prefix)."""
+        script = html_escape(request.url.path.rstrip("/") + "/search.js")
+        html = static_file("search.html").replace("{{SCRIPT}}", script)
+        return HTMLResponse(html, headers=PAGE_HEADERS)
+
+    @api.get("/search.js", include_in_schema=False)
+    async def page_script(self) -> Response:
+        return Response(static_file("search.js"), media_type="text/javascript",
+                        headers=PAGE_HEADERS)  # fmt: skip
+
+    @api.get("/openapi.json", include_in_schema=False)
+    async def openapi_document(self) -> Response:
+        """The OpenAPI document of what this server serves (behind the read key)."""
+        return JSONResponse(api.openapi())
 
     @api.get("/healthz", response_model=Status)
     async def healthz(self) -> dict[str, str]:

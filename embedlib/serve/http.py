@@ -37,13 +37,22 @@ from embedlib.search.query import validation_message
 from embedlib.serve.metrics import RequestMetrics
 
 log = logging.getLogger(__name__)
-OPEN_ROUTES = frozenset({"/", "/healthz", "/readyz"})  # the page holds no data
+OPEN_ROUTES = frozenset({"/", "/search.js", "/healthz", "/readyz"})  # the page holds no data
+# routes that change what is served: the admin key only (EMBEDLIB_API_KEY), never the
+# read key (EMBEDLIB_READ_KEY), which opens every other route
+ADMIN_ROUTES = frozenset({
+    "/v1/upsert", "/v1/collections/{collection}/upsert",
+    "/v1/delete", "/v1/collections/{collection}/delete",
+    "/v1/writes/{write_id}",
+    "/v1/admin/reload", "/v1/collections/{collection}/reload",
+})  # fmt: skip
 
 
 class HttpSettings(Protocol):
     """What the plumbing needs from the gateway replica it runs in."""
 
     api_key: str | None
+    read_key: str | None
     request_timeout_s: float
     max_body_bytes: int
     metrics: RequestMetrics
@@ -157,7 +166,7 @@ class GatewayRoute(APIRoute):
             start = time.perf_counter()
             try:
                 if path not in OPEN_ROUTES:
-                    _authorize(request, settings.api_key)
+                    _authorize(request, settings, admin=path in ADMIN_ROUTES)
                 receive = request.receive
                 if takes_body:
                     body = await _read_body(request, settings.max_body_bytes)
@@ -188,17 +197,29 @@ class GatewayRoute(APIRoute):
         return route
 
 
-def _authorize(request: Request, api_key: str | None) -> None:
-    if api_key is None:
+def _authorize(request: Request, settings: HttpSettings, *, admin: bool) -> None:
+    """The admin key opens every route, the read key every route but the admin ones;
+    with neither key set the server is open (writes still need a key: `_require_key`)."""
+    api_key, read_key = settings.api_key, settings.read_key
+    if api_key is None and read_key is None:
         return
     header = request.headers.get("authorization", "")
     token = (
         header[7:] if header.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
     )
-    if not token or not hmac.compare_digest(token.encode(), api_key.encode()):
-        raise ApiError(
-            401, "unauthorized", "a valid API key is required: send 'Authorization: Bearer <key>'"
-        )
+    if token and api_key is not None and hmac.compare_digest(token.encode(), api_key.encode()):
+        return
+    if token and read_key is not None and hmac.compare_digest(token.encode(), read_key.encode()):
+        if not admin:
+            return
+        raise ApiError(403, "admin_key_required",
+                       "this route changes what is served: it needs the admin key "
+                       "(EMBEDLIB_API_KEY), not the read key")  # fmt: skip
+    if api_key is None and admin:  # no admin key at all: `_require_key` says so
+        return
+    raise ApiError(
+        401, "unauthorized", "a valid API key is required: send 'Authorization: Bearer <key>'"
+    )
 
 
 def _require_json(request: Request) -> None:

@@ -204,7 +204,7 @@ def serve_index(
         c.name: servable_version(c.index, None, options.storage_options)
         for c in options.collections
     }
-    if options.api_key is None and host not in LOOPBACK:
+    if options.api_key is None and options.read_key is None and host not in LOOPBACK:
         log.warning("serving on %s without an API key: anyone who reaches the port can "
                     "search; set EMBEDLIB_API_KEY", host)  # fmt: skip
     env = serve_env(ingress)
