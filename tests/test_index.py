@@ -62,6 +62,9 @@ def test_plan_follows_the_guidelines():
     assert (p.factory, p.store_vectors, p.rescore) == ("IVF2048,SQ8", "float16", 0)
     p = plan_index(5000, 384, metric="cosine", memory_budget=gb, store_vectors="int8")
     assert p.train_size == 5000  # the int8 ranges are calibrated on a sample
+    # below 10k vectors codes are scanned whole (no IVF list to miss), then rescored
+    assert [plan_index(5000, 384, metric="cosine", memory_budget=gb, compress=c).factory
+            for c in ("sq8", "pq", "binary")] == ["IDMap2,SQ8", "IDMap2,PQ96", "BFlat"]  # fmt: skip
     with pytest.raises(IndexPlanError, match=r"full vectors need .* --compress"):
         plan_index(10_000_000, 384, metric="dot", memory_budget=gb, compress="none")
     with pytest.raises(IndexPlanError, match="either --factory"):

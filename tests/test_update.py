@@ -105,8 +105,12 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
 
 @pytest.mark.parametrize(
     "options",
-    [IndexOptions(factory="IVF8,SQ8", shards=2), IndexOptions(compress="binary", shards=2)],
-    ids=["sq8", "binary"],
+    [
+        IndexOptions(factory="IVF8,SQ8", shards=2),
+        IndexOptions(compress="pq", shards=2),
+        IndexOptions(compress="binary", shards=2),
+    ],
+    ids=["ivf-sq8", "flat-pq", "binary"],
 )
 def test_an_update_of_a_compressed_index_rewrites_its_vector_files(versions, tmp_path, options):
     """SQ8 or binary codes with int8 vector files: an update keeps the calibrated ranges,
