@@ -107,8 +107,8 @@ def test_an_update_answers_as_a_rebuild_with_the_same_quantizer(
     "options",
     [
         IndexOptions(factory="IVF8,SQ8", shards=2),
-        IndexOptions(compress="pq", shards=2),
-        IndexOptions(compress="binary", shards=2),
+        pytest.param(IndexOptions(compress="pq", shards=2), marks=pytest.mark.slow),
+        pytest.param(IndexOptions(compress="binary", shards=2), marks=pytest.mark.slow),
     ],
     ids=["ivf-sq8", "flat-pq", "binary"],
 )
