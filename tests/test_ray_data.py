@@ -79,3 +79,32 @@ def test_any_dataset_of_vectors_becomes_an_embedding_set(tmp_path, glove):
     assert hits[0].id == "queen"
     with pytest.raises(SourceError, match="needs columns"):
         write_embedding_set(ray.data.from_items([{"x": 1}]), str(tmp_path / "bad"))
+
+
+@pytest.mark.slow  # its own Ray instance on the machine's CPUs: about a minute
+def test_the_readme_pipeline_runs_as_written_on_this_machine(tmp_path):
+    """The README's Ray Data example, taken from the README and run unchanged in a
+    process of its own (its own Ray instance, every CPU of the machine) on 1,500 short
+    texts: it finishes (on 2 CPUs, two 1-CPU Embedder actors once held both CPUs and the
+    reads never ran) and writes the embedding set it says."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    example = next(
+        block for block in re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+        if "from embedlib.ray_data import Embedder" in block
+    )  # fmt: skip
+    (tmp_path / "corpus").mkdir()
+    texts = corpora.sentences(1500, seed=8)
+    pq.write_table(pa.table({"id": [f"t{i}" for i in range(1500)], "text": texts}),
+                   tmp_path / "corpus" / "part.parquet")  # fmt: skip
+    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert EmbeddingSet(str(tmp_path / "out" / "embeddings")).manifest.documents == 1500
