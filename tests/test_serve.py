@@ -708,6 +708,33 @@ def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_p
         serve.delete("nokey")
 
 
+def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
+    """A server without --watch serves v-00001; two builds publish v-00002 and v-00003;
+    `gc --keep 1 --retain 0` removes v-00002 only: the replicas' lease keeps v-00001,
+    and every search still answers (it answered 503/500 once gc had deleted it)."""
+    from ray import serve
+
+    from embedlib.index.update.gc import gc_versions
+    from embedlib.serve.app import build_app
+
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t, _, _ in DOCS)
+    )
+    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name="gcapp", api_key=KEY,
+                        route_prefix="/gcapp"), name="gcapp", route_prefix="/gcapp")  # fmt: skip
+    try:
+        for _ in range(2):
+            build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+        assert gc_versions(str(tmp_path / "idx"), keep=1, retain_s=0) == ["v-00002"]
+        for _ in range(3):
+            status, body = _request("/gcapp/v1/search", {"query": "cheap shoes", "k": 1})
+            assert status == 200 and body["results"][0]["id"] == "2", body
+    finally:
+        serve.delete("gcapp")
+
+
 def test_the_read_key_searches_and_only_the_admin_key_writes(served):
     """EMBEDLIB_READ_KEY opens searches, the page's API and /openapi.json, never a write
     or a reload (403); EMBEDLIB_API_KEY opens everything. The page and its script load

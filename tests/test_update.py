@@ -215,9 +215,40 @@ def test_gc_keeps_current_and_the_newest(versions, tmp_path):
     build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
     update_index(index, v2, run=LOCAL)
     update_index(index, v1, run=LOCAL)
-    assert gc_versions(index, keep=1) == ["v-00001", "v-00002"]
+    assert gc_versions(index, keep=1) == []  # all younger than the hour of retention
+    assert gc_versions(index, keep=1, retain_s=0) == ["v-00001", "v-00002"]
     assert [p.name for p in (tmp_path / "idx" / "versions").iterdir()] == ["v-00003"]
     assert ShardedIndex(index).manifest.ntotal == 360
+
+
+def test_gc_never_removes_a_version_a_server_holds(versions, tmp_path):
+    """A server that does not follow CURRENT holds a lease on the version it serves: gc
+    keeps it whatever --keep says, and --keep counts only the versions nobody holds; a
+    lease that lapsed (its holder died) protects nothing."""
+    import json
+    import time
+
+    import fsspec
+
+    from embedlib.index.store.leases import LeaseRenewer, lease_path, take_lease
+
+    root, (v1, v2) = versions
+    index = str(tmp_path / "idx")
+    build_index(str(root / "emb1"), index, options=IndexOptions(factory="Flat"), run=LOCAL)
+    for source in (v2, v1, v2):
+        update_index(index, source, run=LOCAL)  # v-00002 .. v-00004
+    server = LeaseRenewer()
+    server.hold(index, "v-00001")  # serving v-00001 without --watch
+    take_lease(fsspec.filesystem("file"), index, "v-00002", "dead-holder", ttl_s=-1)  # lapsed
+    assert (
+        json.loads(Path(lease_path(index, "v-00001", server.holder)).read_text())["expires_at"]
+        > time.time()
+    )
+    removed = gc_versions(index, keep=1, retain_s=0)
+    assert removed == ["v-00002", "v-00003"]  # v-00001 held; v-00004 the newest free
+    assert ShardedIndex(str(tmp_path / "idx" / "versions" / "v-00001")).manifest.ntotal == 360
+    server.stop()  # the lease goes with the server
+    assert gc_versions(index, keep=1, retain_s=0) == ["v-00001"]
 
 
 def test_drift_flags_vectors_far_from_the_quantizer():

@@ -93,10 +93,22 @@ def cmd_update(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seconds(text: str) -> float:
+    """'90s', '30m', '1h', '2d', '0' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        return float(number) * units[unit]
+    except ValueError:
+        raise SystemExit(
+            f"--retain takes a duration such as 90s, 30m, 1h or 0; got {text!r}"
+        ) from None
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     from embedlib.index.update.gc import gc_versions
 
-    removed = gc_versions(args.index, keep=args.keep)
+    removed = gc_versions(args.index, keep=args.keep, retain_s=_seconds(args.retain))
     print(f"removed: {', '.join(removed) if removed else 'nothing'}")
     return 0
 
@@ -196,9 +208,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_update_arguments(p)
     p.set_defaults(func=cmd_update)
-    p = sub.add_parser("gc", help="remove old index versions (keeps CURRENT and the newest N)")
+    p = sub.add_parser(
+        "gc",
+        help="remove old index versions nobody reads (keeps CURRENT, "
+        "versions a server holds, the newest N and those younger than --retain)",
+    )
     p.add_argument("index", help="index root")
-    p.add_argument("--keep", type=int, default=2, help="versions to keep (default 2)")
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=2,
+        help="versions nobody holds to keep, newest first (default 2)",
+    )
+    p.add_argument(
+        "--retain",
+        default="1h",
+        help="keep versions younger than this: 90s, 30m, 1h (default), 2d, 0",
+    )
     p.set_defaults(func=cmd_gc)
     p = sub.add_parser(
         "serve", help="serve an index over HTTP with Ray Serve (API key: EMBEDLIB_API_KEY)"

@@ -37,6 +37,7 @@ from embedlib.exceptions import (
     SourceError,
 )
 from embedlib.index.store.layout import has_version, published_version
+from embedlib.index.store.leases import LeaseRenewer
 from embedlib.models.encoders import QueryModels
 from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
@@ -142,6 +143,11 @@ class Gateway:
             s.name: ServedCollection(o, s, *parts[s.name], self.models) for s in config.served
         }
         self.default = config.served[0].name
+        # leases on the versions served: gc never deletes a version a replica reads
+        self.leases = LeaseRenewer(o.storage_options)
+        for s in config.served:
+            self.leases.hold(posixpath.dirname(posixpath.dirname(s.version_url.rstrip("/"))),
+                             posixpath.basename(s.version_url.rstrip("/")))  # fmt: skip
         self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
         self.switch = switch  # deploys other versions of this application
         dims = {c.manifest.dim for c in self.collections.values()}
@@ -154,6 +160,12 @@ class Gateway:
         api.openapi_schema = None  # this replica's document states what it serves
         api.openapi = partial(openapi_with_key, api, facts)  # type: ignore[method-assign]
         self.keeper: Any = None
+
+    def __del__(self) -> None:
+        """Serve calls it when the replica stops: its leases go (else they lapse)."""
+        leases = getattr(self, "leases", None)
+        if leases is not None:
+            leases.stop()
 
     def collection(self, name: str | None) -> ServedCollection:
         """The collection named (None: the default); 404 naming those that exist."""

@@ -189,8 +189,8 @@ def _auto(n: int, d: int, metric: Metric, memory_budget: int, compress: str) -> 
             "IDMap2,Flat", metric, 0, 0, size, f"N={n} < {TINY}: exact search (Flat) is fast enough"
         )
     if n < TINY and compress in ("sq8", "pq"):  # codes scanned whole: no list to miss
-        m = _pq_m(d, n, 2**62, 0) or 2
-        factory, code = ("IDMap2,SQ8", d) if compress == "sq8" else (f"IDMap2,PQ{m}", m)
+        sub = _pq_m(d, n, 2**62, 0) or 2
+        factory, code = ("IDMap2,SQ8", d) if compress == "sq8" else (f"IDMap2,PQ{sub}", sub)
         size = n * (code + ID_BYTES)
         return IndexPlan(factory, metric, 0, min(n, CALIBRATION_ROWS), size,
                          f"N={n} < {TINY}: {code}-byte codes scanned whole, then rescored")  # fmt: skip
