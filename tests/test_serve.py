@@ -735,6 +735,37 @@ def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
         serve.delete("gcapp")
 
 
+def test_a_damaged_version_is_refused_and_serving_goes_on(served, tmp_path):
+    """A new version whose shard file is truncated (as a full disk leaves it), then a
+    reload: refused with 409 naming the shard, and every search answers from the version
+    served (the reload used to stop the old replicas and answer 503 from then on)."""
+    from ray import serve
+
+    from embedlib.serve.app import build_app
+
+    (tmp_path / "docs.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t, _, _ in DOCS)
+    )
+    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name="dmg", api_key=KEY,
+                        route_prefix="/dmg"), name="dmg", route_prefix="/dmg")  # fmt: skip
+    try:
+        build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+        shard = tmp_path / "idx" / "versions" / "v-00002" / "shard-00000.faiss"
+        shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+        status, body = _request("/dmg/v1/admin/reload", {})
+        assert status == 409 and body["error"]["code"] == "version_damaged", body
+        assert "shard-00000.faiss" in body["error"]["message"]
+        for _ in range(3):
+            status, body = _request("/dmg/v1/search", {"query": "cheap shoes", "k": 1})
+            assert status == 200 and body["results"][0]["id"] == "2", body
+        assert _request("/dmg/v1/indexes")[1]["indexes"][0]["version"] == "v-00001"
+        assert _request("/dmg/healthz")[0] == 200
+    finally:
+        serve.delete("dmg")
+
+
 def test_the_read_key_searches_and_only_the_admin_key_writes(served):
     """EMBEDLIB_READ_KEY opens searches, the page's API and /openapi.json, never a write
     or a reload (403); EMBEDLIB_API_KEY opens everything. The page and its script load

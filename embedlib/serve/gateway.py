@@ -106,6 +106,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "the request took longer than the timeout"),
     )
 }
+RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such version"},
+    409: {
+        "model": ErrorResponse,
+        "description": "the version cannot be served (damaged); the served one stays",
+    },
+}
 api = FastAPI(
     title="embedlib",
     version=__version__,
@@ -314,8 +321,9 @@ class Gateway:
             raise ApiError(404, "no_such_write", f"no write {write_id!r} is known here")
         return JSONResponse(record)
 
-    @api.post("/v1/admin/reload", response_model=ReloadResponse)
-    @api.post("/v1/collections/{collection}/reload", response_model=ReloadResponse)
+    @api.post("/v1/admin/reload", response_model=ReloadResponse, responses=RELOAD_ERRORS)
+    @api.post("/v1/collections/{collection}/reload", response_model=ReloadResponse,
+              responses=RELOAD_ERRORS)  # fmt: skip
     async def reload(
         self, body: ReloadRequest | None = None, collection: str | None = None
     ) -> Response:
@@ -332,8 +340,11 @@ class Gateway:
             target = await asyncio.to_thread(published_version, c.index, so)
         if target == c.version:
             return JSONResponse({"reloading": False, "version": target})
+        problem = await self._keeper().verify.remote(c.name, target)
+        if problem is not None:  # the served version stays
+            raise ApiError(409, "version_damaged", problem)
         # the keeper deploys it: this replica is among those replaced
-        self._keeper().switch.remote(c.name, target, False)
+        self._keeper().switch.remote(c.name, target, False, False)
         return JSONResponse({"reloading": True, "from": c.version, "to": target}, status_code=202)
 
     def _require_key(self, what: str) -> None:

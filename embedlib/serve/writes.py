@@ -31,7 +31,8 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from embedlib.distributed import use_worker_env
-from embedlib.exceptions import EmbedlibError, IndexLockedError
+from embedlib.exceptions import EmbedlibError, IndexLockedError, SourceError
+from embedlib.index.store.version import IndexVersion
 from embedlib.index.update.upsert import UpdateReport, update_index
 from embedlib.options import RunOptions
 from embedlib.serve.config import AppOptions
@@ -125,9 +126,27 @@ class VersionKeeper:
         record = self.writes.get(write_id)
         return None if record is None else dict(record)
 
-    async def switch(self, collection: str, version: str, forward_only: bool = True) -> bool:
-        """Deploy `version` of `collection` (one switch at a time); with `forward_only`,
-        only if it is newer than the served one. Whether it deployed."""
+    async def verify(self, collection: str, version: str) -> str | None:
+        """Why `version` of `collection` cannot be served (None: it can): see
+        `IndexVersion.verify`; a refusal is counted and logged."""
+        index = self.options.collection(collection).index
+        so = self.options.storage_options
+        try:
+            await asyncio.to_thread(
+                lambda: IndexVersion(index, version=version, storage_options=so).verify()
+            )
+        except (SourceError, OSError, ValueError) as e:
+            self._count("switch_refused")
+            log.error("not switching %s to %s: %s", collection, version, e)
+            return str(e)
+        return None
+
+    async def switch(
+        self, collection: str, version: str, forward_only: bool = True, verify: bool = True
+    ) -> bool:
+        """Deploy `version` of `collection` (one switch at a time) once it is verified
+        (`verify`: else the caller did); with `forward_only`, only if it is newer than the
+        served one. Whether it deployed; SourceError when the version cannot serve."""
         async with self._switch_lock:
             served = self.served[collection]
             if version == served or (
@@ -135,6 +154,8 @@ class VersionKeeper:
             ):
                 return False
             wanted = {**self.served, collection: version}
+            if verify and (problem := await self.verify(collection, version)) is not None:
+                raise SourceError(problem)  # never switch to a version that cannot serve
             try:
                 await asyncio.to_thread(self._switch, wanted)
             except Exception:

@@ -21,10 +21,12 @@ from typing import Any
 
 import faiss
 import fsspec
+import numpy as np
 from fsspec.core import url_to_fs
 
 from embedlib._version import __version__
 from embedlib.cache import FileCache
+from embedlib.exceptions import SourceError
 from embedlib.index.build.plan import IndexPlan
 from embedlib.index.faiss_ops import read_index_mmap
 from embedlib.index.store.layout import resolve, versions_dir
@@ -32,7 +34,7 @@ from embedlib.index.store.vectors import VectorCodec, VectorFile
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.options import Metric
 from embedlib.search.lexical import LexicalInfo, LexicalStats, ShardPostings
-from embedlib.storage import MANIFEST, is_local, read_json, utc_now, write_json_atomic
+from embedlib.storage import MANIFEST, file_sha256, is_local, read_json, utc_now, write_json_atomic
 
 INDEX_FORMAT = "embedlib.index"
 INDEX_FORMAT_VERSION = 1
@@ -309,6 +311,41 @@ class IndexVersion:
         if entry.vectors is None or codec is None:
             return None
         return VectorFile(self.local(entry.vectors, entry.vectors_sha256 or ""), codec)
+
+    def verify(self) -> None:
+        """Check the version can be served before anything switches to it: every file the
+        manifest lists has its sha256, every shard opens and answers a probe search, and
+        its docs and vector files hold its rows. SourceError naming what is wrong (a
+        truncated shard, as a full disk leaves it: FAISS only prints "close error")."""
+        m = self.manifest
+        names = [(n, h) for s in m.shards for n, h in ((s.file, s.sha256), (s.docs, s.docs_sha256),
+                 (s.vectors, s.vectors_sha256), (s.lexical, s.lexical_sha256)) if n]  # fmt: skip
+        if m.lexical is not None:
+            names.append((m.lexical.stats, m.lexical.stats_sha256))
+        for name, sha256 in names:
+            if not self.fs.exists(self.file(name)):
+                raise SourceError(f"{self.name} cannot be served: {name} is missing")
+            if sha256 and file_sha256(self.fs, self.file(name)) != sha256:
+                raise SourceError(
+                    f"{self.name} cannot be served: {name} does not match its checksum"
+                )
+        probe = np.zeros((1, m.dim), np.float32)
+        probe[0, 0] = 1.0
+        for n, entry in enumerate(m.shards):
+            try:
+                index = self.open_shard(n)
+                if index.ntotal != entry.count:
+                    raise ValueError(
+                        f"it holds {index.ntotal} vectors, the manifest says {entry.count}"
+                    )
+                index.search(probe, 1)
+                vectors = self.open_vectors(n)
+                if vectors is not None and len(vectors) != entry.count:
+                    raise ValueError(f"its vector file holds {len(vectors)} rows of {entry.count}")
+            except (RuntimeError, ValueError, OSError) as e:
+                raise SourceError(
+                    f"{self.name} cannot be served: shard {n} ({entry.file}): {e}"
+                ) from e
 
     def open_postings(self, shard: int) -> ShardPostings | None:
         """A serving shard's BM25 postings (None: the index has no lexical part)."""
