@@ -67,3 +67,32 @@ def test_a_filter_value_its_column_cannot_hold_is_refused_before_any_search(valu
     check_filter(
         {"year": {"in": [2020, 2021]}, "lang": "en"}, {"year": pa.int64(), "lang": pa.string()}
     )
+
+
+def test_a_lost_lease_never_comes_back_and_cannot_act(tmp_path, monkeypatch):
+    """A's heartbeat stalls and B takes the lock over. A beat whose check passed before
+    the takeover writes only A's own beat file (it used to rewrite the lock with A's
+    token: both writers then held it), and A's fenced act is refused."""
+    import json
+    import time
+
+    import fsspec
+
+    from embedlib.exceptions import LockLostError
+    from embedlib.index.store.lock import LOCK, index_lock
+
+    fs = fsspec.filesystem("file")
+    root = str(tmp_path)
+    with index_lock(fs, root, beat_s=3600, what="update") as a:
+        time.sleep(0.6)
+        with index_lock(fs, root, stale_after_s=0.5, beat_s=3600, what="build") as b:
+            with monkeypatch.context() as m:
+                m.setattr(a, "check", lambda: None)  # its check ran before the takeover
+                a.beat()
+            assert json.loads((tmp_path / LOCK).read_text())["token"] == b.token
+            with pytest.raises(LockLostError), a.fenced():
+                pytest.fail("a lost lease acted")
+            with b.fenced():
+                pass
+        assert not (tmp_path / LOCK).exists()
+    assert not (tmp_path / LOCK).exists() and not list(tmp_path.glob(".lock.beat-*"))

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 import uuid
+from contextlib import nullcontext
 from typing import Any
 
 import fsspec
@@ -98,21 +99,23 @@ def publish(
     on object stores the manifest is copied last, so a version is complete once it has
     one. With the writer's `lease`, the lock is checked (fencing) before the name is
     taken and before CURRENT moves: a writer that lost the lock publishes nothing."""
-    if lease is not None:
-        lease.check()
+    fenced = lease.fenced if lease is not None else nullcontext
     while True:
         name = next_version(fs, root)
         target = posixpath.join(versions_dir(root), name)
         if is_local(fs):
             try:
-                os.rename(staging, target)  # atomic; refused onto a version that exists
+                with fenced():  # the lease checked and the name taken in one step
+                    os.rename(staging, target)  # atomic; refused onto a version that exists
             except OSError as e:
                 if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
                     continue  # another publisher took this name first
                 raise
             break
         marker = posixpath.join(target, RESERVED)
-        if not create_exclusive(fs, marker, b""):
+        with fenced():
+            taken = create_exclusive(fs, marker, b"")
+        if not taken:
             continue
         files = sorted(fs.find(staging), key=lambda p: p.endswith("/" + MANIFEST))
         for path in files:  # the manifest last
@@ -120,9 +123,9 @@ def publish(
         fs.rm(marker)
         fs.rm(staging, recursive=True)
         break
-    if lease is not None:
-        lease.check()  # the version stays (complete, unpublished) for gc to remove
     tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
     fs.pipe(tmp, f"{name}\n".encode())
-    fs.mv(tmp, posixpath.join(root, CURRENT))
+    # a lost lease leaves the version (complete, unpublished) for gc to remove
+    with fenced():
+        fs.mv(tmp, posixpath.join(root, CURRENT))
     return name

@@ -2,20 +2,28 @@
 
 The lock is a file `INDEX/.lock` created only if absent: `O_CREAT | O_EXCL` on local and
 mounted filesystems, fsspec's exclusive create mode ("xb", a conditional write on S3)
-elsewhere; object stores whose driver cannot create exclusively are refused. It holds a
-fencing token (random, one per holding), who took it, and a heartbeat: the holder
-rewrites it every `beat_s` while it works. A lock whose heartbeat is older than
+elsewhere, read back to confirm it holds this writer's token (a driver whose "xb" is not
+atomic would let two writers both believe they created it); object stores whose driver
+cannot create exclusively are refused. It holds a fencing token (random, one per
+holding) and who took it, and is never rewritten: the holder's heartbeat goes to a file
+of its own, `.lock.beat-<token>`, every `beat_s` (a holder whose lock was taken over
+writes only its own beat file, and never brings its lease back). A lock whose heartbeat is older than
 `stale_after_s` is presumed dead and taken over, atomically: the taker first creates
 `.lock.takeover-<digest of the stale record>` exclusively, so of two writers that see
 the same stale lock only one removes it. An empty or unreadable lock (a crash between
 create and write) is stale too, with a warning.
 
 Fencing: a holder whose heartbeat stalled (a paused process, a long GC) may find its
-lock taken over. `Lease.check()` reads the lock file and raises `LockLostError` unless it
-still holds this lease's token; `publish` calls it before it takes a version name and
-again before it moves CURRENT, so a holder that lost the lock cannot publish. Limits:
-NFS honours O_EXCL only on NFSv3+; clocks of the machines sharing an index must roughly
-agree (stale means heartbeat older than `stale_after_s` by the taker's clock).
+lock taken over. `Lease.fenced()` is the check and the act together: it reads the lock
+file, raises `LockLostError` unless it still holds this lease's token, and on a local
+filesystem holds an OS lock (`flock` on `.lock.cas`) while the caller acts, which a
+takeover takes too, so the lock cannot change hands between the check and the act.
+`publish` takes a version name and moves CURRENT inside it, so a holder that lost the
+lock cannot publish, even one stalled between its check and its move. Limits: on object
+stores the check and the act stay two steps (a conditional write on CURRENT would close
+it: not done); NFS honours O_EXCL only on NFSv3+; clocks of the machines sharing an
+index must roughly agree (stale means heartbeat older than `stale_after_s` by the
+taker's clock).
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 
 import fsspec
 
@@ -52,6 +60,18 @@ class Lease:
         self.lost = threading.Event()
         self._stop = threading.Event()
 
+    @property
+    def beat_path(self) -> str:
+        return f"{self.path}.beat-{self.token}"
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """Check the lease and act in one step: the block runs only while the lock is
+        this lease's, and (locally) no takeover can happen until it ends."""
+        with _cas(self.fs, self.path):
+            self.check()
+            yield
+
     def check(self) -> None:
         """Raise `LockLostError` unless the lock file still holds this lease's token."""
         holder = _read(self.fs, self.path)
@@ -65,14 +85,14 @@ class Lease:
             )
 
     def beat(self) -> None:
-        """Rewrite the heartbeat, if the lock is still this lease's."""
+        """Write the heartbeat to this lease's own beat file, while the lock is its own
+        (a lease found lost stops beating; it never rewrites the lock)."""
         try:
             self.check()
         except LockLostError:
             log.error("the index lock %r was taken over: this writer cannot publish", self.path)
             return
-        self.record["beat"] = time.time()
-        _write(self.fs, self.path, json.dumps(self.record).encode())
+        _write(self.fs, self.beat_path, str(time.time()).encode())
 
     def _beat_until_stopped(self, every_s: float) -> None:
         while not self._stop.wait(every_s) and not self.lost.is_set():
@@ -104,7 +124,7 @@ def index_lock(
         if raw is None:
             continue  # released meanwhile
         holder = _parse(raw, path)
-        age = time.time() - float(str(holder.get("beat", holder.get("since", 0))))
+        age = time.time() - _heartbeat(fs, path, holder)
         if age > stale_after_s:
             _take_over(fs, path, raw, holder, age, stale_after_s)
             continue
@@ -117,6 +137,12 @@ def index_lock(
             )
         time.sleep(0.2)
     lease = Lease(fs, path, record)
+    if _read(fs, path).get("token") != lease.token:  # "xb" that was not exclusive after all
+        raise EmbedlibError(
+            f"the store of {path!r} let two writers create the index lock at once; updates "
+            "to an index there cannot be locked"
+        )
+    _write(fs, lease.beat_path, str(now).encode())
     beating = threading.Thread(target=lease._beat_until_stopped, args=(beat_s,), daemon=True)
     beating.start()
     try:
@@ -124,8 +150,10 @@ def index_lock(
     finally:
         lease._stop.set()
         beating.join()
-        if _read(fs, path).get("token") == lease.token:
-            fs.rm(path)
+        with _cas(fs, path):
+            if _read(fs, path).get("token") == lease.token:
+                fs.rm(path)
+        _remove(fs, lease.beat_path)
 
 
 def _take_over(
@@ -145,9 +173,13 @@ def _take_over(
         time.sleep(0.2)
         return
     try:
-        if _cat(fs, path) == raw:
-            log.warning("taking over a stale index lock (heartbeat %.0f s old): %s", age, holder)
-            fs.rm(path)
+        with _cas(fs, path):  # never while a holder is between its check and its act
+            if _cat(fs, path) == raw:
+                log.warning(
+                    "taking over a stale index lock (heartbeat %.0f s old): %s", age, holder
+                )
+                fs.rm(path)
+                _remove(fs, f"{path}.beat-{holder.get('token')}")
     finally:
         fs.rm(marker)
 
@@ -180,6 +212,40 @@ def create_exclusive(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> b
             "that supports it (local, NFS, s3 with conditional writes)."
         ) from e
     return True
+
+
+def _cas(fs: fsspec.AbstractFileSystem, path: str) -> AbstractContextManager[None]:
+    """An exclusive OS lock beside the index lock (local filesystems), under which a
+    fenced act and a takeover exclude each other; object stores have none."""
+    return _flocked(f"{path}.cas") if is_local(fs) else nullcontext()
+
+
+@contextmanager
+def _flocked(path: str) -> Iterator[None]:
+    import fcntl
+
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _heartbeat(fs: fsspec.AbstractFileSystem, path: str, holder: dict[str, object]) -> float:
+    """When the holder last showed it was alive: its beat file's time, else its record's."""
+    raw = _cat(fs, f"{path}.beat-{holder.get('token')}")
+    if raw is not None:
+        try:
+            return float(raw)
+        except ValueError:
+            pass  # half-written: the record's time below
+    return float(str(holder.get("beat", holder.get("since", 0))))
+
+
+def _remove(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    with suppress(FileNotFoundError):
+        fs.rm(path)
 
 
 def _write(fs: fsspec.AbstractFileSystem, path: str, body: bytes) -> None:
