@@ -662,6 +662,17 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
         keeper = keeper_name(AppOptions(index=str(tmp_path / "idx"), app_name="upd"))
         assert _metric("/upd", "version_events_total", 1, keeper=keeper, event="write_failed") == 1
         assert _metric("/upd", "version_events_total", 3, keeper=keeper, event="switched") == 3
+        # the keeper dies between a publish and its switch: Ray restarts it, and its first
+        # call moves the app forward to CURRENT (writes and status answered 500 for good)
+        import ray
+
+        build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)  # v-00005
+        ray.kill(ray.get_actor(keeper, namespace="embedlib"), no_restart=False)
+        deadline = time.time() + 60
+        while _request("/upd/v1/writes/unknown")[0] != 404 and time.time() < deadline:
+            time.sleep(0.5)
+        assert _request("/upd/v1/writes/unknown")[0] == 404
+        assert switched_to("v-00005")
     finally:
         done.set()
         thread.join()

@@ -27,6 +27,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
+from ray.exceptions import RayActorError
 from ray.serve.exceptions import RayServeException
 
 from embedlib._version import __version__
@@ -105,6 +106,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (422, "the request does not validate, or asks what the index cannot answer"),
         (504, "the request took longer than the timeout"),
     )
+}
+WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    429: {"model": ErrorResponse, "description": "too many writes are waiting"},
 }
 RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such version"},
@@ -279,17 +283,19 @@ class Gateway:
 
     # -- writes and versions --------------------------------------------------------------
 
-    @api.post("/v1/upsert", response_model=WriteAccepted, status_code=202)
+    @api.post("/v1/upsert", response_model=WriteAccepted, status_code=202,
+              responses=WRITE_ERRORS)  # fmt: skip
     @api.post("/v1/collections/{collection}/upsert", response_model=WriteAccepted,
-              status_code=202)  # fmt: skip
+              status_code=202, responses=WRITE_ERRORS)  # fmt: skip
     async def upsert(self, body: UpsertRequest, collection: str | None = None) -> Response:
         """Add or replace documents (by id; metadata-only changes included): a new
         version, then the app switches to it. Answers 202 with the write's id at once."""
         return await self._write(self.collection(collection), body.documents, [])
 
-    @api.post("/v1/delete", response_model=WriteAccepted, status_code=202)
+    @api.post("/v1/delete", response_model=WriteAccepted, status_code=202,
+              responses=WRITE_ERRORS)  # fmt: skip
     @api.post("/v1/collections/{collection}/delete", response_model=WriteAccepted,
-              status_code=202)  # fmt: skip
+              status_code=202, responses=WRITE_ERRORS)  # fmt: skip
     async def delete(self, body: DeleteRequest, collection: str | None = None) -> Response:
         """Remove documents: a new version, then the app switches to it. Answers 202 with
         the write's id at once."""
@@ -304,10 +310,13 @@ class Gateway:
         self._require_key("writes")
         if documents:
             _check_fits(c, documents)
-        record = await self._keeper().submit.remote(
-            c.name, [d.model_dump() for d in documents], deletes,
+        record = await self._call_keeper(
+            "submit", c.name, [d.model_dump() for d in documents], deletes,
             c.manifest.text_column or "text",
         )  # fmt: skip
+        if record is None:
+            raise ApiError(429, "too_many_writes", "too many writes are waiting; send it again "
+                           "once some are done (GET /v1/writes/{id})")  # fmt: skip
         record["status_url"] = f"/v1/writes/{record['write_id']}"
         return JSONResponse(record, status_code=202)
 
@@ -316,7 +325,7 @@ class Gateway:
         """A write's state: queued, running, done (with the version it published and
         whether the app switched to it) or failed (with the error)."""
         self._require_key("writes")
-        record = await self._keeper().status.remote(write_id)
+        record = await self._call_keeper("status", write_id)
         if record is None:
             raise ApiError(404, "no_such_write", f"no write {write_id!r} is known here")
         return JSONResponse(record)
@@ -340,7 +349,7 @@ class Gateway:
             target = await asyncio.to_thread(published_version, c.index, so)
         if target == c.version:
             return JSONResponse({"reloading": False, "version": target})
-        problem = await self._keeper().verify.remote(c.name, target)
+        problem = await self._call_keeper("verify", c.name, target)
         if problem is not None:  # the served version stays
             raise ApiError(409, "version_damaged", problem)
         # the keeper deploys it: this replica is among those replaced
@@ -356,6 +365,15 @@ class Gateway:
             raise ApiError(
                 409, "not_updatable", "this application was not started by embedlib serve"
             )
+
+    async def _call_keeper(self, method: str, *args: Any) -> Any:
+        """Call the keeper; when it died for good, start (or find) it again and retry
+        once (Ray restarts a keeper that dies; a handle to one killed outright is dead)."""
+        try:
+            return await getattr(self._keeper(), method).remote(*args)
+        except RayActorError:
+            self.keeper = None
+            return await getattr(self._keeper(), method).remote(*args)
 
     def _keeper(self) -> Any:
         """The application's `VersionKeeper` (started on first use)."""

@@ -11,7 +11,12 @@ A `VersionKeeper` (one detached Ray actor per served application, zero CPUs) own
   goes through `switch`, one at a time. A write's switch goes only forward: a slower
   write that published v-5 never replaces v-6 already served.
 A replica that is replaced mid-write (the switch itself replaces them) loses nothing:
-the keeper is not a replica.
+the keeper is not a replica. The keeper itself is restarted by Ray when it dies
+(`max_restarts=-1`); the restarted keeper first reconciles: a collection whose CURRENT
+is newer than what it was started to serve (a write published, then the keeper died
+before switching) is switched forward. Writes that were queued or running in the dead
+keeper are lost (their status becomes unknown: 404); at most MAX_PENDING_WRITES wait at
+once (beyond, 429).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from ray.exceptions import RayError, RayTaskError
 
 from embedlib.distributed import use_worker_env
 from embedlib.exceptions import EmbedlibError, IndexLockedError, SourceError
+from embedlib.index.store.layout import published_version
 from embedlib.index.store.version import IndexVersion
 from embedlib.index.update.upsert import UpdateReport, update_index
 from embedlib.options import RunOptions
@@ -42,6 +48,7 @@ log = logging.getLogger(__name__)
 WRITE_CPUS = 1.0  # the update task embeds: one CPU of the cluster's
 WRITE_LOCK_WAIT_S = 600.0  # a write waits this long for another writer of the index
 WRITES_KEPT = 1000  # finished writes remembered for GET /v1/writes/{id}
+MAX_PENDING_WRITES = 64  # queued or running writes at once; beyond, a write is refused
 NAMESPACE = "embedlib"
 
 
@@ -95,6 +102,25 @@ class VersionKeeper:
         self._write_lock = asyncio.Lock()
         self._switch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._reconciled = not _restarted()
+
+    async def _reconcile(self) -> None:
+        """After a restart: switch each collection forward to its CURRENT when that is
+        newer than the version this keeper was started with (once)."""
+        if self._reconciled:
+            return
+        self._reconciled = True
+        self._count("keeper_restarted")
+        so = self.options.storage_options
+        for c in self.options.collections:
+            current = await asyncio.to_thread(published_version, c.index, so)
+            try:
+                await self.switch(c.name, current, forward_only=True)
+            except Exception as e:  # noqa: BLE001  counted and logged: the served version stays
+                log.error("reconciling %s with CURRENT %s failed: %s", c.name, current, e)
+
+    async def pending(self) -> int:
+        return sum(r["status"] in ("queued", "running") for r in self.writes.values())
 
     async def submit(
         self,
@@ -102,8 +128,13 @@ class VersionKeeper:
         documents: list[dict[str, Any]],
         deletes: list[str],
         text_column: str,
-    ) -> dict[str, Any]:
-        """Record a write to `collection` and start it; its record (status "queued")."""
+    ) -> dict[str, Any] | None:
+        """Record a write to `collection` and start it; its record (status "queued"), or
+        None when MAX_PENDING_WRITES wait already."""
+        await self._reconcile()
+        if await self.pending() >= MAX_PENDING_WRITES:
+            self._count("write_refused")
+            return None
         write_id = uuid.uuid4().hex
         record: dict[str, Any] = {"write_id": write_id, "collection": collection,
                                   "status": "queued",
@@ -123,6 +154,7 @@ class VersionKeeper:
         return dict(record)
 
     async def status(self, write_id: str) -> dict[str, Any] | None:
+        await self._reconcile()
         record = self.writes.get(write_id)
         return None if record is None else dict(record)
 
@@ -231,7 +263,15 @@ class VersionKeeper:
         self._count("write_failed")
 
 
-KeeperActor = ray.remote(num_cpus=0, max_restarts=0)(VersionKeeper)
+def _restarted() -> bool:
+    """Whether this keeper is a restart of one that died (False outside an actor)."""
+    try:
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+KeeperActor = ray.remote(num_cpus=0, max_restarts=-1)(VersionKeeper)
 
 
 def keeper(
