@@ -176,16 +176,19 @@ def test_the_runner_is_chosen_by_what_is_given_and_the_size_of_the_work(monkeypa
 def test_serve_refuses_a_broken_index_or_an_empty_key_before_ray_starts(tmp_path):
     """`embedlib serve` on a mistyped path, a damaged version or with an empty API key
     exits with one line naming the problem, without starting Ray or Serve."""
-    missing = _run([*EMBEDLIB, "serve", str(tmp_path / "no-such-index"), "--port", "18499"])
+    from tests.ports import free_port
+
+    port = free_port()
+    missing = _run([*EMBEDLIB, "serve", str(tmp_path / "no-such-index"), "--port", str(port)])
     assert missing.returncode != 0 and str(tmp_path / "no-such-index") in missing.stderr
     damaged = tmp_path / "idx" / "versions" / "v-00001"
     damaged.mkdir(parents=True)
     (damaged / "manifest.json").write_text("{ not json")
     (tmp_path / "idx" / "CURRENT").write_text("v-00001")
-    broken = _run([*EMBEDLIB, "serve", str(tmp_path / "idx"), "--port", "18499"])
+    broken = _run([*EMBEDLIB, "serve", str(tmp_path / "idx"), "--port", str(port)])
     assert broken.returncode != 0 and "cannot serve" in broken.stderr
     empty = subprocess.run(
-        [*EMBEDLIB, "serve", str(tmp_path / "idx"), "--port", "18499"], capture_output=True,
+        [*EMBEDLIB, "serve", str(tmp_path / "idx"), "--port", str(port)], capture_output=True,
         text=True, env={**ENV, "EMBEDLIB_API_KEY": " "}, cwd=ROOT, timeout=600,
     )  # fmt: skip
     assert empty.returncode != 0 and "EMBEDLIB_API_KEY is set but empty" in empty.stderr

@@ -20,9 +20,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from embedlib import Client, EmbedOptions, Query, RunOptions, embed_corpus
 from embedlib.exceptions import ClientError
 from embedlib.index import ShardedIndex, build_index
+from tests.ports import free_port
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-PORT = 18731
+PORT = free_port()  # the session's Serve HTTP port
 KEY = "test-key"
 LOCAL = RunOptions(runner="local", progress=False)
 DOCS = [
@@ -822,7 +823,7 @@ def test_serve_watch_follows_current_and_ctrl_c_stops_everything(tmp_path, serve
     index = tmp_path / "idx"
     shutil.copytree(served, index)
     log = open(tmp_path / "serve.log", "w")  # noqa: SIM115 - the server writes to it until it stops
-    port = PORT + 1
+    port = free_port()
     # a Ray instance of its own, not the test session's
     env = dict(os.environ, HF_HUB_OFFLINE="1", EMBEDLIB_API_KEY=KEY, RAY_ADDRESS="local")
     proc = subprocess.Popen(
