@@ -720,13 +720,11 @@ def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_p
         serve.delete("nokey")
 
 
-def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
-    """A server without --watch serves v-00001; two builds publish v-00002 and v-00003;
-    `gc --keep 1 --retain 0` removes v-00002 only: the replicas' lease keeps v-00001,
-    and every search still answers (it answered 503/500 once gc had deleted it)."""
+def _serve_small_index(tmp_path: Path, name: str) -> None:
+    """The small corpus embedded and indexed under `tmp_path`, served as app `name` at
+    /`name` with the test key (the caller deletes the app)."""
     from ray import serve
 
-    from embedlib.index.update.gc import gc_versions
     from embedlib.serve.app import build_app
 
     (tmp_path / "docs.jsonl").write_text(
@@ -734,8 +732,19 @@ def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
     )
     embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
     build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
-    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name="gcapp", api_key=KEY,
-                        route_prefix="/gcapp"), name="gcapp", route_prefix="/gcapp")  # fmt: skip
+    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name=name, api_key=KEY,
+                        route_prefix=f"/{name}"), name=name, route_prefix=f"/{name}")  # fmt: skip
+
+
+def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
+    """A server without --watch serves v-00001; two builds publish v-00002 and v-00003;
+    `gc --keep 1 --retain 0` removes v-00002 only: the replicas' lease keeps v-00001,
+    and every search still answers (it answered 503/500 once gc had deleted it)."""
+    from ray import serve
+
+    from embedlib.index.update.gc import gc_versions
+
+    _serve_small_index(tmp_path, "gcapp")
     try:
         for _ in range(2):
             build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
@@ -753,15 +762,7 @@ def test_a_damaged_version_is_refused_and_serving_goes_on(served, tmp_path):
     served (the reload used to stop the old replicas and answer 503 from then on)."""
     from ray import serve
 
-    from embedlib.serve.app import build_app
-
-    (tmp_path / "docs.jsonl").write_text(
-        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t, _, _ in DOCS)
-    )
-    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
-    build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
-    serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name="dmg", api_key=KEY,
-                        route_prefix="/dmg"), name="dmg", route_prefix="/dmg")  # fmt: skip
+    _serve_small_index(tmp_path, "dmg")
     try:
         build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
         shard = tmp_path / "idx" / "versions" / "v-00002" / "shard-00000.faiss"
