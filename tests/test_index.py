@@ -65,6 +65,9 @@ def test_plan_follows_the_guidelines():
     # below 10k vectors codes are scanned whole (no IVF list to miss), then rescored
     assert [plan_index(5000, 384, metric="cosine", memory_budget=gb, compress=c).factory
             for c in ("sq8", "pq", "binary")] == ["IDMap2,SQ8", "IDMap2,PQ96", "BFlat"]  # fmt: skip
+    # too few vectors to train 8-bit (256 centroids) or even 4-bit sub-quantizers
+    assert [plan_index(n, 384, metric="cosine", memory_budget=gb, compress="pq").factory
+            for n in (72, 10)] == ["IDMap2,PQ96x4", "IDMap2,SQ8"]  # fmt: skip
     with pytest.raises(IndexPlanError, match=r"full vectors need .* --compress"):
         plan_index(10_000_000, 384, metric="dot", memory_budget=gb, compress="none")
     with pytest.raises(IndexPlanError, match="either --factory"):

@@ -42,6 +42,8 @@ MAX_TRAIN = 400_000  # training vectors at most (>= 39 per list always)
 MAX_NLIST = 8192  # IVF lists at most in automatic plans: k-means of 8192 x 320k trains in minutes
 ID_BYTES = 8
 DEFAULT_RESCORE = 4  # candidates rescored per result (tuned up from here to the target recall)
+PQ8_MIN_TRAIN = 256  # FAISS trains 256 centroids per 8-bit sub-quantizer
+PQ4_MIN_TRAIN = 16  # and 16 per 4-bit one (fewer vectors than that: SQ8 codes)
 CALIBRATION_ROWS = 10_000  # an int8 vector store's ranges, for indexes that train on nothing
 
 
@@ -190,7 +192,12 @@ def _auto(n: int, d: int, metric: Metric, memory_budget: int, compress: str) -> 
         )
     if n < TINY and compress in ("sq8", "pq"):  # codes scanned whole: no list to miss
         sub = _pq_m(d, n, 2**62, 0) or 2
-        factory, code = ("IDMap2,SQ8", d) if compress == "sq8" else (f"IDMap2,PQ{sub}", sub)
+        if compress == "sq8" or n < PQ4_MIN_TRAIN:
+            factory, code = "IDMap2,SQ8", d
+        elif n < PQ8_MIN_TRAIN:  # 8-bit sub-quantizers need 256 points: 4-bit ones 16
+            factory, code = f"IDMap2,PQ{sub}x4", sub // 2
+        else:
+            factory, code = f"IDMap2,PQ{sub}", sub
         size = n * (code + ID_BYTES)
         return IndexPlan(factory, metric, 0, min(n, CALIBRATION_ROWS), size,
                          f"N={n} < {TINY}: {code}-byte codes scanned whole, then rescored")  # fmt: skip
