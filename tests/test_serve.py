@@ -725,17 +725,16 @@ def test_a_keyless_server_refuses_writes_and_hides_internal_errors(served, tmp_p
         serve.delete("nokey")
 
 
-def _serve_small_index(tmp_path: Path, name: str) -> None:
-    """The small corpus embedded and indexed under `tmp_path`, served as app `name` at
-    /`name` with the test key (the caller deletes the app)."""
+def _serve_small_index(served: Path, tmp_path: Path, name: str) -> None:
+    """An index of the served corpus's embedding set under `tmp_path` (nothing embedded
+    again), served as app `name` at /`name` with the test key (the caller deletes it)."""
+    import shutil
+
     from ray import serve
 
     from embedlib.serve.app import build_app
 
-    (tmp_path / "docs.jsonl").write_text(
-        "".join(json.dumps({"id": i, "text": t}) + "\n" for i, t, _, _ in DOCS)
-    )
-    embed_corpus(str(tmp_path / "docs.jsonl"), str(tmp_path / "emb"), run=LOCAL)
+    shutil.copytree(served.parent / "emb", tmp_path / "emb")
     build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
     serve.run(build_app(str(tmp_path / "idx"), searcher_cpus=0.1, app_name=name, api_key=KEY,
                         route_prefix=f"/{name}"), name=name, route_prefix=f"/{name}")  # fmt: skip
@@ -749,7 +748,7 @@ def test_gc_while_serving_keeps_the_served_version(served, tmp_path):
 
     from embedlib.index.update.gc import gc_versions
 
-    _serve_small_index(tmp_path, "gcapp")
+    _serve_small_index(served, tmp_path, "gcapp")
     try:
         for _ in range(2):
             build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
@@ -767,7 +766,7 @@ def test_a_damaged_version_is_refused_and_serving_goes_on(served, tmp_path):
     served (the reload used to stop the old replicas and answer 503 from then on)."""
     from ray import serve
 
-    _serve_small_index(tmp_path, "dmg")
+    _serve_small_index(served, tmp_path, "dmg")
     try:
         build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
         shard = tmp_path / "idx" / "versions" / "v-00002" / "shard-00000.faiss"
