@@ -83,6 +83,24 @@ def memory_rows(
     return rows
 
 
+def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, what: str) -> float:
+    """Seconds until the server at `url` answers /readyz with 200; SystemExit naming
+    `what` when its process ends or `timeout_s` passes first."""
+    import urllib.request
+
+    started = time.perf_counter()
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
+                if r.status == 200:
+                    return time.perf_counter() - started
+        except OSError:
+            pass
+        if proc.poll() is not None or time.perf_counter() - started > timeout_s:
+            raise SystemExit(f"{what} never became ready")
+        time.sleep(1)
+
+
 def _served_memory(py: str, env: dict[str, str], args: list[str], port: int,
                    queries: list[str]) -> tuple[float, float]:  # fmt: skip
     """`embedlib serve ARGS` on its own Ray: once every collection has answered a text
@@ -96,18 +114,7 @@ def _served_memory(py: str, env: dict[str, str], args: list[str], port: int,
                             start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise SystemExit(
-                        f"embedlib serve {' '.join(args)} never became ready"
-                    ) from None
-                time.sleep(1)
+        wait_ready(url, proc, 300, f"embedlib serve {' '.join(args)}")
         for path in queries:
             body = json.dumps({"query": "how to train a neural net", "k": 3}).encode()
             req = urllib.request.Request(url + path, data=body,

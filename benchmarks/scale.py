@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.memory import peak_memory
+from benchmarks.memory import peak_memory, wait_ready
 
 D, NQ, PART = 384, 200, 500_000
 COMPRESSIONS = ("none", "sq8", "pq", "binary")
@@ -130,19 +130,8 @@ def _serve(
     proc = subprocess.Popen([emb, "serve", str(root), "--port", str(port)], stdout=log,
                             stderr=subprocess.STDOUT, env=env, start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    started = time.perf_counter()
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/readyz", timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.perf_counter() - started > 900:
-                raise SystemExit(f"the server did not start: see {log.name}")
-            time.sleep(1)
-        ready_s = time.perf_counter() - started
+        ready_s = wait_ready(url, proc, 900, f"the server (see {log.name})")
         rows = [q.tolist() for q in queries]
         for i in range(1000):
             _post(url, {"vector": rows[i % len(rows)], "k": 10})

@@ -395,7 +395,7 @@ class Searcher:
                 for hit in hits:
                     hit.metadata = {}
             return hits
-        rows = self.docs.rows(iids)
+        rows = self.docs.rows(iids, vectors="vector" in include)
         out, at = [], 0
         for pairs in found:
             row = rows[at]

@@ -59,7 +59,7 @@ class FakeCorpus:
     def string_ids(self, iids: np.ndarray) -> list[str]:
         return [self.rows[int(i)].doc for i in iids]
 
-    def rows_of(self, iids: np.ndarray) -> list[DocRow]:
+    def rows_of(self, iids: np.ndarray, vectors: bool = True) -> list[DocRow]:
         out = []
         for i in iids.tolist():
             r = self.rows[i]

@@ -100,15 +100,16 @@ class ShardDocs:
         pos = np.minimum(np.searchsorted(self.iids, iids), len(self.iids) - 1)
         return np.where(self.iids[pos] == iids, pos, -1)
 
-    def rows(self, positions: np.ndarray) -> list[dict[str, Any]]:
-        """The rows at `positions` (all columns, vectors as float32 arrays)."""
+    def rows(self, positions: np.ndarray, vectors: bool = True) -> list[dict[str, Any]]:
+        """The rows at `positions` (all columns; with `vectors`, the vector as a float32
+        array, read from the vector file)."""
         out = []
         for p in positions.tolist():
             g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
             group = self._group(g)
             r = p - int(self.group_starts[g])
             out.append({c: v[r] for c, v in group.items()})
-        if self.vector_file is not None and len(out):
+        if vectors and self.vector_file is not None and len(out):
             for row, vector in zip(out, self.vector_file.get(positions), strict=True):
                 row[VECTOR] = vector
         return out
@@ -275,13 +276,14 @@ class DocsLookup:
             )
         return list(out.tolist())
 
-    def rows(self, iids: np.ndarray) -> list[DocRow]:
-        """The docs rows of int64 ids, each read with its row group."""
+    def rows(self, iids: np.ndarray, vectors: bool = True) -> list[DocRow]:
+        """The docs rows of int64 ids, each read with its row group (and, with `vectors`,
+        its vector: one read from the vector file per row, so only when asked)."""
         rows: list[dict[str, Any] | None] = [None] * len(iids)
         for docs in self.shards:
             pos = docs.positions(iids)
             found = np.flatnonzero(pos >= 0)
-            for n, found_row in zip(found.tolist(), docs.rows(pos[found]), strict=True):
+            for n, found_row in zip(found.tolist(), docs.rows(pos[found], vectors), strict=True):
                 rows[n] = found_row
         if any(r is None for r in rows):
             raise SourceError(
