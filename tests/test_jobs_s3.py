@@ -53,6 +53,17 @@ def _stop(proc: subprocess.Popen) -> None:
         time.sleep(3)
 
 
+def _forget_recorded_address(gcs_port: int) -> None:
+    """`ray start` records its address in /tmp/ray/ray_current_cluster and only `ray stop`
+    removes it: once the nodes are killed, a plain `ray.init()` on this machine (the
+    README's Ray Data example) would wait for the dead cluster. Remove it if it is ours."""
+    from ray._common.utils import get_ray_address_file
+
+    recorded = Path(get_ray_address_file(None))
+    if recorded.exists() and recorded.read_text().strip().endswith(f":{gcs_port}"):
+        recorded.unlink()
+
+
 @pytest.mark.slow  # multi-node
 def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeypatch):
     import fsspec
@@ -133,3 +144,4 @@ def test_pipeline_job_on_a_two_node_cluster_with_s3(s3_server, tmp_path, monkeyp
         from embedlib.serve.run import stop_orphaned_haproxy
 
         stop_orphaned_haproxy()  # Ray leaves Serve's HAProxy running when its nodes are killed
+        _forget_recorded_address(gcs)

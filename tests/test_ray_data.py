@@ -87,9 +87,12 @@ def test_the_readme_pipeline_runs_as_written_on_this_machine(tmp_path):
     process of its own (its own Ray instance, every CPU of the machine) on 1,500 short
     texts: it finishes (on 2 CPUs, two 1-CPU Embedder actors once held both CPUs and the
     reads never ran) and writes the embedding set it says."""
+    import os
     import re
+    import shutil
     import subprocess
     import sys
+    import tempfile
     from pathlib import Path
 
     import pyarrow.parquet as pq
@@ -103,8 +106,14 @@ def test_the_readme_pipeline_runs_as_written_on_this_machine(tmp_path):
     texts = corpora.sentences(1500, seed=8)
     pq.write_table(pa.table({"id": [f"t{i}" for i in range(1500)], "text": texts}),
                    tmp_path / "corpus" / "part.parquet")  # fmt: skip
-    env = {k: v for k, v in __import__("os").environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"},
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # a Ray temp dir of its own (short: Ray's socket paths live under it), so a cluster
+    # recorded by another `ray start` on this machine, live or dead, is not joined
+    env["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="rt-", dir="/tmp")
+    try:
+        done = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, env={**env, "HF_HUB_OFFLINE": "1"},
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+    finally:
+        shutil.rmtree(env["RAY_TMPDIR"], ignore_errors=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert EmbeddingSet(str(tmp_path / "out" / "embeddings")).manifest.documents == 1500
