@@ -100,3 +100,12 @@ class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class SwitchError(EmbedlibError):
+    """A served version could not be replaced by another (its replicas failed to start):
+    the keeper deploys the version served before again."""
+
+
+class DeadlineExceededError(EmbedlibError, TimeoutError):
+    """A request's work ran past its deadline and was stopped (HTTP 504)."""

@@ -783,6 +783,77 @@ def test_a_damaged_version_is_refused_and_serving_goes_on(served, tmp_path):
         serve.delete("dmg")
 
 
+def _finished(status_url: str, timeout_s: float = 300) -> dict:
+    """A write's or reload's record once it is done or failed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status, record = _request(status_url)
+        assert status == 200, record
+        if record["status"] in ("done", "failed") or time.monotonic() > deadline:
+            return record
+        time.sleep(0.5)
+
+
+class _ReplicaWatch:
+    """A thread's loop: the fewest running replicas an app's Gateway had, polled from
+    Serve's status until `done` is set (not through HTTP: a request to an app without
+    replicas waits, and polls made through it would miss that time)."""
+
+    def __init__(self, app: str, done: threading.Event) -> None:
+        self.app, self.done = app, done
+        self.fewest: int | None = None
+        self.polls = 0
+
+    def __call__(self) -> None:
+        from ray import serve
+
+        while not self.done.is_set():
+            states = serve.status().applications[self.app].deployments["Gateway"].replica_states
+            running = states.get("RUNNING", 0)
+            self.fewest = running if self.fewest is None else min(self.fewest, running)
+            self.polls += 1
+            time.sleep(0.2)
+
+
+def test_a_version_whose_replicas_fail_to_start_is_rolled_back(served, tmp_path):
+    """A version that passes verification but whose replicas cannot start (its model
+    folder was moved away after the build), then a reload: new replicas start beside the
+    old ones, which answer every search throughout; once Serve gives up on the new ones,
+    the served version is deployed again and the reload's record says so (Serve used to
+    stop the old replicas first: every search then answered 503)."""
+    from ray import serve
+
+    _serve_small_index(served, tmp_path, "roll")
+    done = threading.Event()
+    query_loop, watch = _QueryLoop(done, "/roll"), _ReplicaWatch("roll", done)
+    threads = [threading.Thread(target=query_loop), threading.Thread(target=watch)]
+    for thread in threads:
+        thread.start()
+    try:
+        build_index(str(tmp_path / "emb"), str(tmp_path / "idx"), run=LOCAL)
+        manifest = tmp_path / "idx" / "versions" / "v-00002" / "manifest.json"
+        fields = json.loads(manifest.read_text())
+        fields["model"]["name"] = str(tmp_path / "moved-model")
+        manifest.write_text(json.dumps(fields))
+        status, body = _request("/roll/v1/admin/reload", {})
+        assert status == 202 and body["to"] == "v-00002", body
+        record = _finished("/roll" + body["status_url"])
+        assert record["kind"] == "reload" and record["status"] == "failed", record
+        assert record["error"]["code"] == "switch_failed", record
+        assert "rolled back: v-00001 is served" in record["error"]["message"], record
+        assert _request("/roll/v1/indexes")[1]["indexes"][0]["version"] == "v-00001"
+        status, body = _request("/roll/v1/search", {"query": "cheap shoes", "k": 1})
+        assert status == 200 and body["results"][0]["id"] == "2", body
+        assert _metric("/roll", "version_events_total", 1, event="rolled_back") >= 1
+    finally:
+        done.set()
+        for thread in threads:
+            thread.join()
+        serve.delete("roll")
+    query_loop.check(at_least=10)
+    assert watch.polls >= 10 and watch.fewest == 1, (watch.polls, watch.fewest)  # never none
+
+
 def test_the_read_key_searches_and_only_the_admin_key_writes(served):
     """EMBEDLIB_READ_KEY opens searches, the page's API and /openapi.json, never a write
     or a reload (403); EMBEDLIB_API_KEY opens everything. The page and its script load
@@ -895,6 +966,9 @@ def test_reload_switches_to_a_new_version_without_dropping_requests(served):
     try:
         status, body = _request("/v1/admin/reload", {})
         assert status == 202 and body["to"] == "v-00002", body
+        record = _finished(body["status_url"])
+        assert record["kind"] == "reload" and record["status"] == "done", record
+        assert record["switched"] and record["previous"] == "v-00001", record
         deadline = time.time() + 180
         while (
             time.time() < deadline

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 from ray import serve
 from ray.serve import Application
+from ray.serve.schema import ApplicationStatus
 
+from embedlib.exceptions import SwitchError
 from embedlib.index.store.version import IndexVersion
 from embedlib.serve.config import (
     AppOptions,
@@ -38,6 +41,11 @@ HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray gives this resource to the 
 # Serve's default (5) queues the 6th concurrent request at the proxy with back-off: at 16
 # clients that cut throughput to ~50 q/s. Our replicas are async and batch, so let them in.
 MAX_ONGOING_REQUESTS = 256
+# A switch starts each deployment's new replicas before its old ones stop (Serve's default,
+# 0, stopped them first: a new version that failed to start left nothing serving).
+SURGE_PERCENT = 100
+SWITCH_TIMEOUT_S = 600.0  # a switch whose replicas are not all ready by then has failed
+SWITCH_POLL_S = 0.5
 
 
 def build_app(index: str = "", *, version: str | None = None, **options: Any) -> Application:
@@ -56,6 +64,7 @@ def build_versions(options: AppOptions, versions: Mapping[str, str | None]) -> A
     deployment_options: dict[str, Any] = {
         "num_replicas": options.replicas,
         "max_ongoing_requests": MAX_ONGOING_REQUESTS,
+        "max_surge_percent": SURGE_PERCENT,
         "ray_actor_options": {"num_cpus": options.searcher_cpus},
     }
     searcher = serve.deployment()(ShardSearcher)
@@ -91,6 +100,7 @@ def build_versions(options: AppOptions, versions: Mapping[str, str | None]) -> A
                         name="Encoder" if not encoders else f"Encoder{len(encoders)}",
                         num_replicas=1,
                         max_ongoing_requests=MAX_ONGOING_REQUESTS,
+                        max_surge_percent=SURGE_PERCENT,
                         ray_actor_options={"num_cpus": options.encoder_cpus},
                     )
                     .bind(model)
@@ -107,6 +117,7 @@ def build_versions(options: AppOptions, versions: Mapping[str, str | None]) -> A
         # in the gateway, and /metrics counts every request. Zero CPUs: the head may offer none.
         gateway_options = {
             "max_ongoing_requests": MAX_ONGOING_REQUESTS,
+            "max_surge_percent": SURGE_PERCENT,
             "ray_actor_options": {"num_cpus": 0, "resources": {HEAD_NODE_RESOURCE: 0.001}},
         }
     config = GatewayConfig(options, tuple(served))
@@ -114,13 +125,39 @@ def build_versions(options: AppOptions, versions: Mapping[str, str | None]) -> A
     return gateway.bind(config, parts, partial(redeploy, options))
 
 
-def redeploy(options: AppOptions, versions: Mapping[str, str]) -> None:
+def redeploy(
+    options: AppOptions, versions: Mapping[str, str], timeout_s: float = SWITCH_TIMEOUT_S
+) -> None:
     """Deploy the application again for `versions` (each collection's; under its name and
-    route prefix). Serve replaces the replicas one by one (new ones ready before old ones
-    go), so no request is dropped."""
-    serve.run(
-        build_versions(options, versions), name=options.app_name, route_prefix=options.route_prefix
-    )
+    route prefix) and wait until it runs. Serve replaces each deployment's replicas with
+    new ones started first (SURGE_PERCENT), so the old ones serve until the new are
+    ready. SwitchError when the new replicas fail to start (Serve gives up after 3 tries
+    per replica; the old ones still serve) or are not ready within `timeout_s`."""
+    # serve.run waits without a bound; its non-blocking twin returns once deployed
+    serve._run(
+        build_versions(options, versions), _blocking=False, name=options.app_name,
+        route_prefix=options.route_prefix,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(options.app_name)
+        if app is None:
+            raise SwitchError(f"application {options.app_name!r} is gone")
+        if app.status == ApplicationStatus.RUNNING:
+            return
+        if app.status == ApplicationStatus.DEPLOY_FAILED:
+            raise SwitchError(f"its replicas failed to start: {_first_line(app.message)}")
+        if time.monotonic() > deadline:
+            raise SwitchError(f"its replicas were not ready after {timeout_s:.0f} s "
+                              f"({app.status.value}: {_first_line(app.message)})")  # fmt: skip
+        time.sleep(SWITCH_POLL_S)
+
+
+def _first_line(message: str) -> str:
+    """A Serve status message's gist (it carries whole tracebacks)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line or "error" in line]
+    return (errors[-1] if errors else lines[0] if lines else "no reason given")[:500]
 
 
 def app_builder(args: dict[str, Any]) -> Application:

@@ -352,9 +352,12 @@ class Gateway:
         problem = await self._call_keeper("verify", c.name, target)
         if problem is not None:  # the served version stays
             raise ApiError(409, "version_damaged", problem)
-        # the keeper deploys it: this replica is among those replaced
-        self._keeper().switch.remote(c.name, target, False, False)
-        return JSONResponse({"reloading": True, "from": c.version, "to": target}, status_code=202)
+        # the keeper deploys it (this replica is among those replaced) and keeps its record
+        record = await self._call_keeper("reload", c.name, target)
+        return JSONResponse({"reloading": True, "from": c.version, "to": target,
+                             "write_id": record["write_id"],
+                             "status_url": f"/v1/writes/{record['write_id']}"},
+                            status_code=202)  # fmt: skip
 
     def _require_key(self, what: str) -> None:
         """Writes and admin routes: refused without a server key, or outside `embedlib serve`."""

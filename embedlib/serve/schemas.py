@@ -249,9 +249,14 @@ class WriteError(BaseModel):
 class WriteStatus(BaseModel):
     """A write's state. Once `done`: the version it published (null when nothing
     changed), its counts, and whether the app switched to it (a write's switch goes only
-    forward: an older version than the one served is not deployed)."""
+    forward: an older version than the one served is not deployed; `switch_error` says
+    why a switch failed and what is served). A reload's record (kind "reload") names the
+    version it switches to (`version`) and from (`previous`); `failed` with the code
+    `switch_failed` when the new replicas did not start and the old version was
+    deployed again."""
 
     write_id: str
+    kind: Literal["write", "reload"] = "write"
     status: Literal["queued", "running", "done", "failed"]
     submitted_at: float
     documents: int
@@ -278,10 +283,16 @@ class ReloadRequest(BaseModel):
 
 
 class ReloadResponse(BaseModel):
+    """Whether a switch started; if so, the id its outcome is reported under
+    (GET /v1/writes/{id}: done once the new replicas serve, failed when they did not
+    start and the served version was deployed again)."""
+
     reloading: bool
     version: str | None = None
     to: str | None = None
     from_: str | None = Field(default=None, alias="from")
+    write_id: str | None = None
+    status_url: str | None = None
 
 
 class IndexInfo(BaseModel):

@@ -9,7 +9,10 @@ A `VersionKeeper` (one detached Ray actor per served application, zero CPUs) own
   the version a write published, whether or not its client is still there;
 - **switches**: every deploy of another version (a write's, a reload's, `--watch`'s)
   goes through `switch`, one at a time. A write's switch goes only forward: a slower
-  write that published v-5 never replaces v-6 already served.
+  write that published v-5 never replaces v-6 already served. A version is verified
+  before it is deployed; new replicas start before old ones stop, and when they fail to
+  start the served version is deployed again (rolled back) and the failure reported:
+  in the write's or reload's record, the `switch_failed` / `rolled_back` counts, the log.
 A replica that is replaced mid-write (the switch itself replaces them) loses nothing:
 the keeper is not a replica. The keeper itself is restarted by Ray when it dies
 (`max_restarts=-1`); the restarted keeper first reconciles: a collection whose CURRENT
@@ -28,7 +31,7 @@ import logging
 import time
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +39,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from embedlib.distributed import use_worker_env
-from embedlib.exceptions import EmbedlibError, IndexLockedError, SourceError
+from embedlib.exceptions import EmbedlibError, IndexLockedError, SourceError, SwitchError
 from embedlib.index.store.layout import published_version
 from embedlib.index.store.version import IndexVersion
 from embedlib.index.update.upsert import UpdateReport, update_index
@@ -135,23 +138,53 @@ class VersionKeeper:
         if await self.pending() >= MAX_PENDING_WRITES:
             self._count("write_refused")
             return None
+        record = self._record(collection, kind="write", documents=len(documents),
+                              deletes=len(deletes))  # fmt: skip
+        self._start(self._run(record, documents, deletes, text_column))
+        return dict(record)
+
+    def _record(self, collection: str, **fields: Any) -> dict[str, Any]:
+        """A new write or reload record, kept (the oldest finished ones forgotten beyond
+        WRITES_KEPT)."""
         write_id = uuid.uuid4().hex
         record: dict[str, Any] = {"write_id": write_id, "collection": collection,
-                                  "status": "queued",
-                                  "submitted_at": time.time(), "documents": len(documents),
-                                  "deletes": len(deletes)}  # fmt: skip
+                                  "status": "queued", "submitted_at": time.time(),
+                                  **fields}  # fmt: skip
         self.writes[write_id] = record
         while len(self.writes) > WRITES_KEPT:
             oldest = next(iter(self.writes))
             if self.writes[oldest]["status"] in ("queued", "running"):
                 break
             del self.writes[oldest]
-        task = asyncio.get_running_loop().create_task(
-            self._run(record, documents, deletes, text_column)
-        )
+        return record
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def reload(self, collection: str, version: str) -> dict[str, Any]:
+        """Switch `collection` to `version` (verified by the caller) in the background; its
+        record, kept and reported like a write's (kind "reload"): done once the new
+        replicas serve, failed (error code "switch_failed") when they did not start and
+        the served version was deployed again."""
+        await self._reconcile()
+        record = self._record(collection, kind="reload", documents=0, deletes=0)
+        record.update(previous=self.served[collection], version=version)
+        self._start(self._run_reload(record))
         return dict(record)
+
+    async def _run_reload(self, record: dict[str, Any]) -> None:
+        record["status"] = "running"
+        try:
+            record["switched"] = await self.switch(
+                record["collection"], record["version"], forward_only=False, verify=False
+            )
+        except (SwitchError, SourceError) as e:
+            record.update(status="failed", finished_at=time.time(),
+                          error={"code": "switch_failed", "message": str(e)})  # fmt: skip
+            return
+        record.update(status="done", finished_at=time.time())
 
     async def status(self, write_id: str) -> dict[str, Any] | None:
         await self._reconcile()
@@ -190,12 +223,30 @@ class VersionKeeper:
                 raise SourceError(problem)  # never switch to a version that cannot serve
             try:
                 await asyncio.to_thread(self._switch, wanted)
-            except Exception:
-                self._count("switch_failed")
-                raise
+            except Exception as e:
+                raise await self._roll_back(collection, version, e) from e
             self.served = wanted
             self._count("switched")
             return True
+
+    async def _roll_back(self, collection: str, version: str, error: Exception) -> SwitchError:
+        """After a failed switch of `collection` to `version`: deploy what was served
+        before again (its replicas still serve: new ones start before old ones stop); the
+        error saying what happened, for the caller to raise."""
+        self._count("switch_failed")
+        served = self.served[collection]
+        log.error("switching %s to %s failed: %s; deploying %s again", collection, version,
+                  error, served)  # fmt: skip
+        try:
+            await asyncio.to_thread(self._switch, self.served)
+        except Exception as again:  # noqa: BLE001  counted, logged and reported
+            self._count("rollback_failed")
+            log.error("deploying %s of %s again failed: %s", served, collection, again)
+            return SwitchError(f"switching {collection} to {version} failed ({error}); "
+                               f"deploying {served} again failed too ({again})")  # fmt: skip
+        self._count("rolled_back")
+        return SwitchError(f"switching {collection} to {version} failed ({error}); "
+                           f"rolled back: {served} is served")  # fmt: skip
 
     async def note(self, event: str) -> None:
         """Count an event of the application's version keeping (e.g. a --watch failure)."""
@@ -241,7 +292,9 @@ class VersionKeeper:
                 record["switched"] = await self.switch(
                     record["collection"], report.version, forward_only=True
                 )
-            except Exception as e:  # the version is published; the app could not switch
+            except (SwitchError, SourceError) as e:  # published; the app could not switch
+                record["switch_error"] = str(e)
+            except Exception as e:
                 error_id = uuid.uuid4().hex[:16]
                 log.exception("switching to %s failed: error id %s", report.version, error_id)
                 record["switch_error"] = f"{type(e).__name__}; the log holds it as {error_id}"
