@@ -161,3 +161,44 @@ def test_indexes_of_one_model_share_one_query_model(index):
     assert a.query_model() is b.query_model() and len(models) == 1
     assert ShardedIndex(root).query_model() is not a.query_model()  # not shared unless asked
     np.testing.assert_allclose(a.encode_text(["a note"]), index.encode_text(["a note"]), atol=1e-6)
+
+
+def test_a_heavy_request_runs_in_a_thread_and_stops_at_its_deadline(index, monkeypatch):
+    """On a server's event loop, a request with excluded ids is planned, merged and joined
+    in a thread (the loop stays free for /healthz); under a deadline already passed that
+    work stops between slices (DeadlineExceededError, a 504), and without one it answers.
+    A small dense request stays on the loop."""
+    import asyncio
+    import threading
+
+    from embedlib.exceptions import DeadlineExceededError
+    from embedlib.search.deadline import deadline_in
+    from embedlib.search.searcher import Searcher
+    from embedlib.serve.placement import LocalPlacement
+
+    planned_in: list[int] = []
+    plan = Searcher.plan
+
+    def spy(self, *args, **kwargs):
+        planned_in.append(threading.get_ident())
+        return plan(self, *args, **kwargs)
+
+    monkeypatch.setattr(Searcher, "plan", spy)
+    placement = LocalPlacement(index)
+    vector = index.encode_text(["gardening tips"])[0]
+    heavy = [Query(vector=vector, k=5, exclude=["d0", "d5"]) for _ in range(40)]
+
+    async def ask(queries: list[Query], seconds: float) -> tuple[int, list]:
+        with deadline_in(seconds):
+            hits = (await index.searcher.run_async(queries, placement)).hits
+        return threading.get_ident(), hits
+
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(ask(heavy, -1.0))
+    loop, hits = asyncio.run(ask(heavy, 60.0))
+    assert planned_in[-1] != loop  # planned in a thread
+    assert len(hits) == 40 and all(len(h) == 5 and {"d0", "d5"}.isdisjoint(x.id for x in h)
+                                   for h in hits)  # fmt: skip
+    assert [x.id for x in hits[0]] == [x.id for x in index.query([heavy[0]])[0]]
+    loop, hits = asyncio.run(ask([Query(vector=vector, k=5)], 60.0))
+    assert planned_in[-1] == loop and len(hits[0]) == 5  # small: on the loop

@@ -40,6 +40,7 @@ import numpy as np
 from embedlib.exceptions import NoLexicalIndexError, QueryError
 from embedlib.index.store.docs import DocRow, DocsLookup
 from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
+from embedlib.search.deadline import check_deadline
 from embedlib.search.filters import check_filter
 from embedlib.search.fusion import FUSIONS, Rankings
 from embedlib.search.lexical import LexicalStats, LexicalTask
@@ -54,6 +55,11 @@ FUSION_FETCH = 2  # a hybrid search fetches each ranking this many times as deep
 # ... and at least this deep (Elasticsearch's rank_window_size): a document missing from
 # one list scores 0 there, so a shallow window would let k change the top hits
 FUSION_WINDOW = 100
+# A request of at most this many dense queries, each of k <= INLINE_K with nothing excluded
+# (and at most INLINE_K docs rows to read), is planned and joined on the server's event
+# loop (microseconds); others in a thread
+INLINE_QUERIES = 16
+INLINE_K = 100
 Rounds = Generator[list[Task], list[TaskResult], "Answers"]
 DENSE, LEXICAL, HYBRID = "dense", "lexical", "hybrid"
 
@@ -207,6 +213,7 @@ class Searcher:
         started = time.perf_counter() if started is None else started
         for q in queries:
             self._check(q)
+        check_deadline()
         modes = [self.mode(q) for q in queries]
         if all(q.vector is not None for q in queries):  # vectors only: one conversion
             raw = self.vector_rows([q.vector for q in queries if q.vector is not None])
@@ -304,7 +311,10 @@ class Searcher:
         results = yield plan.tasks
         searched = time.perf_counter()
         self._receive(plan.rows, plan.tasks, plan.members, results)
-        hits = [self._hits(row, self._ranked(row)) for row in plan.rows]
+        hits = []
+        for row in plan.rows:
+            check_deadline()
+            hits.append(self._hits(row, self._ranked(row)))
         short = [r for r, row in enumerate(plan.rows)
                  if row.grouped and len(hits[r]) < row.options.k and row.more]  # fmt: skip
         while short:
@@ -335,6 +345,7 @@ class Searcher:
         """Each ranking's (score, id) pairs kept on its query rows, without the excluded
         ids; a ranking that gave as many as asked may hold more deeper."""
         for task, rs, (d, i) in zip(tasks, members, results, strict=True):
+            check_deadline()
             kind = LEXICAL if isinstance(task, LexicalTask) else DENSE
             for r, scores, ids in zip(rs, d.tolist(), i.tolist(), strict=True):
                 row = rows[r]
@@ -370,6 +381,7 @@ class Searcher:
         for r, row in enumerate(plan.rows):
             by_fields.setdefault(row.options.fields, []).append(r)
         for fields, members in by_fields.items():
+            check_deadline()
             joined = self._hits_of([h for r in members for h in hits[r]], fields)
             start = 0
             for r in members:
@@ -447,15 +459,31 @@ class Searcher:
         return self.drive(self.plan(queries, vectors, started=started), placement)
 
     async def run_async(self, queries: Sequence[Query], placement: AsyncPlacement) -> Answers:
-        """Answer `queries` on a server's event loop."""
+        """Answer `queries` on a server's event loop: planning, merging and the docs joins
+        of all but the smallest requests run in a thread (see `_light`)."""
         started = time.perf_counter()
         texts = self.texts(queries)
         vectors = await placement.encode(texts) if texts else None
-        if any(q.positive or q.negative for q in queries):  # items by id: docs reads
-            plan = await asyncio.to_thread(self.plan, queries, vectors, started=started)
-        else:
+        if self._light(queries):
             plan = self.plan(queries, vectors, started=started)
+        else:
+            plan = await asyncio.to_thread(self.plan, queries, vectors, started=started)
         return await self.drive_async(plan, placement)
+
+    def _light(self, options: Sequence[SearchOptions]) -> bool:
+        """Whether a request's own work (apart from the searches, which placements run in
+        threads when they are large) is small enough for the event loop: a few dense
+        queries of modest depth, nothing to exclude or look up by id, no hits grouped by
+        document. Anything else runs in a thread, where the deadline stops it."""
+        return (
+            len(options) <= INLINE_QUERIES
+            and sum(o.k for o in options if self._row_fields(o.fields)) <= INLINE_K
+            and all(
+                not o.exclude and o.k <= INLINE_K and not (self.docs.chunked and o.group == "document")
+                and not (isinstance(o, Query) and (o.positive or o.negative or self.mode(o) != DENSE))
+                for o in options
+            )
+        )  # fmt: skip
 
     def run_batch(
         self, vectors: np.ndarray, options: SearchOptions, placement: Placement
@@ -466,8 +494,12 @@ class Searcher:
     async def run_batch_async(
         self, vectors: np.ndarray, options: SearchOptions, placement: AsyncPlacement
     ) -> Answers:
-        """`run_batch` on a server's event loop."""
-        return await self.drive_async(self.plan_batch(vectors, options), placement)
+        """`run_batch` on a server's event loop (planned in a thread unless small)."""
+        if len(vectors) <= INLINE_QUERIES and self._light([options]):
+            plan = self.plan_batch(vectors, options)
+        else:
+            plan = await asyncio.to_thread(self.plan_batch, vectors, options)
+        return await self.drive_async(plan, placement)
 
     def drive(self, plan: SearchPlan, placement: Placement) -> Answers:
         """Run a plan's rounds with a placement in this process."""
@@ -480,18 +512,22 @@ class Searcher:
                 return done.value
 
     async def drive_async(self, plan: SearchPlan, placement: AsyncPlacement) -> Answers:
-        """Run a plan's rounds on a server's event loop."""
+        """Run a plan's rounds on a server's event loop; between searches, merging and the
+        docs joins run on the loop for a light plan, else in a thread."""
         rounds = self.rounds(plan)
         tasks = next(rounds)
+        light = len(plan.rows) <= INLINE_QUERIES and self._light([r.options for r in plan.rows])
         while True:
             if len(tasks) == 1:
                 results = [await placement.search(tasks[0])]
             else:
                 results = list(await asyncio.gather(*(placement.search(t) for t in tasks)))
-            try:
-                tasks = rounds.send(results)
-            except StopIteration as done:
-                return done.value
+            step = (
+                _step(rounds, results) if light else await asyncio.to_thread(_step, rounds, results)
+            )
+            if isinstance(step, Answers):
+                return step
+            tasks = step
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -522,6 +558,7 @@ class Searcher:
         vectors: list[np.ndarray | None] = []
         excluded = []
         for q, mode in zip(queries, modes, strict=True):
+            check_deadline()
             leave_out = set(self._excluded(q.exclude))
             v: np.ndarray | None
             if mode == LEXICAL:
@@ -547,6 +584,16 @@ class Searcher:
             vectors.append(v)
             excluded.append(frozenset(leave_out))
         return vectors, excluded
+
+
+def _step(rounds: Rounds, results: list[TaskResult]) -> list[Task] | Answers:
+    """The next round's searches, or the answers once the rounds are done (StopIteration
+    cannot cross a thread's future, so it is caught here)."""
+    try:
+        return rounds.send(results)
+    except StopIteration as done:
+        answers: Answers = done.value
+        return answers
 
 
 def _passage(row: DocRow) -> Passage:

@@ -33,6 +33,7 @@ from embedlib.exceptions import (
     NoTextModelError,
     QueryError,
 )
+from embedlib.search.deadline import deadline_in
 from embedlib.search.query import validation_message
 from embedlib.serve.metrics import RequestMetrics
 
@@ -173,9 +174,10 @@ class GatewayRoute(APIRoute):
                     if body:
                         _require_json(request)
                     receive = _replay(body)
-                response = await asyncio.wait_for(
-                    handler(OrjsonRequest(request.scope, receive)), settings.request_timeout_s
-                )
+                with deadline_in(settings.request_timeout_s):  # seen by its threads' work
+                    response = await asyncio.wait_for(
+                        handler(OrjsonRequest(request.scope, receive)), settings.request_timeout_s
+                    )
             except Exception as e:  # every error becomes a JSON answer (CancelledError passes)
                 expected = _render(e, settings.request_timeout_s)
                 if expected is None:  # unexpected: the log keeps it, the client gets an id
