@@ -92,9 +92,6 @@ class BinaryIndex:
         params.nprobe = int(min(nprobe, self.nlist))
         return params
 
-    def write(self, path: str) -> None:
-        faiss.write_index_binary(self.index, path)
-
     @classmethod
     def read(cls, path: str, flags: int = 0) -> BinaryIndex:
         return cls(faiss.read_index_binary(path, flags))

@@ -73,10 +73,16 @@ def write_index(index: AnyIndex, fs: fsspec.AbstractFileSystem, path: str) -> No
 
 
 def _write_local(index: AnyIndex, path: str) -> None:
-    if isinstance(index, BinaryIndex):
-        index.write(path)
-    else:
-        faiss.write_index(index, path)
+    """Write through a Python file object: a full disk raises OSError at the write or the
+    close that fails (FAISS's own file writer only prints "close error" when its last
+    buffer cannot be written, leaving a truncated file behind a successful call)."""
+    with open(path, "wb") as fh:
+        writer = faiss.PyCallbackIOWriter(fh.write)
+        if isinstance(index, BinaryIndex):
+            faiss.write_index_binary(index.index, writer)
+        else:
+            faiss.write_index(index, writer)
+        del writer  # flushes FAISS's buffer into fh before fh closes
 
 
 def _read_local(path: str, flags: int = 0) -> AnyIndex:

@@ -79,3 +79,29 @@ def test_rescoring_orders_candidates_by_their_exact_score(metric):
     assert (i[:, :10] == exact_i).all() and (i[:, 10:] == -1).all()
     np.testing.assert_allclose(d[:, :10], exact_d, rtol=1e-5, atol=1e-5)
     assert np.isnan(d[:, 10:]).all()
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_index_written_to_a_full_disk_raises(tmp_path, binary):
+    """A small index (it fits FAISS's write buffer) written where the disk is full:
+    FAISS's own writer printed "close error" and returned, leaving a truncated shard
+    behind a build that reported success; ours raises. Written where there is room, it
+    reads back whole."""
+    import os
+
+    from embedlib.index.binary import BinaryIndex
+    from embedlib.index.faiss_ops import read_index_file, write_index
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    if binary:
+        index = BinaryIndex(faiss.IndexBinaryFlat(64))
+        index.index.add(np.random.default_rng(0).integers(0, 256, (10, 8), dtype=np.uint8))
+    else:
+        index = faiss.IndexFlatIP(8)
+        index.add(_unit_rows(10, 8))
+    fs = fsspec.filesystem("file")
+    with pytest.raises(OSError, match="No space left"):
+        write_index(index, fs, "/dev/full")
+    write_index(index, fs, str(tmp_path / "shard.faiss"))
+    assert read_index_file(fs, str(tmp_path / "shard.faiss")).ntotal == 10
