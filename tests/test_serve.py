@@ -613,10 +613,12 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
             time.sleep(0.5)
         return False
 
-    def finished(write_id: str) -> dict:
-        deadline = time.time() + 120
+    def finished(write_id: str, timeout_s: float = 120) -> dict:
+        deadline = time.time() + timeout_s
         while time.time() < deadline:
             status, body = _request(f"/upd/v1/writes/{write_id}")
+            if status == 503 and body["error"]["code"] == "keeper_unavailable":
+                continue  # a killed keeper restarting: asked again, as the answer says
             assert status == 200, body
             if body["status"] in ("done", "failed"):
                 return body
@@ -679,6 +681,19 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
             time.sleep(0.5)
         assert _request("/upd/v1/writes/unknown")[0] == 404, seen[-3:]
         assert switched_to("v-00005")
+        # a write accepted, then its keeper killed before it finished (its writes used to
+        # vanish): recorded under the index before the 202, it runs again in the
+        # restarted keeper under the same id
+        ice = {"id": "11", "text": "glaciers carve valleys out of ice", "metadata": {"lang": "en"}}
+        status, body = _request("/upd/v1/upsert", {"documents": [ice]})
+        journal = tmp_path / "idx" / "_writes" / keeper / f"{body['write_id']}.json"
+        assert status == 202 and journal.exists(), body
+        ray.kill(ray.get_actor(keeper, namespace="embedlib"), no_restart=False)
+        record = finished(body["write_id"], timeout_s=400)  # a killed writer's lock goes stale
+        assert record["status"] == "done" and record["resumed"], record
+        assert not journal.exists() and switched_to(record["version"])
+        status, body = _request("/upd/v1/search", {"query": "ice carving valleys", "k": 1})
+        assert body["results"][0]["id"] == "11", body
     finally:
         done.set()
         thread.join()

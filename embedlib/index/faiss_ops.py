@@ -77,7 +77,7 @@ def _write_local(index: AnyIndex, path: str) -> None:
     close that fails (FAISS's own file writer only prints "close error" when its last
     buffer cannot be written, leaving a truncated file behind a successful call)."""
     with open(path, "wb") as fh:
-        writer = faiss.PyCallbackIOWriter(fh.write)
+        writer = faiss.PyCallbackIOWriter(fh.write)  # type: ignore[attr-defined]
         if isinstance(index, BinaryIndex):
             faiss.write_index_binary(index.index, writer)
         else:

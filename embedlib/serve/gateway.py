@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import posixpath
+import time
 from collections.abc import Callable, Mapping
 from functools import cache, partial
 from html import escape as html_escape
@@ -27,7 +28,7 @@ import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from ray import serve
-from ray.exceptions import RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import RayServeException
 
 from embedlib._version import __version__
@@ -88,6 +89,7 @@ PAGE_HEADERS = {  # the page runs only its own script file (no inline script)
     "Referrer-Policy": "no-referrer",
 }
 EMBED_SLICE = 64  # /v1/embeddings encodes this many texts per call
+KEEPER_WAIT_S = 10.0  # a call waits this long for a keeper Ray is restarting (then 503)
 
 
 @cache
@@ -107,8 +109,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (504, "the request took longer than the timeout"),
     )
 }
+KEEPER_RESTARTING: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "the keeper is restarting; send it again"},
+}
 WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
     429: {"model": ErrorResponse, "description": "too many writes are waiting"},
+    **KEEPER_RESTARTING,
 }
 RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such version"},
@@ -116,6 +122,7 @@ RELOAD_ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorResponse,
         "description": "the version cannot be served (damaged); the served one stays",
     },
+    **KEEPER_RESTARTING,
 }
 api = FastAPI(
     title="embedlib",
@@ -320,7 +327,7 @@ class Gateway:
         record["status_url"] = f"/v1/writes/{record['write_id']}"
         return JSONResponse(record, status_code=202)
 
-    @api.get("/v1/writes/{write_id}", response_model=WriteStatus)
+    @api.get("/v1/writes/{write_id}", response_model=WriteStatus, responses=KEEPER_RESTARTING)
     async def write_status(self, write_id: str) -> Response:
         """A write's state: queued, running, done (with the version it published and
         whether the app switched to it) or failed (with the error)."""
@@ -370,13 +377,24 @@ class Gateway:
             )
 
     async def _call_keeper(self, method: str, *args: Any) -> Any:
-        """Call the keeper; when it died for good, start (or find) it again and retry
-        once (Ray restarts a keeper that dies; a handle to one killed outright is dead)."""
-        try:
-            return await getattr(self._keeper(), method).remote(*args)
-        except RayActorError:
-            self.keeper = None
-            return await getattr(self._keeper(), method).remote(*args)
+        """Call the keeper. While Ray restarts it, wait for it (up to KEEPER_WAIT_S; a
+        write is not sent twice: 503, send it again); when it died for good, start (or
+        find) it again and retry once (a handle to one killed outright is dead)."""
+        deadline, fresh = time.monotonic() + KEEPER_WAIT_S, False
+        while True:
+            try:
+                return await getattr(self._keeper(), method).remote(*args)
+            except ActorUnavailableError as e:  # restarting: the call may or may not have run
+                if method == "submit" or time.monotonic() > deadline:
+                    raise ApiError(503, "keeper_unavailable", "the keeper of writes and "
+                                   "versions is restarting; send the request again in a few "
+                                   "seconds (an upsert or delete sent twice changes nothing "
+                                   "more)") from e  # fmt: skip
+                await asyncio.sleep(0.5)
+            except RayActorError:
+                if fresh:
+                    raise
+                self.keeper, fresh = None, True
 
     def _keeper(self) -> Any:
         """The application's `VersionKeeper` (started on first use)."""

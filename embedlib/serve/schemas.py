@@ -270,6 +270,11 @@ class WriteStatus(BaseModel):
     warnings: list[str] = []
     switched: bool | None = None
     switch_error: str | None = None
+    resumed: bool | None = Field(
+        default=None,
+        description="run again by a keeper that took over (the one that "
+        "accepted it died or its server stopped before it finished)",
+    )
     error: WriteError | None = None
 
 

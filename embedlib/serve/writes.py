@@ -17,9 +17,11 @@ A replica that is replaced mid-write (the switch itself replaces them) loses not
 the keeper is not a replica. The keeper itself is restarted by Ray when it dies
 (`max_restarts=-1`); the restarted keeper first reconciles: a collection whose CURRENT
 is newer than what it was started to serve (a write published, then the keeper died
-before switching) is switched forward. Writes that were queued or running in the dead
-keeper are lost (their status becomes unknown: 404); at most MAX_PENDING_WRITES wait at
-once (beyond, 429).
+before switching) is switched forward. Every accepted write is recorded under the index
+(journal.py) before its 202 and forgotten once finished, so writes that were queued or
+running in a keeper that died (or a server that was stopped) run again, under the same
+id, when the next keeper first answers; at most MAX_PENDING_WRITES wait at once
+(beyond, 429).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from embedlib.index.store.version import IndexVersion
 from embedlib.index.update.upsert import UpdateReport, update_index
 from embedlib.options import RunOptions
 from embedlib.serve.config import AppOptions
+from embedlib.serve.journal import PendingWrite, WriteJournal
 from embedlib.serve.metrics import VersionEvents
 
 log = logging.getLogger(__name__)
@@ -105,21 +108,42 @@ class VersionKeeper:
         self._write_lock = asyncio.Lock()
         self._switch_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._reconciled = not _restarted()
+        self._reconciled = False
+        name = keeper_name(options)
+        self._journals = {
+            c.name: WriteJournal(c.index, name, options.storage_options)
+            for c in options.collections
+        }
 
     async def _reconcile(self) -> None:
-        """After a restart: switch each collection forward to its CURRENT when that is
-        newer than the version this keeper was started with (once)."""
+        """On the first call (in the background: the call answers at once): after a
+        restart, switch each collection forward to its CURRENT when that is newer than
+        the version this keeper was started with; and run again the writes the journal
+        holds (accepted by a keeper that died or was stopped before they finished), whose
+        records answer from now on."""
         if self._reconciled:
             return
         self._reconciled = True
-        self._count("keeper_restarted")
+        if _restarted():
+            self._count("keeper_restarted")
+            self._start(self._switch_forward())
+        for journal in self._journals.values():
+            for write in await asyncio.to_thread(journal.pending):
+                record = {**write.record, "status": "queued", "resumed": True}
+                if record["write_id"] in self.writes:
+                    continue
+                self.writes[record["write_id"]] = record
+                self._count("write_resumed")
+                self._start(self._run(record, write.documents, write.deletes, write.text_column))
+
+    async def _switch_forward(self) -> None:
+        """Switch each collection to its CURRENT when that is newer than the served one."""
         so = self.options.storage_options
         for c in self.options.collections:
             current = await asyncio.to_thread(published_version, c.index, so)
             try:
                 await self.switch(c.name, current, forward_only=True)
-            except Exception as e:  # noqa: BLE001  counted and logged: the served version stays
+            except Exception as e:  # noqa: BLE001  counted and logged: the served one stays
                 log.error("reconciling %s with CURRENT %s failed: %s", c.name, current, e)
 
     async def pending(self) -> int:
@@ -140,6 +164,12 @@ class VersionKeeper:
             return None
         record = self._record(collection, kind="write", documents=len(documents),
                               deletes=len(deletes))  # fmt: skip
+        write = PendingWrite(dict(record), documents, deletes, text_column)
+        try:  # recorded before it is acknowledged: a restarted keeper runs it
+            await asyncio.to_thread(self._journals[collection].save, write)
+        except OSError as e:
+            del self.writes[record["write_id"]]
+            raise SourceError(f"the write could not be recorded under the index: {e}") from e
         self._start(self._run(record, documents, deletes, text_column))
         return dict(record)
 
@@ -261,6 +291,21 @@ class VersionKeeper:
         return {"served": self.served, "counts": dict(self.counts)}
 
     async def _run(
+        self,
+        record: dict[str, Any],
+        documents: list[dict[str, Any]],
+        deletes: list[str],
+        text_column: str,
+    ) -> None:
+        """Apply a write, then forget it in the journal (done or failed; a keeper that dies
+        first leaves it there, to be run again)."""
+        try:
+            await self._apply(record, documents, deletes, text_column)
+        finally:
+            journal = self._journals[record["collection"]]
+            await asyncio.to_thread(journal.remove, record["write_id"])
+
+    async def _apply(
         self,
         record: dict[str, Any],
         documents: list[dict[str, Any]],
