@@ -308,6 +308,58 @@ def test_the_lock_is_exclusive_on_an_object_store(monkeypatch):
         server.stop()
 
 
+def test_current_moves_only_if_unchanged_on_an_object_store(monkeypatch):
+    """On S3 (moto, through s3fs) CURRENT moves by one conditional PUT: If-Match the
+    CURRENT the writer found when it began publishing (If-None-Match when there was
+    none). A writer that passed its last lease check and then stalled while another took
+    its lock over and published cannot move CURRENT back over that version (it did: the
+    check and the act were two steps); its own version is left unpublished."""
+    from contextlib import contextmanager
+
+    import fsspec
+    from moto.server import ThreadedMotoServer
+
+    from embedlib.exceptions import LockLostError
+    from embedlib.index.store.layout import publish
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        for name, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
+                            ("AWS_DEFAULT_REGION", "us-east-1")):  # fmt: skip
+            monkeypatch.setenv(name, value)
+        fs = fsspec.filesystem("s3", endpoint_url=f"http://{host}:{port}", skip_instance_cache=True)
+        fs.mkdir("pointer")  # moto keeps buckets per process: a name of its own
+
+        def staging(tag: str) -> str:
+            fs.pipe(f"pointer/idx/versions/.staging-{tag}/manifest.json", b"{}")
+            return f"pointer/idx/versions/.staging-{tag}"
+
+        assert publish(fs, "pointer/idx", staging("a")) == "v-00001"  # no CURRENT yet
+
+        class StallsBeforeItsLastAct:
+            """A lease whose holder passes its checks, but before its last act (moving
+            CURRENT) another writer takes the lock over and publishes."""
+
+            calls = 0
+
+            @contextmanager
+            def fenced(self):
+                self.calls += 1
+                if self.calls == 3:
+                    assert publish(fs, "pointer/idx", staging("c")) == "v-00003"
+                yield
+
+        with pytest.raises(LockLostError, match="v-00002 is left unpublished"):
+            publish(fs, "pointer/idx", staging("b"), lease=StallsBeforeItsLastAct())
+        fs.invalidate_cache()
+        assert fs.cat("pointer/idx/CURRENT") == b"v-00003\n"
+        assert fs.exists("pointer/idx/versions/v-00002/manifest.json")  # complete, for gc
+    finally:
+        server.stop()
+
+
 def test_an_hnsw_index_is_refused_before_any_work(versions, tmp_path):
     """HNSW cannot remove vectors: the update says so and what to do, and embeds nothing
     (the plan in the typed manifest knows it is not mergeable)."""

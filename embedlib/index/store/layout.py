@@ -4,11 +4,15 @@
     INDEX/versions/v-00002/manifest.json
     INDEX/versions/v-00002/trained.faiss      the trained, empty index
     INDEX/versions/v-00002/shard-NNNNN.faiss  serving shards
-    INDEX/versions/v-00002/docs-NNNNN.parquet int64 id -> string id, vector, text, metadata
+    INDEX/versions/v-00002/docs-NNNNN.parquet int64 id -> string id, text, metadata
+    INDEX/versions/v-00002/vectors-NNNNN.npy  the shard's vectors, in its docs' row order
     INDEX/versions/.staging-<uuid>/     a version being built (never read)
+    INDEX/_leases/, INDEX/_writes/      servers' leases (leases.py), pending writes (journal.py)
 
 A version is written in a staging folder, moved to its name, and only then published
-by rewriting CURRENT (write beside, then rename): a reader never sees half an index.
+by rewriting CURRENT (locally: written beside, then renamed; on S3: one conditional
+PUT, If-Match the CURRENT this writer found): a reader never sees half an index, and a
+writer that lost its lock cannot move CURRENT over the one that took it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 import fsspec
 from fsspec.core import url_to_fs
 
-from embedlib.exceptions import SourceError
+from embedlib.exceptions import LockLostError, SourceError
 from embedlib.index.store.lock import Lease, create_exclusive
 from embedlib.storage import MANIFEST, is_local
 
@@ -100,6 +104,10 @@ def publish(
     one. With the writer's `lease`, the lock is checked (fencing) before the name is
     taken and before CURRENT moves: a writer that lost the lock publishes nothing."""
     fenced = lease.fenced if lease is not None else nullcontext
+    current = posixpath.join(root, CURRENT)
+    if conditional_puts(fs):
+        with fenced():  # CURRENT as this writer found it, while the lock was its own
+            expected = _etag(fs, current)
     while True:
         name = next_version(fs, root)
         target = posixpath.join(versions_dir(root), name)
@@ -123,9 +131,52 @@ def publish(
         fs.rm(marker)
         fs.rm(staging, recursive=True)
         break
+    # a lost lease leaves the version (complete, unpublished) for gc to remove
+    if conditional_puts(fs):
+        with fenced():
+            _put_if_unchanged(fs, current, f"{name}\n".encode(), expected, name)
+        return name
     tmp = posixpath.join(root, f".{CURRENT}.{uuid.uuid4().hex}.tmp")
     fs.pipe(tmp, f"{name}\n".encode())
-    # a lost lease leaves the version (complete, unpublished) for gc to remove
     with fenced():
-        fs.mv(tmp, posixpath.join(root, CURRENT))
+        fs.mv(tmp, current)
     return name
+
+
+def conditional_puts(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether CURRENT is moved with a conditional write (S3's If-Match / If-None-Match):
+    a writer stalled between its lease check and its write cannot move CURRENT over the
+    version of the writer that took over. Local filesystems check and move under an OS
+    lock instead; other object stores only check the lease just before."""
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return bool({"s3", "s3a"} & set(protocols))
+
+
+def _etag(fs: fsspec.AbstractFileSystem, path: str) -> str | None:
+    """The object's ETag now (None: there is none)."""
+    fs.invalidate_cache(path)
+    try:
+        return str(fs.info(path)["ETag"])
+    except FileNotFoundError:
+        return None
+
+
+def _put_if_unchanged(
+    fs: fsspec.AbstractFileSystem, path: str, body: bytes, etag: str | None, name: str
+) -> None:
+    """Write CURRENT only if it is still the object whose ETag was read (absent: only
+    if still absent); LockLostError when another writer moved it meanwhile."""
+    try:
+        if etag is None:
+            fs.pipe_file(path, body, mode="create")
+        else:
+            fs.pipe_file(path, body, IfMatch=etag)
+    except (FileExistsError, OSError) as e:
+        precondition = isinstance(e, FileExistsError) or e.errno == errno.EINVAL
+        if not precondition:
+            raise
+        raise LockLostError(
+            f"{path!r} changed while this writer published {name} (another writer took its "
+            f"lock over and published first): {name} is left unpublished for gc to remove. "
+            "Run the update again."
+        ) from e
