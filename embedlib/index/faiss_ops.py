@@ -70,6 +70,9 @@ def write_index(index: AnyIndex, fs: fsspec.AbstractFileSystem, path: str) -> No
         local = os.path.join(tmp, "index.faiss")
         _write_local(index, local)
         fs.put_file(local, path)
+        fs.invalidate_cache(path)
+        if (stored := fs.size(path)) != (written := os.path.getsize(local)):
+            raise OSError(f"{path} holds {stored} bytes after its upload of {written}")
 
 
 def _write_local(index: AnyIndex, path: str) -> None:

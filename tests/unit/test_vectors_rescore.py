@@ -85,8 +85,8 @@ def test_rescoring_orders_candidates_by_their_exact_score(metric):
 def test_an_index_written_to_a_full_disk_raises(tmp_path, binary):
     """A small index (it fits FAISS's write buffer) written where the disk is full:
     FAISS's own writer printed "close error" and returned, leaving a truncated shard
-    behind a build that reported success; ours raises. Written where there is room, it
-    reads back whole."""
+    behind a build that reported success; ours raises. Written where there is room
+    (locally, or uploaded to a store, whose size is checked), it reads back whole."""
     import os
 
     from embedlib.index.binary import BinaryIndex
@@ -105,3 +105,6 @@ def test_an_index_written_to_a_full_disk_raises(tmp_path, binary):
         write_index(index, fs, "/dev/full")
     write_index(index, fs, str(tmp_path / "shard.faiss"))
     assert read_index_file(fs, str(tmp_path / "shard.faiss")).ntotal == 10
+    remote = fsspec.filesystem("memory")  # an object store: uploaded, its size checked
+    write_index(index, remote, f"/full-disk-{binary}/shard.faiss")
+    assert read_index_file(remote, f"/full-disk-{binary}/shard.faiss").ntotal == 10
