@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fsspec
 import numpy as np
 from fsspec.core import url_to_fs
 
@@ -174,10 +175,10 @@ def build_from_source(
     lease: Lease | None = None,
 ) -> IndexReport:
     """`build_index` on vectors already opened (an index's own docs, for a retrain);
-    `lease`: the index lock the caller holds."""
+    `lease`: the index lock the caller holds. The phases run in order (see the module),
+    each timed; a failure removes the staging folder and publishes nothing."""
     say = echo or (lambda line: None)
-    times: dict[str, float] = {}
-    clock = clock if clock is not None else time.perf_counter()
+    laps = _Laps(clock if clock is not None else time.perf_counter())
     n, d = src.count, src.dim
     metric: Metric = options.metric or src.metric or "cosine"  # type: ignore[assignment]
     plan = plan_index(
@@ -197,86 +198,23 @@ def build_from_source(
     staging = staging_path(root)
     fs.makedirs(posixpath.join(staging, PARTIALS), exist_ok=True)
     try:
-        rng = np.random.default_rng(options.seed)
-        q = min(options.tuning_queries, n)
-        picks = rng.choice(n, size=min(n, plan.train_size + q), replace=False)
-        train_ids = np.sort(picks[: plan.train_size])
-        held_out = picks[plan.train_size :]
-        query_ids = held_out if len(held_out) >= q else rng.choice(n, size=q, replace=False)
-        query_ids = np.sort(query_ids)
-        query_vectors = np.concatenate(
-            [v for v, _ in read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
-        )
-        queries = prepare_vectors(query_vectors, metric, [str(i) for i in query_ids])
-        ctx = BuildContext(fs, staging, d, metric, plan, queries)
-        times["sample"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        [(can_stream, codec)] = map_tasks(
-            train_index,
-            [(ctx, options.seed, row_picks(src, train_ids))],
-            run,
-            desc="training",
-            num_cpus=largest_node_cpus(run),
-        )
-        times["train"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        ctx = dataclasses.replace(ctx, streamable=can_stream, codec=codec)
-        units = plan_units(src, options.shards)
-        # IVF: add tasks of one span each and a merge on disk, so that no process holds a
-        # whole shard; others (Flat) skip the merge when the shards keep every worker busy
-        if ctx.streamable or (plan.mergeable and options.shards < worker_slots(run)):
-            calls = [([u], ctx, f"unit-{u.index:05d}") for u in units]
-        else:  # one task per shard: no merge step (HNSW cannot merge)
-            calls = [
-                ([u for u in units if u.shard == s], ctx, f"shard-{s:05d}")
-                for s in range(options.shards)
-            ]
-            calls = [c for c in calls if c[0]]
-        partials: list[PartialResult] = map_tasks(add_units, calls, run, desc="adding")
-        check_unique_ids(partials, ctx)
-        times["add"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        by_shard = [[p for p in partials if p.shard == s] for s in range(options.shards)]
-        if not all(by_shard):
-            raise VectorError(
-                f"{n} vectors cannot fill {options.shards} shards; use --shards {n} or fewer"
-            )
-        merges = [
-            (s, [p.name for p in ps], sum(p.rows for p in ps), ctx) for s, ps in enumerate(by_shard)
-        ]
-        shards: list[ShardEntry] = map_tasks(merge_shard, merges, run, desc="merging")
-        times["merge"] = time.perf_counter() - clock
-        clock = time.perf_counter()
+        train_ids, query_ids, ctx = _sample(src, fs, staging, metric, plan, options, run)
+        laps.lap("sample")
+        ctx = _train(src, ctx, train_ids, options, run)
+        laps.lap("train")
+        partials = _add(src, ctx, options, run)
+        laps.lap("add")
+        by_shard, shards = _merge(partials, ctx, n, options, run)
+        laps.lap("merge")
         lexical = None
         if options.lexical and src.text_column:
             shards, lexical = write_lexical(
                 fs, staging, shards, src.text_column, options.lexical_language, run
             )
-            times["lexical"] = time.perf_counter() - clock
-            clock = time.perf_counter()
-        gt = ground_truth(partials, query_ids, metric)
-        # the recall curve on the partial indexes (a shard moved into place: the shard),
-        # which hold the same lists in smaller files; latency on the shards
-        pieces: list[str] = []
-        for ps, entry in zip(by_shard, shards, strict=True):
-            moved = len(ps) == 1
-            pieces += [entry.file] if moved else [f"{PARTIALS}/{p.name}.faiss" for p in ps]
-        tuning = tune(
-            fs,
-            staging,
-            pieces,
-            shards,
-            plan,
-            codec,
-            queries,
-            query_ids,
-            gt,
-            options.target_recall,
-        )
-        if fs.exists(posixpath.join(staging, PARTIALS)):  # object stores: gone once empty
-            fs.rm(posixpath.join(staging, PARTIALS), recursive=True)
-        _manifest(src, plan, metric, shards, options, tuning, lexical, codec).write(fs, staging)
-        times["tune"] = time.perf_counter() - clock
+            laps.lap("lexical")
+        tuning = _tune(ctx, partials, by_shard, shards, query_ids, options)
+        _manifest(src, plan, metric, shards, options, tuning, lexical, ctx.codec).write(fs, staging)
+        laps.lap("tune")
         recall = tuning.recall_at_10 or 0.0
         if recall < options.target_recall and options.strict_recall:
             raise RecallError(
@@ -305,9 +243,126 @@ def build_from_source(
         recall_at_10=recall,
         target_recall=options.target_recall,
         latency_ms_p50=tuning.latency_ms_p50 or 0.0,
-        seconds=times,
+        seconds=laps.times,
         per_node=per_node(partials),
     )
+
+
+class _Laps:
+    """Seconds per phase of a build."""
+
+    def __init__(self, start: float) -> None:
+        self.times: dict[str, float] = {}
+        self._at = start
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.times[phase] = now - self._at
+        self._at = now
+
+
+def _sample(
+    src: VectorSource,
+    fs: fsspec.AbstractFileSystem,
+    staging: str,
+    metric: Metric,
+    plan: IndexPlan,
+    options: IndexOptions,
+    run: RunOptions,
+) -> tuple[np.ndarray, np.ndarray, BuildContext]:
+    """The sorted training ids, the tuning query ids (held out of training where there
+    are vectors enough) and the build's context, holding the tuning queries prepared."""
+    n, d = src.count, src.dim
+    rng = np.random.default_rng(options.seed)
+    q = min(options.tuning_queries, n)
+    picks = rng.choice(n, size=min(n, plan.train_size + q), replace=False)
+    train_ids = np.sort(picks[: plan.train_size])
+    held_out = picks[plan.train_size :]
+    query_ids = np.sort(held_out if len(held_out) >= q else rng.choice(n, size=q, replace=False))
+    query_vectors = np.concatenate(
+        [v for v, _ in read_rows(src, query_ids, run)] or [np.zeros((0, d), np.float32)]
+    )
+    queries = prepare_vectors(query_vectors, metric, [str(i) for i in query_ids])
+    return train_ids, query_ids, BuildContext(fs, staging, d, metric, plan, queries)
+
+
+def _train(
+    src: VectorSource, ctx: BuildContext, train_ids: np.ndarray, options: IndexOptions,
+    run: RunOptions,
+) -> BuildContext:  # fmt: skip
+    """Train the empty index on the sample (one task, the largest node's CPUs); the
+    context learns whether partials stream and the vector files' codec."""
+    [(can_stream, codec)] = map_tasks(
+        train_index,
+        [(ctx, options.seed, row_picks(src, train_ids))],
+        run,
+        desc="training",
+        num_cpus=largest_node_cpus(run),
+    )
+    return dataclasses.replace(ctx, streamable=can_stream, codec=codec)
+
+
+def _add(
+    src: VectorSource, ctx: BuildContext, options: IndexOptions, run: RunOptions
+) -> list[PartialResult]:
+    """Add every row to partial indexes in parallel; their ids are checked unique."""
+    units = plan_units(src, options.shards)
+    # IVF: add tasks of one span each and a merge on disk, so that no process holds a
+    # whole shard; others (Flat) skip the merge when the shards keep every worker busy
+    if ctx.streamable or (ctx.plan.mergeable and options.shards < worker_slots(run)):
+        calls = [([u], ctx, f"unit-{u.index:05d}") for u in units]
+    else:  # one task per shard: no merge step (HNSW cannot merge)
+        calls = [
+            ([u for u in units if u.shard == s], ctx, f"shard-{s:05d}")
+            for s in range(options.shards)
+        ]
+        calls = [c for c in calls if c[0]]
+    partials: list[PartialResult] = map_tasks(add_units, calls, run, desc="adding")
+    check_unique_ids(partials, ctx)
+    return partials
+
+
+def _merge(
+    partials: list[PartialResult], ctx: BuildContext, n: int, options: IndexOptions,
+    run: RunOptions,
+) -> tuple[list[list[PartialResult]], list[ShardEntry]]:  # fmt: skip
+    """Each serving shard from its partials (one task per shard): the partials by shard
+    and the shards' manifest entries."""
+    by_shard = [[p for p in partials if p.shard == s] for s in range(options.shards)]
+    if not all(by_shard):
+        raise VectorError(
+            f"{n} vectors cannot fill {options.shards} shards; use --shards {n} or fewer"
+        )
+    merges = [
+        (s, [p.name for p in ps], sum(p.rows for p in ps), ctx) for s, ps in enumerate(by_shard)
+    ]
+    shards: list[ShardEntry] = map_tasks(merge_shard, merges, run, desc="merging")
+    return by_shard, shards
+
+
+def _tune(
+    ctx: BuildContext,
+    partials: list[PartialResult],
+    by_shard: list[list[PartialResult]],
+    shards: list[ShardEntry],
+    query_ids: np.ndarray,
+    options: IndexOptions,
+) -> Tuning:
+    """The search parameters for the target recall, measured against the exact top-k the
+    add tasks found; the partial files are removed afterwards."""
+    gt = ground_truth(partials, query_ids, ctx.metric)
+    # the recall curve on the partial indexes (a shard moved into place: the shard),
+    # which hold the same lists in smaller files; latency on the shards
+    pieces: list[str] = []
+    for ps, entry in zip(by_shard, shards, strict=True):
+        moved = len(ps) == 1
+        pieces += [entry.file] if moved else [f"{PARTIALS}/{p.name}.faiss" for p in ps]
+    tuning = tune(ctx.fs, ctx.staging, pieces, shards, ctx.plan, ctx.codec, ctx.queries,
+                  query_ids, gt, options.target_recall)  # fmt: skip
+    partials_dir = posixpath.join(ctx.staging, PARTIALS)
+    if ctx.fs.exists(partials_dir):  # object stores: gone once empty
+        ctx.fs.rm(partials_dir, recursive=True)
+    return tuning
 
 
 def per_node(partials: list[PartialResult]) -> dict[str, dict[str, int]]:
