@@ -13,6 +13,7 @@ import fsspec
 from embedlib.embed.chunking import chunking_record
 from embedlib.embed.corpus.discover import SourceFile
 from embedlib.embed.corpus.plan import Split
+from embedlib.embed.record import JobRecord
 from embedlib.embed.split import SplitResult
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.options import EmbedOptions
@@ -80,7 +81,7 @@ def write_manifest(
     files: list[SourceFile],
     splits: list[Split],
     committed: Mapping[int, Mapping[str, Any]],
-    job: Mapping[str, Any],
+    job: JobRecord,
     options: EmbedOptions,
     fingerprint: ModelFingerprint,
 ) -> EmbeddingSetManifest:
@@ -93,11 +94,11 @@ def write_manifest(
         metric=options.metric,
         dtype=options.dtype,
         text_column=options.text_column if _keeps_text(options) else None,
-        id_column=job["id_column"],
+        id_column=job.id_column,
         hash={"column": "text_hash", "algorithm": "blake2b-128", "of": "the embedded text"},
         source={
             "url": source,
-            "plan_digest": job["plan_digest"],
+            "plan_digest": job.plan_digest,
             "files": [{"path": f.relpath, "format": f.format, "bytes": f.size} for f in files],
         },
         options=options.to_dict(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -23,6 +22,7 @@ from embedlib.embed.corpus.discover import discover
 from embedlib.embed.corpus.plan import plan_digest, plan_splits
 from embedlib.embed.documents import DocumentSpec
 from embedlib.embed.pool import Runner, make_runner
+from embedlib.embed.record import JobRecord
 from embedlib.embed.scan import scan_and_validate
 from embedlib.embed.split import SplitContext
 from embedlib.exceptions import IncompatibleOutputError
@@ -36,7 +36,7 @@ from embedlib.sets.embedding_set import (
     EmbeddingSetManifest,
     join,
 )
-from embedlib.storage import MANIFEST, human, read_json, write_json_atomic
+from embedlib.storage import MANIFEST, human
 
 # A corpus up to this size is embedded in this process when no cluster is given or
 # running: Ray's start and stop (~3-4 s) cost more than its workers save (measured in
@@ -134,29 +134,29 @@ def embed_corpus(
         if job is None:
             runner = make_runner(run)
             job = scan_and_validate(runner, fs_in, fs_out, out_path, splits, files, options, run)
-            job.update(source=source, options=options.to_dict(), plan_digest=digest)
-            job["splits"] = [s.to_dict() for s in splits]
+            job.source, job.options, job.plan_digest = source, options.to_dict(), digest
+            job.splits = [s.to_dict() for s in splits]
             fs_out.makedirs(out_path, exist_ok=True)
-            write_json_atomic(fs_out, join(out_path, JOB), job)
+            job.write(fs_out, out_path)
         committed = committed_splits(fs_out, out_path)
         todo = [s for s in splits if s.index not in committed]
         spec = DocumentSpec(
             text_column=options.text_column,
-            id_column=job["id_column"],
+            id_column=job.id_column,
             columns=options.columns,
         )
         ctx = SplitContext(
             fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype,
             chunking=chunk_options(options),
         )  # fmt: skip
-        drop_rows = {int(k): v for k, v in job.get("drop_rows", {}).items()}
+        drop_rows = job.drop_rows
         per_node: dict[str, Counter[str]] = defaultdict(Counter)
         encode_seconds = 0.0
         if todo:
             runner = runner or make_runner(run)
             fingerprint = runner.start_encoders(options, len(todo))
             _check_fingerprint(fs_out, out_path, out, job, fingerprint)
-            total = sum(job["documents_per_split"][s.index] for s in todo)
+            total = sum(job.documents_per_split[s.index] for s in todo)
             encode_start = time.perf_counter()
             with tqdm(total=total, unit="doc", desc="embedding", disable=not run.progress) as bar:
                 for result in runner.embed(todo, ctx, drop_rows):
@@ -167,7 +167,8 @@ def embed_corpus(
                     bar.update(result.documents)
             encode_seconds = time.perf_counter() - encode_start
         else:
-            fingerprint = ModelFingerprint.from_dict(job["fingerprint"])
+            assert job.fingerprint is not None  # every split committed: encoders had run
+            fingerprint = job.fingerprint
     finally:
         if runner is not None:
             runner.close()
@@ -215,7 +216,7 @@ def _prepare_output(
     digest: str,
     *,
     overwrite: bool,
-) -> dict[str, Any] | None:
+) -> JobRecord | None:
     """The earlier run's job record when this run continues it; None for a fresh start."""
     if not fs.exists(path):
         return None
@@ -240,8 +241,8 @@ def _prepare_output(
             f"{url!r} holds embedding-set files but no {JOB} to resume from; re-run with "
             "--overwrite to start again, or choose a new output location"
         )
-    job: dict[str, Any] = read_json(fs, join(path, JOB))
-    before = job.get("options", {})
+    job = JobRecord.read(fs, path)
+    before = job.options
     now = options.to_dict()
     changed = {
         k: (before.get(k), v)
@@ -254,7 +255,7 @@ def _prepare_output(
             f"{url!r} was started with other options ({detail}). Re-run with the same "
             "options to resume, --overwrite to start again, or choose a new output location."
         )
-    if job.get("plan_digest") != digest:
+    if job.plan_digest != digest:
         raise IncompatibleOutputError(
             f"the source changed since {url!r} was started (its files or their sizes differ). "
             "Re-run with --overwrite to embed it again, or choose a new output location."
@@ -263,13 +264,13 @@ def _prepare_output(
 
 
 def _check_fingerprint(
-    fs: fsspec.AbstractFileSystem, path: str, url: str, job: dict[str, Any], fp: ModelFingerprint
+    fs: fsspec.AbstractFileSystem, path: str, url: str, job: JobRecord, fp: ModelFingerprint
 ) -> None:
-    if job.get("fingerprint") is None:
-        job["fingerprint"] = fp.to_dict()
-        write_json_atomic(fs, join(path, JOB), job)
+    if job.fingerprint is None:
+        job.fingerprint = fp
+        job.write(fs, path)
         return
-    before = ModelFingerprint.from_dict(job["fingerprint"])
+    before = job.fingerprint
     if before.differences(fp):
         try:
             before.require_compatible(fp, what=f"the output {url!r}", other_what="this run")

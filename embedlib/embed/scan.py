@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import fsspec
 import numpy as np
@@ -16,6 +15,7 @@ from embedlib.embed.corpus.discover import SourceFile
 from embedlib.embed.corpus.plan import Split
 from embedlib.embed.documents import CHUNK_COLUMNS, RESERVED_COLUMNS, DocumentSpec, id_hashes
 from embedlib.embed.pool import Runner
+from embedlib.embed.record import JobRecord
 from embedlib.embed.split import SplitContext, SplitScan, iter_documents
 from embedlib.exceptions import DuplicateIdError, MissingColumnError
 from embedlib.options import EmbedOptions, RunOptions
@@ -35,8 +35,9 @@ def scan_and_validate(
     files: list[SourceFile],
     options: EmbedOptions,
     run: RunOptions,
-) -> dict[str, Any]:
-    """Read every split once: check columns and ids before any encoding starts."""
+) -> JobRecord:
+    """Read every split once: check columns and ids before any encoding starts; the job's
+    record of what it found (the caller adds the plan and options)."""
     explicit_id = options.id_column
     spec = DocumentSpec(
         text_column=options.text_column,
@@ -55,14 +56,13 @@ def scan_and_validate(
         columns_by_file[s.file.relpath].update(dict.fromkeys(scans[s.index].columns))
     id_column = resolve_columns(columns_by_file, files, options)
     drop = find_duplicates(fs_in, splits, scans, spec, options, run)
-    return {
-        "format": FORMAT_NAME,
-        "id_column": id_column,
-        "documents_per_split": [scans[s.index].documents for s in splits],
-        "rows_per_split": [scans[s.index].rows_read for s in splits],
-        "drop_rows": {str(k): v for k, v in drop.items()},
-        "fingerprint": None,
-    }
+    return JobRecord(
+        format=FORMAT_NAME,
+        id_column=id_column,
+        documents_per_split=[scans[s.index].documents for s in splits],
+        rows_per_split=[scans[s.index].rows_read for s in splits],
+        drop_rows=drop,
+    )
 
 
 def resolve_columns(
