@@ -217,14 +217,18 @@ QUERY_PATH_CASES = [
 
 def test_every_query_kind_answers_alike_through_the_library_and_http(served):
     """The one query path: text, vectors, arithmetic by id, filters, include, exclude,
-    and both batch forms give the library's ids and scores (1e-5) over HTTP."""
+    and both batch forms give the library's ids and scores (1e-5) over HTTP, and through
+    the Python client given the same typed Query."""
     index = ShardedIndex(str(served))
     kittens = index.encode_text(["kittens"])[0].tolist()
     bodies = [*QUERY_PATH_CASES, {"vector": kittens, "k": 5, "filter": {"lang": "de"}}]
+    client = Client(f"http://127.0.0.1:{PORT}", api_key=KEY)
     for body, hits in zip(bodies, _library_answers(index, bodies), strict=True):
         status, answer = _request("/v1/search", body)
         assert status == 200, (body, answer)
         assert _same(answer["results"], hits, docs=True), (body, answer["results"], hits)
+        through_client = client.search(Query.model_validate(body))  # the same typed Query
+        assert _same([h.to_json() for h in through_client], hits, docs=True), body
     status, answer = _request("/v1/search/batch", {"queries": bodies})
     assert status == 200 and len(answer["results"]) == len(bodies)
     for rows, hits in zip(answer["results"], _library_answers(index, bodies), strict=True):
