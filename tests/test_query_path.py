@@ -202,3 +202,18 @@ def test_a_heavy_request_runs_in_a_thread_and_stops_at_its_deadline(index, monke
     assert [x.id for x in hits[0]] == [x.id for x in index.query([heavy[0]])[0]]
     loop, hits = asyncio.run(ask([Query(vector=vector, k=5)], 60.0))
     assert planned_in[-1] == loop and len(hits[0]) == 5  # small: on the loop
+    # one-vector searches that cannot be stacked (distinct nprobe): one thread runs them
+    # all (each was small enough to run on the loop, and 1,000 of them held it 2.8 s)
+    searched_in: list[int] = []
+    search_one = type(index.shards).search_one
+
+    def spy_search(self, task):
+        searched_in.append(threading.get_ident())
+        return search_one(self, task)
+
+    monkeypatch.setattr(type(index.shards), "search_one", spy_search)
+    distinct = [Query(vector=vector, k=3, nprobe=1 + i) for i in range(40)]
+    loop, hits = asyncio.run(ask(distinct, 60.0))
+    assert len(hits) == 40 and loop not in searched_in and len(set(searched_in)) == 1
+    with pytest.raises(DeadlineExceededError):
+        asyncio.run(ask(distinct, -1.0))

@@ -126,6 +126,10 @@ class AsyncPlacement(Protocol):
 
     async def search(self, task: Task) -> TaskResult: ...
 
+    async def search_all(self, tasks: Sequence[Task]) -> list[TaskResult]:
+        """The searches of one round, answers in order."""
+        ...
+
 
 def prepare_queries(vectors: np.ndarray, *, dim: int, metric: str) -> np.ndarray:
     """Query vectors as the index compares them: float32, unit length for cosine."""
@@ -518,10 +522,7 @@ class Searcher:
         tasks = next(rounds)
         light = len(plan.rows) <= INLINE_QUERIES and self._light([r.options for r in plan.rows])
         while True:
-            if len(tasks) == 1:
-                results = [await placement.search(tasks[0])]
-            else:
-                results = list(await asyncio.gather(*(placement.search(t) for t in tasks)))
+            results = await placement.search_all(tasks)
             step = (
                 _step(rounds, results) if light else await asyncio.to_thread(_step, rounds, results)
             )

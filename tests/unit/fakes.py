@@ -151,6 +151,9 @@ class AsyncPlacement:
         await asyncio.sleep(0)
         return self.corpus.search(task)
 
+    async def search_all(self, tasks: list[Task]) -> list[TaskResult]:
+        return list(await asyncio.gather(*(self.search(t) for t in tasks)))
+
 
 def searcher(corpus: FakeCorpus, *, lexical: bool = False, nlist: int = 0) -> Searcher:
     manifest = SimpleNamespace(
