@@ -28,6 +28,9 @@ class EmbedOptions:
 
     model: str = DEFAULT_MODEL
     text_column: str = "text"
+    # an image corpus: the column holding each image (bytes, or a path relative to the
+    # corpus, or a URL); a folder of image files sets it to "image". None: texts
+    image_column: str | None = None
     id_column: str | None = None  # None: `id` when every file has it, else path:row
     columns: tuple[str, ...] | None = None  # passthrough columns to keep; None: all
     normalize: bool = True
@@ -67,6 +70,8 @@ class EmbedOptions:
             raise ValueError(f"on_duplicate must be error or keep-first, got {self.on_duplicate!r}")
         if not self.text_column:
             raise ValueError("text_column must not be empty")
+        if self.image_column == "":
+            raise ValueError("image_column must not be empty (leave it out for texts)")
         if self.chunking not in ("auto", "none"):
             raise ValueError(f"chunking must be auto or none, got {self.chunking!r}")
         if self.chunk_tokens is not None and self.chunk_tokens < 8:

@@ -62,6 +62,12 @@ def add_embed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("input")
     g.add_argument("--text-column", default="text", help="column holding the text (default: text)")
     g.add_argument(
+        "--image-column",
+        help="embed images, not texts: the column holding each image's bytes, or its path "
+        "relative to the corpus or a URL (a folder of image files needs none; a CLIP-style "
+        "--model)",
+    )
+    g.add_argument(
         "--id-column", help="column holding ids (default: 'id' when present, else path:row)"
     )
     g.add_argument("--columns", help="comma-separated passthrough columns to keep (default: all)")
@@ -148,6 +154,7 @@ def embed_options(args: argparse.Namespace) -> EmbedOptions:
     return EmbedOptions(
         model=args.model,
         text_column=args.text_column,
+        image_column=args.image_column,
         id_column=args.id_column,
         columns=tuple(c.strip() for c in args.columns.split(",") if c.strip())
         if args.columns

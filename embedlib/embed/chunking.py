@@ -151,15 +151,15 @@ def chunk_documents(docs: Documents, chunker: Chunker, text_column: str) -> Docu
 
 
 def chunk_options(options: EmbedOptions) -> ChunkOptions | None:
-    """How the job chunks its texts; None: it truncates them."""
-    if options.chunking == "none":
+    """How the job chunks its texts; None: it truncates them (or embeds images)."""
+    if options.chunking == "none" or options.image_column is not None:
         return None
     return ChunkOptions(options.chunk_tokens, options.chunk_overlap, options.max_chunks)
 
 
 def chunking_record(options: EmbedOptions) -> dict[str, Any] | None:
     """The manifest's record of the chunking (None: texts truncated)."""
-    if options.chunking == "none":
+    if options.chunking == "none" or options.image_column is not None:
         return None
     return {"chunk_tokens": options.chunk_tokens, "overlap": options.chunk_overlap,
             "max_chunks": options.max_chunks, "columns": list(CHUNK_COLUMNS)}  # fmt: skip

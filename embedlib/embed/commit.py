@@ -95,7 +95,12 @@ def write_manifest(
         dtype=options.dtype,
         text_column=options.text_column if _keeps_text(options) else None,
         id_column=job.id_column,
-        hash={"column": "text_hash", "algorithm": "blake2b-128", "of": "the embedded text"},
+        modality="image" if options.image_column is not None else "text",
+        hash={
+            "column": "text_hash",
+            "algorithm": "blake2b-128",
+            "of": "the image file" if options.image_column is not None else "the embedded text",
+        },
         source={
             "url": source,
             "plan_digest": job.plan_digest,
@@ -118,4 +123,6 @@ def write_manifest(
 
 
 def _keeps_text(options: EmbedOptions) -> bool:
+    if options.image_column is not None:
+        return False  # the documents are images: no text column to search
     return options.columns is None or options.text_column in options.columns

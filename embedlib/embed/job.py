@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -18,14 +18,15 @@ from tqdm.auto import tqdm
 from embedlib.distributed import check_reachable_by_workers, check_workers_reach, choose_runner
 from embedlib.embed.chunking import chunk_options
 from embedlib.embed.commit import commit_split, committed_splits, write_manifest
-from embedlib.embed.corpus.discover import discover
+from embedlib.embed.corpus.discover import SourceFile, discover
 from embedlib.embed.corpus.plan import plan_digest, plan_splits
 from embedlib.embed.documents import DocumentSpec
+from embedlib.embed.images import IMAGE
 from embedlib.embed.pool import Runner, make_runner
 from embedlib.embed.record import JobRecord
 from embedlib.embed.scan import scan_and_validate
 from embedlib.embed.split import SplitContext
-from embedlib.exceptions import IncompatibleOutputError
+from embedlib.exceptions import IncompatibleOutputError, SourceError
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.options import EmbedOptions, RunOptions
 from embedlib.sets.embedding_set import (
@@ -117,6 +118,7 @@ def embed_corpus(
     fs_in, files, ignored = discover(
         source, format=options.format, storage_options=run.storage_options
     )
+    options = _image_options(files, options)
     splits = plan_splits(fs_in, files, split_rows=options.split_rows)
     digest = plan_digest(splits)
     text_bytes = sum(f.size * (COMPRESSION_RATIO if f.compression else 1) for f in files)
@@ -144,6 +146,7 @@ def embed_corpus(
             text_column=options.text_column,
             id_column=job.id_column,
             columns=options.columns,
+            image_column=options.image_column,
         )
         ctx = SplitContext(
             fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype,
@@ -203,6 +206,27 @@ def embed_corpus(
         ignored_files=ignored,
         ran=runner_reason,
     )
+
+
+def _image_options(files: list[SourceFile], options: EmbedOptions) -> EmbedOptions:
+    """A corpus of image files is embedded as images (column "image"); image files mixed
+    with tables are refused."""
+    images = [f.relpath for f in files if f.format == "image"]
+    if not images:
+        return options
+    others = [f.relpath for f in files if f.format != "image"]
+    if others:
+        raise SourceError(
+            f"the corpus mixes image files ({', '.join(images[:3])}) with other files "
+            f"({', '.join(others[:3])}); embed them as two sets, or give the images as a "
+            "column of a table with --image-column"
+        )
+    if options.image_column not in (None, IMAGE):
+        raise SourceError(
+            f"--image-column {options.image_column!r} names a table column; a folder of image "
+            "files needs none"
+        )
+    return replace(options, image_column=IMAGE)
 
 
 _LAYOUT = (MANIFEST, JOB, COMMITS, ATTEMPTS, QUARANTINE)

@@ -44,6 +44,7 @@ def scan_and_validate(
         id_column=explicit_id or "id",
         columns=options.columns,
         generate_missing_ids=explicit_id is None,
+        image_column=options.image_column,
     )
     ctx = SplitContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
     scans: dict[int, SplitScan] = {}
@@ -76,7 +77,13 @@ def resolve_columns(
         if not cols:
             continue  # an empty file
         shown = ", ".join(repr(c) for c in cols)
-        if options.text_column not in cols:
+        if options.image_column is not None:
+            if options.image_column not in cols:
+                raise MissingColumnError(
+                    f"image column {options.image_column!r} not found in {f.relpath!r}; its "
+                    f"columns are {shown}. Name the image column with --image-column."
+                )
+        elif options.text_column not in cols:
             raise MissingColumnError(
                 f"text column {options.text_column!r} not found in {f.relpath!r}; its columns "
                 f"are {shown}. Name the text column with --text-column."

@@ -4,11 +4,12 @@ embed (read, encode, write an attempt file). Runners call these locally or on Ra
 from __future__ import annotations
 
 import json
+import posixpath
 import socket
 import time
 import uuid
 from collections import Counter
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 import fsspec
@@ -16,7 +17,7 @@ import numpy as np
 
 from embedlib.embed.chunking import ChunkOptions, chunk_documents
 from embedlib.embed.corpus.plan import Split
-from embedlib.embed.corpus.read import QuarantineRecord, read_split
+from embedlib.embed.corpus.read import IMAGE_BATCH_ROWS, QuarantineRecord, read_split
 from embedlib.embed.documents import Documents, DocumentSpec, id_hashes, prepare
 from embedlib.models.encoders import TextEncoder
 from embedlib.sets.embedding_set import ATTEMPTS, PartFile, PartWriter, join
@@ -77,7 +78,11 @@ def iter_documents(
     drop_rows: Collection[int] = (),
 ) -> Iterator[tuple[int, Documents]]:
     """(rows read, documents) for each batch of `split`. The text column of a CSV is read
-    as bytes, so bad UTF-8 quarantines one row instead of failing the file."""
+    as bytes, so bad UTF-8 quarantines one row instead of failing the file. Images are
+    read a few at a time; one given by path is read relative to the corpus root."""
+    if spec.image_column is not None:
+        batch_rows = min(batch_rows, IMAGE_BATCH_ROWS)
+    read_path = _path_reader(fs, split)
     for raw in read_split(
         fs,
         split,
@@ -85,8 +90,27 @@ def iter_documents(
         text_column=spec.text_column,
         binary_columns=(spec.text_column,),
     ):
-        docs = prepare(raw, spec, relpath=split.file.relpath, drop_rows=drop_rows)
+        docs = prepare(
+            raw, spec, relpath=split.file.relpath, drop_rows=drop_rows, read_path=read_path
+        )
         yield raw.table.num_rows + len(raw.quarantined) + sum(raw.skipped.values()), docs
+
+
+def _path_reader(fs: fsspec.AbstractFileSystem, split: Split) -> Callable[[str], bytes]:
+    """Reads a path relative to the corpus root (the folder `split.file.relpath` is
+    relative to) on the corpus's filesystem, or a URL on its own."""
+    root = split.file.path[: len(split.file.path) - len(split.file.relpath)]
+
+    def read(path: str) -> bytes:
+        if "://" in path:
+            with fsspec.open(path, "rb") as fh:
+                data: bytes = fh.read()
+                return data
+        if path.startswith("/") or ".." in path.split("/"):
+            raise ValueError("an image path is relative to the corpus and stays inside it")
+        return bytes(fs.cat_file(posixpath.join(root, path)))
+
+    return read
 
 
 def scan_split(split: Split, ctx: SplitContext) -> SplitScan:
@@ -140,12 +164,15 @@ def embed_split(
         rows_read += n
         skipped.update(docs.skipped)
         documents += len(docs)
-        if ctx.chunking is not None:
+        if ctx.chunking is not None and docs.images is None:
             refused = len(docs.quarantined)
             docs = chunk_documents(docs, encoder.chunker(ctx.chunking), ctx.spec.text_column)
             documents -= len(docs.quarantined) - refused
         bad.extend(docs.quarantined)
-        vectors, cut = encoder.encode(docs.texts)
+        if docs.images is not None:
+            vectors, cut = encoder.encode_images([d.image for d in docs.images]), 0
+        else:
+            vectors, cut = encoder.encode(docs.texts)
         truncated += cut
         chunks += len(docs)
         writer.write(docs, vectors)

@@ -1,20 +1,29 @@
 """Encoding texts with a sentence-transformers model: loaded once, batches length-sorted,
-on torch or on OpenVINO (fp32: the same vectors, faster; int8: quantized, fastest)."""
+on torch or on OpenVINO (fp32: the same vectors, faster; int8: quantized, fastest); and
+images with a CLIP-style model (text and image towers in one space, on torch)."""
 
 from __future__ import annotations
 
 import json
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from embedlib.embed.chunking import Chunker, ChunkOptions
-from embedlib.models.fingerprint import ModelFingerprint, fingerprint_of, load_model
+from embedlib.models.fingerprint import (
+    ModelFingerprint,
+    fingerprint_of,
+    is_image_model,
+    load_model,
+)
 from embedlib.models.openvino_backend import INT8_PRECISION, OpenVINOModel, converted_model
 from embedlib.options import BACKENDS
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
 
 
 def resolve_backend(backend: str, device: str) -> str:
@@ -56,6 +65,8 @@ class TextEncoder:
         backend: str = "auto",
     ) -> None:
         self.model_name = model
+        if backend == "auto" and is_image_model(model):
+            backend = "torch"  # OpenVINO conversion covers text models only
         self.backend = resolve_backend(backend, device)
         self.normalize = normalize
         self.batch_size = batch_size
@@ -90,6 +101,31 @@ class TextEncoder:
     @property
     def dim(self) -> int:
         return self.fingerprint.dim
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """What the model embeds: ("text",), or ("text", "image") for CLIP-style models."""
+        if self.model is None:
+            return ("text",)
+        return tuple(getattr(self.model, "modalities", None) or ("text",))
+
+    def encode_images(self, images: list[Image]) -> np.ndarray:
+        """Vectors for `images` (decoded, RGB), in order, from the model's image tower."""
+        if "image" not in self.modalities:
+            raise ValueError(
+                f"model {self.model_name!r} embeds {', '.join(self.modalities)}, not images; "
+                "give a CLIP-style sentence-transformers model with --model"
+            )
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(
+            list(images),
+            batch_size=self.batch_size,
+            normalize_embeddings=self.normalize,
+            convert_to_numpy=True,
+            show_progress_bar=False,
+        )
+        return self._cut_dims(np.asarray(vectors, dtype=np.float32))
 
     def chunker(self, options: ChunkOptions) -> Chunker:
         """A `Chunker` counting tokens with this model's tokenizer (truncation off),
@@ -152,16 +188,21 @@ class TextEncoder:
                 convert_to_numpy=True,
                 show_progress_bar=False,
             )
-        cut = self.fingerprint.dims
-        if cut is not None:  # Matryoshka: the leading dimensions, made unit length again
-            vectors = vectors[:, :cut]
-            if self.normalize or self.fingerprint.normalize:
-                norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-                vectors = vectors / np.where(norms > 0, norms, 1)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        out[order] = vectors
+        out[order] = self._cut_dims(vectors)
         truncated = int((lengths > self.max_seq_length).sum())
         return out, truncated
+
+    def _cut_dims(self, vectors: np.ndarray) -> np.ndarray:
+        """Matryoshka: the leading `dims` dimensions, made unit length again."""
+        cut = self.fingerprint.dims
+        if cut is None:
+            return vectors
+        vectors = vectors[:, :cut]
+        if self.normalize or self.fingerprint.normalize:
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.where(norms > 0, norms, 1)
+        return vectors
 
 
 def _cut(fingerprint: ModelFingerprint, dims: int | None) -> ModelFingerprint:
@@ -209,6 +250,28 @@ class QueryModels:
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def encode_image_files(encoder: TextEncoder, files: list[bytes]) -> np.ndarray:
+    """Query vectors for image files (their bytes), decoded as the embed job decodes
+    them; QueryError names an image that cannot be used or a model without an image tower."""
+    from embedlib.embed.images import ImageError, decode_image
+    from embedlib.exceptions import QueryError
+
+    if "image" not in encoder.modalities:
+        raise QueryError(
+            f"this index's model ({encoder.model_name}) embeds text only; an image query "
+            "needs an index made with a CLIP-style model"
+        )
+    images = []
+    for n, data in enumerate(files):
+        try:
+            images.append(decode_image(data))
+        except ImageError as e:
+            raise QueryError(
+                f"the query image{f' {n}' if len(files) > 1 else ''} cannot be used: {e}"
+            ) from None
+    return encoder.encode_images(images)
 
 
 def encode_batches(encoder: TextEncoder, batches: list[list[str]]) -> list[np.ndarray]:

@@ -30,6 +30,22 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def is_image_model(model: str) -> bool:
+    """Whether `model` (a local folder) is a CLIP-style model with an image tower: a
+    `transformers` folder with a vision config or an image processor, or a
+    sentence-transformers folder with a CLIP module."""
+    import json
+    from pathlib import Path
+
+    folder = Path(resolve_model_path(model))
+    if not folder.is_dir():
+        return False
+    if (folder / "preprocessor_config.json").exists() or any(folder.glob("*_CLIPModel")):
+        return True
+    config = folder / "config.json"
+    return config.exists() and "vision_config" in json.loads(config.read_text())
+
+
 def canonical_model_name(model: str) -> str:
     """The name recorded in fingerprints: aliases of the default collapse to one name."""
     return DEFAULT_MODEL if model in _DEFAULT_ALIASES else model

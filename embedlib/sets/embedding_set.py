@@ -95,6 +95,7 @@ class EmbeddingSetManifest:
     options: dict[str, Any] | None = None  # the embed job's output-deciding options
     hash: dict[str, str] | None = None  # how `text_hash` was computed
     chunking: dict[str, Any] | None = None  # None: one row per document
+    modality: str = "text"  # what the vectors were made from: "text" or "image"
     created_at: str = field(default_factory=utc_now)
     embedlib_version: str = __version__
 
@@ -129,6 +130,8 @@ class EmbeddingSetManifest:
             out["hash"] = self.hash
         if self.chunking is not None:
             out["chunking"] = self.chunking
+        if self.modality != "text":
+            out["modality"] = self.modality
         return out
 
     @classmethod
@@ -146,6 +149,7 @@ class EmbeddingSetManifest:
             options=data.get("options"),
             hash=data.get("hash"),
             chunking=data.get("chunking"),
+            modality=data.get("modality", "text"),
             created_at=data.get("created_at", ""),
             embedlib_version=data.get("embedlib_version", ""),
         )

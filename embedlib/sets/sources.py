@@ -62,6 +62,7 @@ class VectorSource:
     text_column: str | None
     sources: list[dict[str, Any]] = field(default_factory=list)
     chunking: dict[str, Any] | None = None  # rows are chunks of documents (see chunking.py)
+    modality: str = "text"  # what the vectors were made from: "text" or "image"
 
     @property
     def count(self) -> int:
@@ -188,6 +189,7 @@ def _embedding_set(url: str, fs: fsspec.AbstractFileSystem, path: str, offset: i
         manifest.text_column,
         [source],
         manifest.chunking,
+        manifest.modality,
     )
 
 
@@ -241,6 +243,11 @@ def open_sources(urls: Sequence[str], **kw: Any) -> VectorSource:
             raise VectorError(
                 f"{url!r} and {merged.urls[0]!r}: one holds chunks of documents and the other "
                 "whole documents; embed both with the same --chunking, or index them apart"
+            )
+        if src.modality != merged.modality:
+            raise VectorError(
+                f"{url!r} holds {src.modality} vectors and {merged.urls[0]!r} {merged.modality} "
+                "vectors; index them apart (a text query searches either with a CLIP model)"
             )
         if src.fingerprint is not None and merged.fingerprint is not None:
             merged.fingerprint.require_compatible(

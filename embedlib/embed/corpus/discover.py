@@ -10,9 +10,10 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.utils import infer_compression
 
+from embedlib.embed.images import IMAGE_EXTENSIONS
 from embedlib.exceptions import SourceError
 
-Format = Literal["parquet", "jsonl", "csv", "tsv", "text"]
+Format = Literal["parquet", "jsonl", "csv", "tsv", "text", "image"]
 
 _EXTENSIONS: dict[str, Format] = {
     "parquet": "parquet",
@@ -24,8 +25,9 @@ _EXTENSIONS: dict[str, Format] = {
     "tsv": "tsv",
     "txt": "text",
     "text": "text",
+    **dict.fromkeys(IMAGE_EXTENSIONS, "image"),
 }
-FORMATS: tuple[Format, ...] = ("parquet", "jsonl", "csv", "tsv", "text")
+FORMATS: tuple[Format, ...] = ("parquet", "jsonl", "csv", "tsv", "text", "image")
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ def discover(
         hint = f" (ignored, unknown format: {', '.join(ignored[:5])})" if ignored else ""
         raise SourceError(
             f"no corpus files found at {source!r}{hint}; supported: .parquet, .jsonl, .csv, "
-            ".tsv, .txt (optionally compressed), or name one with --format"
+            ".tsv, .txt (optionally compressed), image files (.jpg, .png, .webp, .gif, ...), "
+            "or name one with --format"
         )
     return fs, files, ignored
 

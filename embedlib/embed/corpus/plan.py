@@ -1,6 +1,7 @@
 """Deterministic split planning: the same input gives the same splits, whatever the
 number of workers. Large files are split (Parquet by row groups, JSON Lines and plain text
-by byte ranges at line boundaries); CSV and compressed files are read whole."""
+by byte ranges at line boundaries); CSV and compressed files are read whole; image files
+are grouped, `split_rows` images to a split."""
 
 from __future__ import annotations
 
@@ -16,17 +17,19 @@ import pyarrow.parquet as pq
 from embedlib.embed.corpus.discover import SourceFile
 from embedlib.exceptions import SourceError
 
-SplitKind = Literal["row_groups", "bytes", "whole"]
+SplitKind = Literal["row_groups", "bytes", "whole", "images"]
 _SCAN_BLOCK = 8 << 20
 
 
 @dataclass(frozen=True)
 class Split:
-    """A contiguous piece of one file.
+    """A contiguous piece of one file, or a run of image files.
 
     `start`/`stop` are row-group indices (kind "row_groups"), byte offsets at line starts
     ("bytes"), or 0/0 ("whole"). `first_row` is the file-level index of the split's first
-    row or line, used for stable generated ids.
+    row or line, used for stable generated ids. Kind "images" holds image files, one row
+    each: `members` (`file` is the first of them), `start`/`stop` their positions among
+    the corpus's images.
     """
 
     index: int
@@ -35,6 +38,7 @@ class Split:
     start: int
     stop: int
     first_row: int
+    members: tuple[SourceFile, ...] = ()
 
     @property
     def name(self) -> str:
@@ -43,6 +47,8 @@ class Split:
     def describe(self) -> str:
         if self.kind == "whole":
             return self.file.relpath
+        if self.kind == "images":
+            return f"{len(self.members)} images from {self.file.relpath}"
         unit = "row groups" if self.kind == "row_groups" else "bytes"
         return f"{self.file.relpath} [{unit} {self.start}:{self.stop}]"
 
@@ -58,8 +64,11 @@ def plan_splits(
     if split_rows < 1:
         raise ValueError(f"split_rows must be >= 1, got {split_rows}")
     pieces: list[tuple[SourceFile, SplitKind, int, int, int]] = []
+    images = [f for f in files if f.format == "image"]
     for f in files:
-        if f.size == 0:
+        if f.size == 0 and f.format != "image":  # an empty image file is quarantined
+            continue
+        if f.format == "image":
             continue
         if f.format == "parquet" and not f.compression:
             pieces.extend(
@@ -69,10 +78,17 @@ def plan_splits(
             pieces.extend((f, "bytes", a, b, r) for a, b, r in _line_ranges(fs, f, split_rows))
         else:
             pieces.append((f, "whole", 0, 0, 0))
-    return [
+    splits = [
         Split(index=i, file=f, kind=k, start=a, stop=b, first_row=r)
         for i, (f, k, a, b, r) in enumerate(pieces)
     ]
+    for start in range(0, len(images), split_rows):
+        members = tuple(images[start : start + split_rows])
+        splits.append(
+            Split(index=len(splits), file=members[0], kind="images", start=start,
+                  stop=start + len(members), first_row=0, members=members)
+        )  # fmt: skip
+    return splits
 
 
 def plan_digest(splits: list[Split]) -> str:

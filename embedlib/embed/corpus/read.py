@@ -20,7 +20,9 @@ from embedlib.embed.corpus.plan import Split, plan_splits
 from embedlib.exceptions import SourceError
 
 ROW = "__row"
+FILE = "__file"  # image splits: each row's file, relative to the corpus root
 _RAW_LIMIT = 500
+IMAGE_BATCH_ROWS = 32  # image files read (and held) at once
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,9 @@ def read_split(
     of failing the file.
     """
     f = split.file
+    if split.kind == "images":
+        yield from _read_images(fs, split, batch_rows)
+        return
     try:
         with fs.open(f.path, "rb", compression=f.compression) as fh:
             if f.format == "parquet":
@@ -98,6 +103,36 @@ def read_corpus(
     for split in plan_splits(fs, files, split_rows=50_000):
         for raw in read_split(fs, split, batch_rows=batch_rows, text_column=text_column):
             yield split, raw
+
+
+def _read_images(
+    fs: fsspec.AbstractFileSystem, split: Split, batch_rows: int
+) -> Iterator[RawBatch]:
+    """Image files, one row each: `id` (the path relative to the corpus root), `image`
+    (the file's bytes). A file that cannot be read is quarantined."""
+    step = max(1, min(batch_rows, IMAGE_BATCH_ROWS))
+    for offset in range(0, len(split.members), step):
+        rows, files, data = [], [], []
+        bad: list[QuarantineRecord] = []
+        for n, f in enumerate(split.members[offset : offset + step], start=offset):
+            try:
+                content = fs.cat_file(f.path)
+            except (OSError, ValueError) as e:
+                bad.append(QuarantineRecord(f.relpath, 0, "unreadable_image",
+                                            f"{type(e).__name__}: {e}", ""))  # fmt: skip
+                continue
+            rows.append(n)
+            files.append(f.relpath)
+            data.append(content)
+        table = pa.table(
+            {
+                ROW: pa.array(rows, pa.int64()),
+                FILE: pa.array(files, pa.string()),
+                "id": pa.array(files, pa.string()),
+                "image": pa.array(data, pa.binary()),
+            }
+        )
+        yield RawBatch(table, quarantined=bad)
 
 
 def _with_rows(table: pa.Table, first: int) -> pa.Table:
