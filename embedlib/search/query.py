@@ -1,7 +1,8 @@
 """The search contract, defined once: what can be asked of an index and what answers it.
 
 A `Query` is one of: text (`text`, sent over HTTP as `query`: embedded with the index's
-own model), a `vector`, or `positive` / `negative` items (vector arithmetic as gensim's
+own model), an `image` (its file's bytes, base64 over HTTP: embedded with the image tower
+of a CLIP-style index model), a `vector`, or `positive` / `negative` items (vector arithmetic as gensim's
 `most_similar`: document ids, `TextItem`s or vectors), with the `SearchOptions` every
 search takes. A `VectorBatch` is many vectors sharing one set of options. Each answer is
 a list of `Hit`s, best first.
@@ -14,6 +15,8 @@ its bounds are written here only. pydantic validates them: a library caller gets
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
@@ -36,7 +39,7 @@ from typing_extensions import TypedDict
 from embedlib.exceptions import QueryError
 from embedlib.options import Mode
 
-Include = Literal["text", "metadata", "vector"]
+Include = Literal["text", "metadata", "vector", "thumbnail", "image"]
 INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
 DEFAULT_INCLUDE: tuple[Include, ...] = ("text", "metadata")
 Group = Literal["document", "chunk"]
@@ -56,6 +59,7 @@ MAX_QUERY_TEXT_CHARS = 100_000  # the texts one query embeds, together
 MAX_EXCLUDE = 10_000  # ids one query leaves out
 MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
 MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
+MAX_QUERY_IMAGE_BYTES = 8 * 1024 * 1024  # one query image file
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -99,6 +103,36 @@ Vector = Annotated[
     PlainValidator(_as_vector),
     PlainSerializer(lambda x: x.tolist(), return_type=list[float]),
     WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 1}),
+]
+
+
+def _as_image(value: Any) -> bytes:
+    """An image file's bytes, given as bytes or (over HTTP) as a base64 string."""
+    if isinstance(value, str):
+        if len(value) > (MAX_QUERY_IMAGE_BYTES + 2) // 3 * 4 + 4:
+            raise ValueError(f"the image is over the cap of {MAX_QUERY_IMAGE_BYTES} bytes")
+        try:
+            value = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("an image is the file's bytes as a base64 string") from None
+    if not isinstance(value, bytes | bytearray) or not value:
+        raise ValueError("an image is the file's bytes as a base64 string")
+    if len(value) > MAX_QUERY_IMAGE_BYTES:
+        raise ValueError(f"the image is over the cap of {MAX_QUERY_IMAGE_BYTES} bytes")
+    return bytes(value)
+
+
+ImageBytes = Annotated[
+    bytes,
+    PlainValidator(_as_image),
+    PlainSerializer(lambda x: base64.b64encode(x).decode(), return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "an image file (JPEG, PNG, WebP, GIF), base64",
+        }
+    ),
 ]
 
 
@@ -238,6 +272,7 @@ ONE_KIND: dict[str, Any] = {
     "oneOf": [
         {"required": ["query"]},
         {"required": ["vector"]},
+        {"required": ["image"]},
         {"anyOf": [{"required": ["positive"]}, {"required": ["negative"]}]},
     ]
 }
@@ -259,6 +294,9 @@ class Query(SearchOptions):
         description="text, embedded with the index's model",
     )
     vector: Vector | None = None
+    image: ImageBytes | None = Field(
+        default=None, description="an image, embedded with the index model's image tower"
+    )
     positive: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
     negative: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
 
@@ -276,10 +314,13 @@ class Query(SearchOptions):
         kinds = (
             (self.text is not None)
             + (self.vector is not None)
+            + (self.image is not None)
             + bool(self.positive or self.negative)
         )
         if kinds != 1:
-            raise ValueError("give exactly one of: text (query), a vector, or positive/negative")
+            raise ValueError(
+                "give exactly one of: text (query), an image, a vector, or positive/negative"
+            )
         if len(self.positive) + len(self.negative) > MAX_ITEMS:
             raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
         texts = self.texts()
@@ -361,6 +402,12 @@ class Hit:
         dict[str, Ranked | None] | None,
         Field(description='with `explain`: {"dense", "lexical"}: where the hit ranked'),
     ] = None
+    thumbnail: Annotated[
+        str | None, Field(description="image indexes: a small JPEG of the image, base64")
+    ] = None
+    image: Annotated[
+        str | None, Field(description='image indexes, with include "image": the file, base64')
+    ] = None
 
     def to_json(self) -> dict[str, Any]:
         """The hit as the HTTP API answers it: the fields it holds, none that it lacks."""
@@ -377,6 +424,10 @@ class Hit:
             out["passages"] = [_passage_json(p) for p in self.passages]
         if self.explain is not None:
             out["explain"] = self.explain
+        if self.thumbnail is not None:
+            out["thumbnail"] = self.thumbnail
+        if self.image is not None:
+            out["image"] = self.image
         return out
 
     @classmethod
@@ -393,6 +444,8 @@ class Hit:
             passage=Passage(**passage) if passage else None,
             passages=[Passage(**p) for p in passages] if passages is not None else None,
             explain=row.get("explain"),
+            thumbnail=row.get("thumbnail"),
+            image=row.get("image"),
         )
 
 

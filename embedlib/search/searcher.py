@@ -30,6 +30,7 @@ it and hold no logic of their own.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,8 @@ class Placement(Protocol):
 
     def encode(self, texts: list[str]) -> np.ndarray: ...
 
+    def encode_images(self, images: list[bytes]) -> np.ndarray: ...
+
     def search(self, task: Task) -> TaskResult: ...
 
 
@@ -123,6 +126,8 @@ class AsyncPlacement(Protocol):
     """Where a searcher's query model and shards are, for a server's event loop."""
 
     async def encode(self, texts: list[str]) -> np.ndarray: ...
+
+    async def encode_images(self, images: list[bytes]) -> np.ndarray: ...
 
     async def search(self, task: Task) -> TaskResult: ...
 
@@ -173,7 +178,8 @@ class Searcher:
         # when it has metadata columns, the vector
         self.row_fields = frozenset(
             ["vector", *(["text"] if docs.text_column else []),
-             *(["metadata"] if docs.metadata_columns else [])]
+             *(["metadata"] if docs.metadata_columns else []),
+             *(["thumbnail", "image"] if docs.images else [])]
         )  # fmt: skip
 
     @classmethod
@@ -194,6 +200,11 @@ class Searcher:
         if q.mode is None:
             return HYBRID if text and self.lexical is not None else DENSE
         if q.mode != DENSE:
+            if self.docs.images:
+                raise QueryError(
+                    f"mode {q.mode} ranks texts by their words, and this index holds images: "
+                    "search it by its vectors (mode dense, the default), with text or an image"
+                )
             if not text:
                 raise QueryError(
                     f"mode {q.mode} needs a text query; vectors and vector arithmetic are "
@@ -212,8 +223,10 @@ class Searcher:
         text_vectors: np.ndarray | None = None,
         *,
         started: float | None = None,
+        image_vectors: np.ndarray | None = None,
     ) -> SearchPlan:
-        """The searches for `queries`; `text_vectors` holds the embedded `texts(queries)`."""
+        """The searches for `queries`; `text_vectors` holds the embedded `texts(queries)`,
+        `image_vectors` the embedded `images(queries)`."""
         started = time.perf_counter() if started is None else started
         for q in queries:
             self._check(q)
@@ -226,7 +239,7 @@ class Searcher:
                 prepare_queries(raw, dim=self.dim, metric=self.metric)
             )
         else:
-            vectors, excluded = self._query_vectors(queries, text_vectors, modes)
+            vectors, excluded = self._query_vectors(queries, text_vectors, modes, image_vectors)
             dense = [n for n, v in enumerate(vectors) if v is not None]
             if dense:
                 stacked = np.stack([vectors[n] for n in dense])  # type: ignore[misc]
@@ -411,7 +424,7 @@ class Searcher:
                 for hit in hits:
                     hit.metadata = {}
             return hits
-        rows = self.docs.rows(iids, vectors="vector" in include)
+        rows = self.docs.rows(iids, vectors="vector" in include, images="image" in include)
         out, at = [], 0
         for pairs in found:
             row = rows[at]
@@ -422,6 +435,10 @@ class Searcher:
                 hit.metadata = row.metadata
             if "vector" in include:
                 hit.vector = row.vector.tolist()
+            if "thumbnail" in include and row.thumbnail is not None:
+                hit.thumbnail = base64.b64encode(row.thumbnail).decode()
+            if "image" in include and row.image is not None:
+                hit.image = base64.b64encode(row.image).decode()
             if self.docs.chunked:
                 hit.passage = _passage(row)
                 if len(pairs) > 1:
@@ -458,20 +475,25 @@ class Searcher:
     def run(self, queries: Sequence[Query], placement: Placement) -> Answers:
         """Answer `queries` with a placement in this process."""
         started = time.perf_counter()
-        texts = self.texts(queries)
+        texts, images = self.texts(queries), images_of(queries)
         vectors = placement.encode(texts) if texts else None
-        return self.drive(self.plan(queries, vectors, started=started), placement)
+        image_vectors = placement.encode_images(images) if images else None
+        plan = self.plan(queries, vectors, started=started, image_vectors=image_vectors)
+        return self.drive(plan, placement)
 
     async def run_async(self, queries: Sequence[Query], placement: AsyncPlacement) -> Answers:
         """Answer `queries` on a server's event loop: planning, merging and the docs joins
         of all but the smallest requests run in a thread (see `_light`)."""
         started = time.perf_counter()
-        texts = self.texts(queries)
+        texts, images = self.texts(queries), images_of(queries)
         vectors = await placement.encode(texts) if texts else None
+        image_vectors = await placement.encode_images(images) if images else None
         if self._light(queries):
-            plan = self.plan(queries, vectors, started=started)
+            plan = self.plan(queries, vectors, started=started, image_vectors=image_vectors)
         else:
-            plan = await asyncio.to_thread(self.plan, queries, vectors, started=started)
+            plan = await asyncio.to_thread(
+                self.plan, queries, vectors, started=started, image_vectors=image_vectors
+            )
         return await self.drive_async(plan, placement)
 
     def _light(self, options: Sequence[SearchOptions]) -> bool:
@@ -551,11 +573,16 @@ class Searcher:
         return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()
 
     def _query_vectors(
-        self, queries: Sequence[Query], text_vectors: np.ndarray | None, modes: Sequence[str]
+        self,
+        queries: Sequence[Query],
+        text_vectors: np.ndarray | None,
+        modes: Sequence[str],
+        image_vectors: np.ndarray | None = None,
     ) -> tuple[list[np.ndarray | None], list[frozenset[int]]]:
         """Each query's vector (before normalization; None: lexical only) and the int64
         ids it excludes."""
         texts = iter(text_vectors if text_vectors is not None else ())
+        images = iter(image_vectors if image_vectors is not None else ())
         vectors: list[np.ndarray | None] = []
         excluded = []
         for q, mode in zip(queries, modes, strict=True):
@@ -566,6 +593,8 @@ class Searcher:
                 v = None
             elif q.text is not None:
                 v = np.asarray(next(texts), dtype=np.float32)
+            elif q.image is not None:
+                v = np.asarray(next(images), dtype=np.float32)
             elif q.vector is not None:
                 v = self.vector_rows([q.vector])[0]
             else:
@@ -585,6 +614,11 @@ class Searcher:
             vectors.append(v)
             excluded.append(frozenset(leave_out))
         return vectors, excluded
+
+
+def images_of(queries: Sequence[Query]) -> list[bytes]:
+    """The images the queries need embedded, in order (what `plan` expects)."""
+    return [q.image for q in queries if q.image is not None]
 
 
 def _step(rounds: Rounds, results: list[TaskResult]) -> list[Task] | Answers:

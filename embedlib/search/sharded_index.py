@@ -18,7 +18,7 @@ import numpy as np
 from embedlib.cache import FileCache
 from embedlib.exceptions import NoTextModelError
 from embedlib.index.store.version import IndexManifest, IndexVersion, SearchParams
-from embedlib.models.encoders import QueryModels, TextEncoder
+from embedlib.models.encoders import QueryModels, TextEncoder, encode_image_files
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.search.query import (
     Hit,
@@ -130,6 +130,18 @@ class ShardedIndex:
         """Query vectors for `texts`, made with the index's own model."""
         return self.query_model().encode(list(texts))[0]
 
+    def encode_images(self, images: Sequence[bytes]) -> np.ndarray:
+        """Query vectors for image files (their bytes), made with the image tower of the
+        index's own (CLIP-style) model."""
+        return encode_image_files(self.query_model(), list(images))
+
+    def search_images(
+        self, images: Sequence[bytes], k: int = 10, **options: Any
+    ) -> list[list[Hit]]:
+        """Top-k hits for each image file (its bytes): images like it in an image index,
+        or texts that describe it in a text index of the same CLIP model."""
+        return self.query([Query(image=data, k=k, **options) for data in images])
+
     def vector(self, doc_id: str) -> np.ndarray:
         """The indexed vector of a document (unit length for cosine; for chunks, their
         mean made unit length)."""
@@ -163,6 +175,9 @@ class _InProcess:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         return self.index.encode_text(texts)
+
+    def encode_images(self, images: list[bytes]) -> np.ndarray:
+        return self.index.encode_images(images)
 
     def search(self, task: Task) -> TaskResult:
         return self.index.shards.search_one(task)

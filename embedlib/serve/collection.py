@@ -10,6 +10,7 @@ import numpy as np
 
 from embedlib.index.store.version import IndexVersion
 from embedlib.models.encoders import QueryModels
+from embedlib.models.fingerprint import is_image_model
 from embedlib.search.query import Query, SearchOptions
 from embedlib.search.searcher import Answers
 from embedlib.search.sharded_index import ShardedIndex
@@ -72,5 +73,6 @@ class ServedCollection:
             "created_at": m.created_at, "version": self.version,
             "metadata_columns": sorted(self.searcher.docs.metadata_columns),
             "lexical": m.lexical.language if m.lexical else None, "modes": self.modes,
-            "chunked": self.searcher.docs.chunked,
+            "chunked": self.searcher.docs.chunked, "modality": m.modality,
+            "image_queries": bool(m.text_model and m.model and is_image_model(m.model.name)),
         }  # fmt: skip

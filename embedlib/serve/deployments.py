@@ -14,7 +14,7 @@ import numpy as np
 from ray import serve
 
 from embedlib.index.store.version import IndexVersion
-from embedlib.models.encoders import encode_batches, query_encoder
+from embedlib.models.encoders import encode_batches, encode_image_files, query_encoder
 from embedlib.models.fingerprint import ModelFingerprint
 from embedlib.search.searcher import Task
 from embedlib.search.shards import ShardSet
@@ -53,3 +53,7 @@ class Encoder:
 
     def count_tokens(self, texts: list[str]) -> int:
         return int(self.encoder.token_lengths(texts).sum())
+
+    def encode_images(self, images: list[bytes]) -> np.ndarray:
+        """Query vectors for image files, from a CLIP-style model's image tower."""
+        return encode_image_files(self.encoder, images)

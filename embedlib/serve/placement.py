@@ -63,6 +63,11 @@ class LocalPlacement:
         the event loop (vector queries go on meanwhile); one call at a time."""
         return await asyncio.to_thread(encode_batches, self.index.query_model(), batches)
 
+    async def encode_images(self, images: list[bytes]) -> np.ndarray:
+        """Image queries' vectors, decoded and embedded off the event loop."""
+        require_text_model(self.index.manifest)
+        return await asyncio.to_thread(self.index.encode_images, images)
+
     async def count_tokens(self, texts: list[str]) -> int:
         """Tokens of `texts` (off the event loop: up to 2M characters to tokenize)."""
         model = self.index.query_model()
@@ -118,6 +123,10 @@ class RemotePlacement:
 
     async def encode(self, texts: list[str]) -> np.ndarray:
         return await self._encoder().encode.remote(texts)
+
+    async def encode_images(self, images: list[bytes]) -> np.ndarray:
+        vectors: np.ndarray = await self._encoder().encode_images.remote(images)
+        return vectors
 
     async def count_tokens(self, texts: list[str]) -> int:
         return int(await self._encoder().count_tokens.remote(texts))

@@ -326,6 +326,12 @@ class IndexInfo(BaseModel):
     )
     modes: list[Literal["dense", "lexical", "hybrid"]]
     chunked: bool = Field(description="documents are split in passages (chunks)")
+    modality: Literal["text", "image"] = Field(
+        default="text", description="what the indexed vectors were made from"
+    )
+    image_queries: bool = Field(
+        default=False, description='the model has an image tower: {"image": base64} queries'
+    )
 
 
 class IndexesResponse(BaseModel):

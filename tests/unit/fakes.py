@@ -59,7 +59,7 @@ class FakeCorpus:
     def string_ids(self, iids: np.ndarray) -> list[str]:
         return [self.rows[int(i)].doc for i in iids]
 
-    def rows_of(self, iids: np.ndarray, vectors: bool = True) -> list[DocRow]:
+    def rows_of(self, iids: np.ndarray, vectors: bool = True, images: bool = False) -> list[DocRow]:
         out = []
         for i in iids.tolist():
             r = self.rows[i]
@@ -117,6 +117,7 @@ class FakeDocs:
     def __init__(self, corpus: FakeCorpus) -> None:
         self.corpus = corpus
         self.text_column = "text"
+        self.images = False  # a text corpus
         self.chunked = corpus.chunked
         self.metadata_columns = corpus.metadata_columns
         self.metadata_types = corpus.metadata_types

@@ -109,6 +109,7 @@ def test_search_options_are_the_query_fields_without_a_query():
         "vector",
         "positive",
         "negative",
+        "image",
     }
 
 

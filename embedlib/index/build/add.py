@@ -16,7 +16,7 @@ from embedlib.distributed import current_node
 from embedlib.embed.documents import CHUNK, ID, id_hashes
 from embedlib.exceptions import VectorError
 from embedlib.index.build.plan import faiss_metric
-from embedlib.index.build.staging import DOCS_ROW_GROUP, K_TUNE, BuildContext
+from embedlib.index.build.staging import K_TUNE, BuildContext, docs_row_group
 from embedlib.index.faiss_ops import (
     merge_topk,
     prepare_vectors,
@@ -113,7 +113,7 @@ def add_units(units: list[Unit], ctx: BuildContext, name: str) -> PartialResult:
                 raise VectorError(
                     f"the metadata columns of {unit.span.path!r} differ from the other inputs'"
                 )
-            writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
+            writer.write_table(fitted, row_group_size=docs_row_group(writer.schema))
             rows += len(x)
         if writer is not None:
             writer.close()

@@ -401,4 +401,5 @@ def _manifest(
         chunking=src.chunking,
         lexical=lexical,
         vectors=codec,
+        modality=src.modality,
     )

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.index.build.ivf_file import merge_ivf_files
-from embedlib.index.build.staging import DOCS_ROW_GROUP, BuildContext, shard_entry
+from embedlib.index.build.staging import BuildContext, docs_row_group, shard_entry
 from embedlib.index.faiss_ops import merge_into, read_index_file, write_index
 from embedlib.index.store.vectors import concat_vector_files, vectors_file
 from embedlib.index.store.version import ShardEntry, docs_file, shard_file
@@ -50,12 +50,12 @@ def merge_shard(shard: int, names: list[str], count: int, ctx: BuildContext) -> 
     with fs.open(target_docs, "wb") as out, pq.ParquetWriter(out, schema) as writer:
         for name in names:
             with fs.open(ctx.partial(name, "parquet"), "rb") as fh:
-                for batch in pq.ParquetFile(fh).iter_batches(batch_size=DOCS_ROW_GROUP):
+                for batch in pq.ParquetFile(fh).iter_batches(batch_size=docs_row_group(schema)):
                     fitted = conform_table(
                         pa.Table.from_batches([batch]), schema, text_fallback=True
                     )
                     assert fitted is not None
-                    writer.write_table(fitted, row_group_size=DOCS_ROW_GROUP)
+                    writer.write_table(fitted, row_group_size=docs_row_group(schema))
     return shard_entry(ctx, shard, count)
 
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 
+from embedlib.embed.images import IMAGE
 from embedlib.index.build.plan import IndexPlan
 from embedlib.index.store.vectors import VectorCodec, vectors_file
 from embedlib.index.store.version import TRAINED, ShardEntry, docs_file, shard_file
@@ -25,6 +27,12 @@ from embedlib.storage import file_sha256
 PARTIALS = "_partials"
 K_TUNE = 10  # the build measures recall@10
 DOCS_ROW_GROUP = 8192
+IMAGE_ROW_GROUP = 32  # docs tables holding images: a hit's image is read with its group
+
+
+def docs_row_group(schema: pa.Schema) -> int:
+    """Rows per row group of a docs table: fewer where each row holds an image file."""
+    return IMAGE_ROW_GROUP if IMAGE in schema.names else DOCS_ROW_GROUP
 
 
 @dataclass(frozen=True)

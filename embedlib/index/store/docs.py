@@ -33,6 +33,7 @@ from embedlib.embed.documents import (
     TEXT_HASH,
     VECTOR,
 )
+from embedlib.embed.images import IMAGE, IMAGE_COLUMNS, THUMBNAIL
 from embedlib.exceptions import QueryError, SourceError
 from embedlib.index.store.vectors import VectorFile
 from embedlib.sets.columns import vectors_of
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from embedlib.index.store.version import IndexVersion
 
 IID = "_iid"  # the FAISS id of a row, in the docs tables
-NOT_METADATA = (IID, ID, VECTOR, TEXT_HASH, *CHUNK_COLUMNS)  # columns that are not metadata
+# columns that are not metadata (an image set's image and thumbnail are fields of their own)
+NOT_METADATA = (IID, ID, VECTOR, TEXT_HASH, *CHUNK_COLUMNS, *IMAGE_COLUMNS)
 CACHED_GROUPS = 64  # row groups of text/vectors kept per shard
 VECTOR_CACHE_BYTES = 128 * 1024 * 1024  # vectors of filtered rows' row groups kept per shard
 
@@ -100,15 +102,21 @@ class ShardDocs:
         pos = np.minimum(np.searchsorted(self.iids, iids), len(self.iids) - 1)
         return np.where(self.iids[pos] == iids, pos, -1)
 
-    def rows(self, positions: np.ndarray, vectors: bool = True) -> list[dict[str, Any]]:
-        """The rows at `positions` (all columns; with `vectors`, the vector as a float32
-        array, read from the vector file)."""
+    def rows(
+        self, positions: np.ndarray, vectors: bool = True, images: bool = False
+    ) -> list[dict[str, Any]]:
+        """The rows at `positions` (all columns but the image file's; with `vectors`, the
+        vector as a float32 array, read from the vector file; with `images`, the image
+        file's bytes, read for these rows only)."""
         out = []
         for p in positions.tolist():
             g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
             group = self._group(g)
             r = p - int(self.group_starts[g])
-            out.append({c: v[r] for c, v in group.items()})
+            row = {c: v[r] for c, v in group.items()}
+            if images and IMAGE in self.columns:
+                row[IMAGE] = self._image(g, r)
+            out.append(row)
         if vectors and self.vector_file is not None and len(out):
             for row, vector in zip(out, self.vector_file.get(positions), strict=True):
                 row[VECTOR] = vector
@@ -163,7 +171,9 @@ class ShardDocs:
         if cached is not None:
             return cached
         with self.fs.open(self.path, "rb") as fh:
-            table = pq.ParquetFile(fh).read_row_group(g)
+            table = pq.ParquetFile(fh).read_row_group(
+                g, columns=[c for c in self.columns if c != IMAGE]
+            )
         cols = {c: table.column(c).to_pylist() for c in table.column_names if c != VECTOR}
         if VECTOR in table.column_names:  # an index built before vector files
             cols[VECTOR] = list(vectors_of(table.column(VECTOR)))
@@ -172,6 +182,13 @@ class ShardDocs:
                 self._groups.pop(next(iter(self._groups)))
             self._groups[g] = cols
         return cols
+
+    def _image(self, g: int, r: int) -> bytes | None:
+        """The image file's bytes of row `r` of row group `g` (not cached: asked rarely)."""
+        with self.fs.open(self.path, "rb") as fh:
+            column = pq.ParquetFile(fh).read_row_group(g, columns=[IMAGE]).column(IMAGE)
+        value: bytes | None = column[r].as_py()
+        return value
 
 
 class DocsLookup:
@@ -200,6 +217,7 @@ class DocsLookup:
         self.shards = list(shards)
         self.text_column = text_column
         self.chunked = any(docs.split_documents for docs in self.shards)
+        self.images = any(IMAGE in docs.columns for docs in self.shards)  # an image index
         self._id_order: tuple[pa.Array, np.ndarray, np.ndarray] | None = None
         self._id_lock = threading.Lock()
         self.metadata_columns: frozenset[str] = frozenset(
@@ -276,14 +294,16 @@ class DocsLookup:
             )
         return list(out.tolist())
 
-    def rows(self, iids: np.ndarray, vectors: bool = True) -> list[DocRow]:
+    def rows(self, iids: np.ndarray, vectors: bool = True, images: bool = False) -> list[DocRow]:
         """The docs rows of int64 ids, each read with its row group (and, with `vectors`,
-        its vector: one read from the vector file per row, so only when asked)."""
+        its vector: one read from the vector file per row, so only when asked; the same
+        for the image file's bytes with `images`)."""
         rows: list[dict[str, Any] | None] = [None] * len(iids)
         for docs in self.shards:
             pos = docs.positions(iids)
             found = np.flatnonzero(pos >= 0)
-            for n, found_row in zip(found.tolist(), docs.rows(pos[found], vectors), strict=True):
+            found_rows = docs.rows(pos[found], vectors, images)
+            for n, found_row in zip(found.tolist(), found_rows, strict=True):
                 rows[n] = found_row
         if any(r is None for r in rows):
             raise SourceError(
@@ -315,6 +335,14 @@ class DocRow:
     @property
     def vector(self) -> np.ndarray:
         return np.asarray(self.values[VECTOR], dtype=np.float32)
+
+    @property
+    def thumbnail(self) -> bytes | None:
+        return self.values.get(THUMBNAIL)
+
+    @property
+    def image(self) -> bytes | None:
+        return self.values.get(IMAGE)
 
     @property
     def chunk(self) -> int | None:

@@ -161,6 +161,7 @@ class IndexManifest:
     chunking: dict[str, Any] | None = None  # rows are chunks of documents (the embed options)
     lexical: LexicalInfo | None = None  # the BM25 part: analysis and corpus-wide counts
     vectors: VectorCodec | None = None  # how the vector files store vectors (None: in docs)
+    modality: str = "text"  # what the indexed vectors were made from: "text" or "image"
 
     @property
     def text_model(self) -> bool:
@@ -209,6 +210,8 @@ class IndexManifest:
             out["lexical"] = self.lexical.to_dict()
         if self.vectors is not None:
             out["vectors"] = self.vectors.to_dict()
+        if self.modality != "text":
+            out["modality"] = self.modality
         return out
 
     @classmethod
@@ -238,6 +241,7 @@ class IndexManifest:
             embedlib_version=data.get("embedlib_version", ""),
             updated_from=data.get("updated_from"),
             update=data.get("update"),
+            modality=data.get("modality", "text"),
             chunking=data.get("chunking"),
             lexical=_lexical_info(data.get("lexical")),
             vectors=VectorCodec.from_dict(data["vectors"]) if data.get("vectors") else None,

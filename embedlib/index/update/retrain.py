@@ -55,5 +55,5 @@ def retrain_index(
                   "documents": manifest.ntotal}  # fmt: skip
         src = VectorSource([source["url"]], manifest.dim, spans, manifest.model,
                            manifest.metric, manifest.text_column, [source],
-                           manifest.chunking)  # fmt: skip
+                           manifest.chunking, manifest.modality)  # fmt: skip
         return build_from_source(src, index, options=options, run=run, echo=echo, lease=lease)

@@ -219,6 +219,12 @@ def _updatable(manifest: IndexManifest, index: str, model: str | None) -> ModelF
             f"{index!r} was built from vectors without a text model; update its vectors and "
             "rebuild it with `embedlib index`"
         )
+    if manifest.modality == "image":
+        raise EmbedlibError(
+            f"{index!r} holds images; updates embed texts. Embed the new images into an "
+            "embedding set (`embedlib embed IMAGES OUT --model ...`) and build the index "
+            "again with `embedlib index` from both sets"
+        )
     fingerprint = manifest.model
     if model is not None and canonical_model_name(model) != fingerprint.name:
         raise ModelMismatchError(

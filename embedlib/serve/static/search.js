@@ -94,6 +94,11 @@ function render(results, query, collection) {
         textContent: `passage ${hit.passage.chunk + 1}, characters ${hit.passage.start}\u2013${hit.passage.end}`}));
     }
     li.append(head);
+    if (hit.thumbnail) {
+      // an image collection: the thumbnail made at embed time (the image itself stays on the server)
+      li.append(Object.assign(document.createElement("img"), {className: "thumb", alt: hit.id,
+        src: `data:image/jpeg;base64,${hit.thumbnail}`}));
+    }
     if (hit.text) {
       const text = document.createElement("div");
       text.className = "text";
@@ -119,7 +124,8 @@ function render(results, query, collection) {
 }
 
 function bodyFor(state, info) {
-  const body = {k: Math.max(1, Math.min(100, Number(state.k) || 10)), include: ["text", "metadata"]};
+  const body = {k: Math.max(1, Math.min(100, Number(state.k) || 10)),
+    include: info && info.modality === "image" ? ["metadata", "thumbnail"] : ["text", "metadata"]};
   if (state.positive) {
     body.positive = [state.positive];
   } else if (info && !info.text_model) {
