@@ -1,0 +1,382 @@
+"""Contrastive image-text training of a CLIP-style model: both towers (or the image
+tower alone, `freeze_text`) trained with InfoNCE over in-batch negatives, symmetric
+(image -> text and text -> image), the temperature learned (CLIP's `logit_scale`) or set.
+
+It runs in this process, or data-parallel on Ray Train (`workers` >= 1: each worker
+takes its share of every batch, gradients are averaged across workers with
+torch.distributed, so N workers take the same steps over the same data as one). The
+result is a `transformers` CLIP folder that sentence-transformers, `embedlib embed` and
+`embedlib serve` load as they are, with `training.json` beside it: the loss curve and
+text-to-image recall@1 and @5 on held-out pairs before and after, beside chance.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import random
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.core import url_to_fs
+
+from embedlib.embed.images import ImageError, decode_image
+from embedlib.exceptions import EmbedlibError, SourceError
+from embedlib.models.fingerprint import resolve_model_path
+
+REPORT = "training.json"
+
+
+@dataclass(frozen=True)
+class ImageRecall:
+    """Text-to-image retrieval on held-out pairs: each caption ranks every held-out
+    image; an image with that caption is the answer."""
+
+    recall_at_1: float
+    recall_at_5: float
+    chance_at_1: float
+    chance_at_5: float
+
+    def __str__(self) -> str:
+        return (
+            f"text->image recall@1 {self.recall_at_1:.3f} (chance {self.chance_at_1:.3f}), "
+            f"recall@5 {self.recall_at_5:.3f} (chance {self.chance_at_5:.3f})"
+        )
+
+
+@dataclass
+class ImageTextReport:
+    output: str
+    base_model: str
+    train_pairs: int
+    eval_pairs: int
+    steps: int
+    workers: int  # 0: this process; N: Ray Train workers
+    before: ImageRecall
+    after: ImageRecall
+    seconds: float
+    losses: list[float] = field(default_factory=list)  # one per step (mean over workers)
+
+    def __str__(self) -> str:
+        where = f"{self.workers} Ray Train workers" if self.workers else "this process"
+        curve = ", ".join(f"{x:.3f}" for x in self.losses[:: max(1, len(self.losses) // 6)])
+        return (
+            f"trained image-text model: {self.output} (from {self.base_model})\n"
+            f"  {self.steps} steps on {self.train_pairs} pairs in {self.seconds:.0f}s, {where}; "
+            f"loss {curve}\n"
+            f"  {self.eval_pairs} held-out pairs:\n"
+            f"  before: {self.before}\n"
+            f"  after:  {self.after}\n"
+            f"  embed with it: embedlib embed IMAGES OUT --model {self.output}"
+        )
+
+
+def read_image_pairs(
+    source: str,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    storage_options: dict[str, Any] | None = None,
+) -> tuple[list[bytes], list[str], list[str] | None]:
+    """Images (file bytes), captions and, when the table has a `split` column, each
+    pair's split ("train" / "eval"), from Parquet. An image given as a path is read
+    relative to the table's folder."""
+    fs, path = url_to_fs(source, **(storage_options or {}))
+    if not fs.exists(path):
+        raise SourceError(f"{source!r} does not exist")
+    with fs.open(path, "rb") as fh:
+        table = pq.read_table(fh)
+    for column, option in ((image_column, "--image-column"), (caption_column, "--caption-column")):
+        if column not in table.column_names:
+            raise SourceError(
+                f"{source!r} has no column {column!r}; its columns are "
+                f"{', '.join(map(repr, table.column_names))}. Name it with {option}."
+            )
+    root = posixpath.dirname(path)
+    images: list[bytes] = []
+    for value in table.column(image_column).to_pylist():
+        if isinstance(value, str):
+            value = fs.cat_file(posixpath.join(root, value))
+        images.append(bytes(value))
+    captions = table.column(caption_column).cast(pa.string()).to_pylist()
+    split = table.column("split").to_pylist() if "split" in table.column_names else None
+    return images, captions, split
+
+
+def clip_folder(model: str) -> Path:
+    """The `transformers` CLIP folder of `model` (a CLIP folder, or a sentence-transformers
+    folder holding one as `0_CLIPModel`)."""
+    folder = Path(resolve_model_path(model))
+    nested = sorted(folder.glob("*_CLIPModel"))
+    if nested:
+        folder = nested[0]
+    config = folder / "config.json"
+    if not config.exists() or "vision_config" not in json.loads(config.read_text()):
+        raise EmbedlibError(
+            f"{model!r} is not a CLIP-style model folder (no config.json with a vision "
+            "tower); give a CLIP folder, e.g. sentence-transformers' clip-ViT-B-32"
+        )
+    return folder
+
+
+def text_to_image_recall(model: Any, images: list[Any], captions: list[str]) -> ImageRecall:
+    """Each caption ranks every image by cosine (the sentence-transformers model's own
+    vectors); an image whose caption is the same is right."""
+    img = model.encode(images, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    txt = model.encode(captions, normalize_embeddings=True, convert_to_numpy=True, batch_size=64)
+    scores = txt @ img.T
+    same = np.array([[a == b for b in captions] for a in captions])
+    best_right = np.where(same, scores, -np.inf).max(axis=1)
+    rank = (np.where(same, -np.inf, scores) > best_right[:, None]).sum(axis=1)
+    right = same.sum(axis=1)
+    n = len(captions)
+    chance = {k: float(np.mean([1 - _none_in_top(n, r, k) for r in right])) for k in (1, 5)}
+    return ImageRecall(float((rank < 1).mean()), float((rank < 5).mean()), chance[1], chance[5])
+
+
+def _none_in_top(n: int, right: int, k: int) -> float:
+    """The chance that none of `right` answers among `n` lands in a random top `k`."""
+    p = 1.0
+    for i in range(min(k, n)):
+        p *= max(0.0, (n - right - i) / (n - i))
+    return p
+
+
+def _batches(captions: list[str], batch_size: int, steps: int, seed: int) -> list[list[int]]:
+    """`steps` batches of distinct captions (a repeated caption in a batch would be
+    scored as its own negative), walking shuffled epochs."""
+    rng = random.Random(seed)
+    out: list[list[int]] = []
+    order: list[int] = []
+    while len(out) < steps:
+        if len(order) < batch_size:
+            order += rng.sample(range(len(captions)), len(captions))
+        batch: list[int] = []
+        seen: set[str] = set()
+        rest: list[int] = []
+        for i in order:
+            if len(batch) < batch_size and captions[i] not in seen:
+                batch.append(i)
+                seen.add(captions[i])
+            else:
+                rest.append(i)
+        order = rest
+        out.append(batch)
+    return out
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The training, in this process or as a Ray Train worker's loop. With N workers each
+    takes a contiguous 1/N of every batch, the towers' vectors are gathered (with their
+    gradients) so every worker scores its rows against the whole batch, and the summed
+    gradients are those of one process on the whole batch: N workers take the same steps."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import CLIPModel, CLIPProcessor
+
+    rank, world = 0, 1
+    if config["workers"]:
+        import ray.train
+
+        context = ray.train.get_context()
+        rank, world = context.get_world_rank(), context.get_world_size()
+        torch.set_num_threads(max(1, config["threads"]))
+    device = torch.device("cuda" if config["gpu"] and torch.cuda.is_available() else "cpu")
+    torch.manual_seed(config["seed"])
+    folder = config["folder"]
+    model = CLIPModel.from_pretrained(folder)
+    model.to(device)  # type: ignore[arg-type]  # transformers annotates `to` oddly
+    processor = CLIPProcessor.from_pretrained(folder)
+    if config["freeze_text"]:
+        for module in (model.text_model, model.text_projection):
+            module.requires_grad_(False)
+    if config["temperature"] is not None:
+        model.logit_scale.requires_grad_(False)
+    images = [decode_image(b) for b in config["images"]]
+    captions = config["captions"]
+    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config["learning_rate"], weight_decay=0.01)
+    steps = config["steps"]
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
+    )
+    losses = []
+    model.train()
+    for batch in _batches(captions, config["batch_size"], steps, config["seed"]):
+        share = len(batch) // world
+        mine = batch[rank * share : (rank + 1) * share]  # this worker's rows of the batch
+        tokens = processor.tokenizer(
+            [captions[i] for i in mine], padding=True, truncation=True, return_tensors="pt"
+        )
+        img = _features(model.get_image_features(pixel_values=pixels[mine].to(device)))
+        txt = _features(model.get_text_features(**tokens.to(device)))
+        img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+        every_img, every_txt = _gather(img, world), _gather(txt, world)
+        scale = (
+            model.logit_scale.exp().clamp(max=100)
+            if config["temperature"] is None
+            else torch.tensor(1.0 / config["temperature"], device=device)
+        )
+        target = torch.arange(rank * share, (rank + 1) * share, device=device)
+        # this worker's rows of the symmetric InfoNCE over the whole batch; summed over
+        # the workers, the mean over the batch
+        loss = (
+            F.cross_entropy(scale * img @ every_txt.T, target, reduction="sum")
+            + F.cross_entropy(scale * txt @ every_img.T, target, reduction="sum")
+        ) / (2 * share * world)
+        optimizer.zero_grad()
+        loss.backward()
+        value = loss.detach().clone()
+        if world > 1:
+            import torch.distributed as dist
+
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+            dist.all_reduce(value)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(value))
+    if rank == 0:
+        out = Path(config["out"])
+        model.cpu().save_pretrained(out)
+        processor.save_pretrained(out)
+        (out / "losses.json").write_text(json.dumps(losses))
+
+
+def _gather(local: Any, world: int) -> Any:
+    """Every worker's rows, in rank order, with gradients flowing back to their owners."""
+    if world == 1:
+        return local
+    import torch
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(local), dim=0)
+
+
+def _features(out: Any) -> Any:
+    """A tower's projected vectors (transformers returns them bare or as pooler_output)."""
+    import torch
+
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
+def finetune_image_text(
+    pairs: str,
+    out: str,
+    *,
+    model: str,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    eval_pairs: int = 40,
+    steps: int = 300,
+    batch_size: int = 64,
+    learning_rate: float = 5e-5,
+    temperature: float | None = None,
+    freeze_text: bool = False,
+    workers: int = 0,
+    cpus_per_worker: float = 1.0,
+    gpus_per_worker: float = 0.0,
+    gpu: bool | None = None,
+    seed: int = 0,
+) -> ImageTextReport:
+    """Train the CLIP-style `model` on the image-caption pairs at `pairs` (Parquet; a
+    `split` column marks held-out "eval" pairs, else `eval_pairs` are held out at random)
+    and save it at `out` (a local folder) with its report. In this process it trains on
+    a GPU when torch sees one (unless `gpu` is False); on Ray, with `gpus_per_worker`."""
+    start = time.perf_counter()
+    if workers and batch_size % workers:
+        raise EmbedlibError(
+            f"--batch-size {batch_size} does not split evenly over {workers} workers; "
+            "give a multiple of --workers"
+        )
+    target = Path(out)
+    if (target / "config.json").exists():
+        raise EmbedlibError(f"{out!r} already holds a model; save the trained one elsewhere")
+    folder = clip_folder(model)
+    images, captions, split = read_image_pairs(
+        pairs, image_column=image_column, caption_column=caption_column
+    )
+    decoded = []
+    for n, data in enumerate(images):
+        try:
+            decoded.append(decode_image(data))
+        except ImageError as e:
+            raise SourceError(f"pair {n} of {pairs!r}: the image cannot be used: {e}") from None
+    if split is not None:
+        held = [i for i, s in enumerate(split) if s == "eval"]
+        train = [i for i, s in enumerate(split) if s != "eval"]
+    else:
+        order = np.random.default_rng(seed).permutation(len(captions))
+        held, train = sorted(order[:eval_pairs].tolist()), sorted(order[eval_pairs:].tolist())
+    if len({captions[i] for i in train}) < batch_size or not held:
+        raise SourceError(
+            f"{len(train)} training pairs ({len({captions[i] for i in train})} distinct captions) "
+            f"and {len(held)} held-out: training needs at least --batch-size ({batch_size}) "
+            "distinct captions and one held-out pair; give more pairs or a smaller --batch-size"
+        )
+    from sentence_transformers import SentenceTransformer
+
+    eval_images, eval_captions = [decoded[i] for i in held], [captions[i] for i in held]
+    before = text_to_image_recall(
+        SentenceTransformer(str(folder), device="cpu"), eval_images, eval_captions
+    )
+    target.mkdir(parents=True, exist_ok=True)
+    config = {
+        "folder": str(folder), "out": str(target.resolve()), "seed": seed, "steps": steps,
+        "batch_size": batch_size, "learning_rate": learning_rate, "temperature": temperature,
+        "freeze_text": freeze_text, "workers": workers, "threads": round(cpus_per_worker),
+        "gpu": gpus_per_worker > 0 if workers else gpu is not False,
+        "images": [images[i] for i in train], "captions": [captions[i] for i in train],
+    }  # fmt: skip
+    if workers:
+        _train_on_ray(config, workers, cpus_per_worker, gpus_per_worker)
+    else:
+        train_loop(config)
+    losses = json.loads((target / "losses.json").read_text())
+    (target / "losses.json").unlink()
+    after = text_to_image_recall(
+        SentenceTransformer(str(target), device="cpu"), eval_images, eval_captions
+    )
+    report = ImageTextReport(
+        out, model, len(train), len(held), steps, workers, before, after,
+        time.perf_counter() - start, losses,
+    )  # fmt: skip
+    (target / REPORT).write_text(json.dumps(asdict(report), indent=2))
+    return report
+
+
+def _train_on_ray(
+    config: dict[str, Any], workers: int, cpus_per_worker: float, gpus_per_worker: float
+) -> None:
+    """`train_loop` on `workers` Ray Train workers (torch.distributed over gloo, or NCCL
+    on GPUs). The folder written is the rank-0 worker's: give a path every node sees."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from embedlib.distributed import ensure_ray
+
+    ensure_ray(None)
+    with tempfile.TemporaryDirectory(prefix="embedlib-train-") as storage:
+        trainer = TorchTrainer(
+            train_loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(
+                num_workers=workers,
+                use_gpu=gpus_per_worker > 0,
+                resources_per_worker={"CPU": cpus_per_worker}
+                | ({"GPU": gpus_per_worker} if gpus_per_worker else {}),
+            ),
+            run_config=RunConfig(storage_path=storage, name="image-text"),
+        )
+        trainer.fit()
