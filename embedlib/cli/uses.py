@@ -12,8 +12,15 @@ import pyarrow.parquet as pq
 
 from embedlib.cli.args import add_run_arguments, run_options
 from embedlib.embed.corpus.discover import FORMATS as CORPUS_FORMATS
+from embedlib.exceptions import EmbedlibError
 from embedlib.models.fingerprint import DEFAULT_MODEL
-from embedlib.options import DEMO_PAIRS, PACKAGED_GLOVE, PROJECTIONS, VECTOR_FORMATS
+from embedlib.options import (
+    DEMO_PAIRS,
+    PACKAGED_GLOVE,
+    PROJECTIONS,
+    SHAPE_PAIRS,
+    VECTOR_FORMATS,
+)
 
 METRIC_CHOICES = ("cosine", "dot", "l2")
 
@@ -58,7 +65,9 @@ def add_use_commands(sub: Any) -> None:
     p = sub.add_parser("recommend", help="recommendations from interactions: train, query")
     add_recommend_commands(p)
     p = sub.add_parser(
-        "finetune", help="contrastive fine-tuning (in-batch negatives) on (anchor, positive) pairs"
+        "finetune",
+        help="contrastive fine-tuning (in-batch negatives) on (anchor, positive) text pairs "
+        "or, with --image-column, on image-caption pairs (CLIP-style models)",
     )
     add_finetune_arguments(p)
     p.set_defaults(func=cmd_finetune)
@@ -299,29 +308,91 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument(
         "pairs",
-        help=f"Parquet, JSON Lines or CSV with anchor and positive columns, or {DEMO_PAIRS!r} "
-        "(pairs from the standard library's docstrings: summary -> the rest)",
+        help=f"Parquet, JSON Lines or CSV with anchor and positive columns; {DEMO_PAIRS!r} "
+        "(pairs from the standard library's docstrings: summary -> the rest); Parquet with "
+        f"image and caption columns (with --image-column); or {SHAPE_PAIRS!r} (drawn shapes "
+        "and their captions, some combinations held out, and a tiny CLIP to train on them)",
     )
     p.add_argument("out", help="folder to save the fine-tuned model to")
-    p.add_argument("--model", default="default", help=f"base model (default: {DEFAULT_MODEL})")
+    p.add_argument(
+        "--model",
+        default=None,
+        help=f"base model (default: {DEFAULT_MODEL}; for image-caption pairs a CLIP-style "
+        f"folder; for {SHAPE_PAIRS!r} a tiny CLIP made from --seed)",
+    )
     p.add_argument("--anchor-column", default="anchor")
     p.add_argument("--positive-column", default="positive")
-    p.add_argument("--eval-pairs", type=int, default=200, help="held out (default 200)")
+    p.add_argument(
+        "--eval-pairs", type=int, default=None, help="held out (default 200; 40 for images)"
+    )
     p.add_argument("--steps", type=int, default=300, help="optimizer steps (default 300)")
-    p.add_argument("--batch-size", type=int, default=32, help="pairs per batch (default 32)")
-    p.add_argument("--learning-rate", type=float, default=5e-5)
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="pairs per batch (default 32; 64 for images)"
+    )
+    p.add_argument(
+        "--learning-rate", type=float, default=None,
+        help=f"default 5e-5 (5e-4 for {SHAPE_PAIRS!r}, whose tiny CLIP starts from random weights)",
+    )  # fmt: skip
     p.add_argument("--max-seq-length", type=int, default=128, help="tokens per text (default 128)")
     p.add_argument("--seed", type=int, default=0)
+    images = p.add_argument_group("image-caption pairs (CLIP-style models)")
+    images.add_argument(
+        "--image-column", default=None,
+        help="the column of image bytes or paths (relative to the table): trains image-text",
+    )  # fmt: skip
+    images.add_argument("--caption-column", default="caption")
+    images.add_argument("--freeze-text", action="store_true", help="train the image tower only")
+    images.add_argument(
+        "--temperature", type=float, default=None,
+        help="a fixed softmax temperature (default: learned, CLIP's logit scale)",
+    )  # fmt: skip
+    images.add_argument(
+        "--workers", type=int, default=0,
+        help="Ray Train workers, data-parallel (default 0: this process)",
+    )  # fmt: skip
+    images.add_argument("--cpus-per-worker", type=float, default=1.0)
+    images.add_argument("--gpus-per-worker", type=float, default=0.0)
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
+    if args.image_column or args.pairs == SHAPE_PAIRS:
+        return _finetune_image_text(args)
     from embedlib.uses.finetune import finetune
 
     report = finetune(
-        args.pairs, args.out, model=args.model, anchor_column=args.anchor_column,
-        positive_column=args.positive_column, eval_pairs=args.eval_pairs, steps=args.steps,
-        batch_size=args.batch_size, learning_rate=args.learning_rate,
-        max_seq_length=args.max_seq_length, seed=args.seed,
+        args.pairs, args.out, model=args.model or "default", anchor_column=args.anchor_column,
+        positive_column=args.positive_column, eval_pairs=args.eval_pairs or 200,
+        steps=args.steps, batch_size=args.batch_size or 32,
+        learning_rate=args.learning_rate or 5e-5, max_seq_length=args.max_seq_length,
+        seed=args.seed,
     )  # fmt: skip
+    print(report)
+    return 0
+
+
+def _finetune_image_text(args: argparse.Namespace) -> int:
+    from embedlib.uses.image_text import finetune_image_text, train_shapes
+
+    options = {
+        "steps": args.steps, "batch_size": args.batch_size or 64, "seed": args.seed,
+        "temperature": args.temperature, "freeze_text": args.freeze_text,
+        "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
+        "gpus_per_worker": args.gpus_per_worker,
+    }  # fmt: skip
+    if args.pairs == SHAPE_PAIRS:
+        report = train_shapes(
+            args.out, model=args.model, learning_rate=args.learning_rate or 5e-4, **options
+        )
+    else:
+        if args.model is None:
+            raise EmbedlibError(
+                "training on image-caption pairs needs a CLIP-style base model: "
+                "--model CLIP_FOLDER (e.g. sentence-transformers' clip-ViT-B-32)"
+            )
+        report = finetune_image_text(
+            args.pairs, args.out, model=args.model, image_column=args.image_column,
+            caption_column=args.caption_column, eval_pairs=args.eval_pairs or 40,
+            learning_rate=args.learning_rate or 5e-5, **options,
+        )  # fmt: skip
     print(report)
     return 0

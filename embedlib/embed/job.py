@@ -99,7 +99,10 @@ class EmbedReport:
                 f"  node {node[:12]}: {stats['splits']} splits, {stats['documents']} documents"
             )
         if self.ignored_files:
-            lines.append(f"  ignored (unknown format): {', '.join(self.ignored_files[:10])}")
+            lines.append(
+                "  ignored (an unknown format, or images an image column points to): "
+                + ", ".join(self.ignored_files[:10])
+            )
         return "\n".join(lines)
 
 
@@ -118,7 +121,8 @@ def embed_corpus(
     fs_in, files, ignored = discover(
         source, format=options.format, storage_options=run.storage_options
     )
-    options = _image_options(files, options)
+    files, options, referenced = _image_options(files, options)
+    ignored = [*ignored, *referenced]
     splits = plan_splits(fs_in, files, split_rows=options.split_rows)
     digest = plan_digest(splits)
     text_bytes = sum(f.size * (COMPRESSION_RATIO if f.compression else 1) for f in files)
@@ -208,25 +212,25 @@ def embed_corpus(
     )
 
 
-def _image_options(files: list[SourceFile], options: EmbedOptions) -> EmbedOptions:
-    """A corpus of image files is embedded as images (column "image"); image files mixed
-    with tables are refused."""
+def _image_options(
+    files: list[SourceFile], options: EmbedOptions
+) -> tuple[list[SourceFile], EmbedOptions, list[str]]:
+    """A corpus of image files only is embedded as images (column "image"). Beside tables,
+    image files are what a table's image column points to, not rows of their own: the
+    tables are embedded (their images with --image-column, else their text) and the image
+    files are returned third, to be reported as ignored."""
     images = [f.relpath for f in files if f.format == "image"]
     if not images:
-        return options
-    others = [f.relpath for f in files if f.format != "image"]
-    if others:
-        raise SourceError(
-            f"the corpus mixes image files ({', '.join(images[:3])}) with other files "
-            f"({', '.join(others[:3])}); embed them as two sets, or give the images as a "
-            "column of a table with --image-column"
-        )
+        return files, options, []
+    tables = [f for f in files if f.format != "image"]
+    if tables:
+        return tables, options, images
     if options.image_column not in (None, IMAGE):
         raise SourceError(
             f"--image-column {options.image_column!r} names a table column; a folder of image "
             "files needs none"
         )
-    return replace(options, image_column=IMAGE)
+    return files, replace(options, image_column=IMAGE), []
 
 
 _LAYOUT = (MANIFEST, JOB, COMMITS, ATTEMPTS, QUARANTINE)

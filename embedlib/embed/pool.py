@@ -129,7 +129,7 @@ class RayRunner:
             num_gpus=self.run.gpus_per_worker,
         )
         args = _encoder_args(options, self.run)
-        backend = resolve_backend(options.backend, args["device"])
+        backend = resolve_backend(options.backend, args["device"], options.model)
         if backend != "torch":  # convert once here, not in every actor at the same time
             converted_model(options.model, "int8" if backend == "openvino" else "fp32")
         threads = max(1, round(self.run.cpus_per_worker))

@@ -26,13 +26,20 @@ if TYPE_CHECKING:
     from PIL.Image import Image
 
 
-def resolve_backend(backend: str, device: str) -> str:
+def resolve_backend(backend: str, device: str, model: str | None = None) -> str:
     """`auto` is OpenVINO fp32 on CPU (same vectors as torch, about 2.5x faster), torch
-    on a GPU. `openvino` is the int8 model; `openvino-fp32` the full-precision one."""
+    on a GPU or for an image model (`model`: OpenVINO conversion covers text models only).
+    `openvino` is the int8 model; `openvino-fp32` the full-precision one."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    image_model = model is not None and is_image_model(model)
     if backend == "auto":
-        return "torch" if device != "cpu" else "openvino-fp32"
+        return "torch" if device != "cpu" or image_model else "openvino-fp32"
+    if backend != "torch" and image_model:
+        raise ValueError(
+            f"the {backend} backend converts text models only; {model!r} embeds images: "
+            "use --backend torch (or auto)"
+        )
     if backend != "torch" and device != "cpu":
         raise ValueError(f"the {backend} backend runs on the CPU; use --backend torch on a GPU")
     return backend
@@ -65,9 +72,7 @@ class TextEncoder:
         backend: str = "auto",
     ) -> None:
         self.model_name = model
-        if backend == "auto" and is_image_model(model):
-            backend = "torch"  # OpenVINO conversion covers text models only
-        self.backend = resolve_backend(backend, device)
+        self.backend = resolve_backend(backend, device, model)
         self.normalize = normalize
         self.batch_size = batch_size
         self._chunkers: dict[ChunkOptions, Chunker] = {}

@@ -26,6 +26,7 @@ POSITIONS = {
     "bottom left": (0.27, 0.73), "bottom right": (0.73, 0.73),
 }  # fmt: skip
 # colour-kind combinations kept out of training (each colour and kind is seen otherwise)
+IMAGE_SIDE = 64  # pixels: the drawings' side and the tiny CLIP's input
 HELD_OUT = (("red", "triangle"), ("green", "cross"), ("blue", "circle"), ("yellow", "square"))
 WORDS = ["a", "an", "the", "small", "large", "at", "top", "bottom", "left", "right", "center",
          "of", "photo", "picture", "shape", *KINDS, *COLOURS]  # fmt: skip
@@ -43,7 +44,7 @@ class Shape:
         return f"a {self.size} {self.colour} {self.kind} at the {self.position}"
 
 
-def draw(shape: Shape, *, side: int = 64, rng: random.Random | None = None) -> bytes:
+def draw(shape: Shape, *, side: int = IMAGE_SIDE, rng: random.Random | None = None) -> bytes:
     """A PNG of `shape` on a light background, its place and size jittered by `rng`."""
     from PIL import Image, ImageDraw
 
@@ -77,7 +78,11 @@ def all_shapes() -> list[Shape]:
 
 
 def shape_pairs(
-    per_shape: int = 8, *, side: int = 64, seed: int = 0, held_out=HELD_OUT
+    per_shape: int = 8,
+    *,
+    side: int = IMAGE_SIDE,
+    seed: int = 0,
+    held_out: tuple[tuple[str, str], ...] = HELD_OUT,
 ) -> tuple[list[tuple[bytes, str]], list[tuple[bytes, str]]]:
     """(train, held-out) image-caption pairs: `per_shape` jittered drawings of each
     training combination; one drawing of each held-out combination."""
@@ -93,7 +98,7 @@ def shape_pairs(
     return train, evaluate
 
 
-def write_pairs(path: Path, per_shape: int = 8, *, side: int = 64, seed: int = 0) -> Path:
+def write_pairs(path: Path, per_shape: int = 8, *, side: int = IMAGE_SIDE, seed: int = 0) -> Path:
     """The demonstration pairs as Parquet: `image` (PNG bytes), `caption`, `split`
     ("train" or "eval": the held-out combinations)."""
     import pyarrow as pa
@@ -113,8 +118,8 @@ def write_pairs(path: Path, per_shape: int = 8, *, side: int = 64, seed: int = 0
 
 
 def make_tiny_clip(
-    folder: Path, *, seed: int = 0, width: int = 32, layers: int = 2, image_size: int = 32,
-    patch: int = 8, projection: int = 16,
+    folder: Path, *, seed: int = 0, width: int = 64, layers: int = 2,
+    image_size: int = IMAGE_SIDE, patch: int = 8, projection: int = 32,
 ) -> Path:  # fmt: skip
     """Write a small CLIP (random weights from `seed`) into `folder`, a model folder
     sentence-transformers loads as a text-and-image model."""
