@@ -18,6 +18,9 @@ Prints one Markdown table. Rows:
   queries against in-process encoding + search (see benchmarks/serving.py).
 - quality: long-document retrieval (doc@1, doc@10, MRR@10, passage@10), truncation
   against chunking, beside plain sentence-transformers (see benchmarks/quality.py).
+- images: a folder of drawings embedded with a tiny CLIP (plain sentence-transformers,
+  embedlib local and on Ray) and the image-text training demonstration in this process
+  and on 2 Ray Train workers (see benchmarks/images.py).
 - memory: peak memory summed over the job's process tree (driver and every Ray process)
   of the embed job and the index build at 1x and 10x size (see benchmarks/memory.py).
 """
@@ -51,15 +54,20 @@ class Size:
     memory_vectors: int
     quality_docs: int = 10_000  # quality rows: documents of each long-document set, at most
     short_texts: int = 200_000  # lexical rows: short texts of the build-share row
+    images: int = 5_000  # image rows: drawings embedded
+    train_steps: int = 300  # image rows: steps of the image-text training
 
 
 SIZES = {
-    "smoke": Size(200, 20_000, 40_000, 200, 200, 10_000, 8, 20_000),  # tests/test_benchmarks.py
+    "smoke": Size(
+        200, 20_000, 40_000, 200, 200, 10_000, 8, 20_000, 200, 30
+    ),  # tests/test_benchmarks.py
     "small": Size(2_000, 100_000, 400_000, 1_000, 2_000, 50_000),
     "default": Size(6_000, 200_000, 400_000, 1_000, 2_000, 100_000),
     "large": Size(20_000, 1_000_000, 400_000, 2_000, 5_000, 200_000),
 }
-STAGES = ("encode", "index", "serve", "memory", "quality", "lexical", "collections", "scale")
+STAGES = ("encode", "index", "serve", "memory", "quality", "lexical", "collections", "images",
+          "scale")  # fmt: skip
 DEFAULT_STAGES = STAGES[:-1]  # scale runs only when named: it builds N vectors four times
 PY = sys.executable
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -291,6 +299,10 @@ def main() -> None:
             from benchmarks.memory import collection_rows
 
             rows += collection_rows(Path(tmp), PY, ENV, size.memory_docs)
+        if "images" in stages:
+            from benchmarks.images import image_rows
+
+            rows += image_rows(Path(tmp), size.images, args.reps, size.train_steps, ENV)
         if "scale" in stages:
             from benchmarks.scale import scale_rows
 
