@@ -8,7 +8,8 @@
   small, so the rows mostly measure decoding, thumbnails and the job around the model:
   a real CLIP (ViT-B/32) spends far more per image in the model.
 - train: `embedlib finetune shapes` in this process and on 2 Ray Train workers, the
-  same data and seed: wall time, held-out text-to-image recall@1/@5 before and after,
+  same data and seed, and a new image tower trained into all-MiniLM-L6-v2's space (its
+  text tower frozen): wall time, held-out text-to-image recall@1/@5 before and after,
   beside chance.
 """
 

@@ -343,6 +343,15 @@ def add_finetune_arguments(p: argparse.ArgumentParser) -> None:
     images.add_argument("--caption-column", default="caption")
     images.add_argument("--freeze-text", action="store_true", help="train the image tower only")
     images.add_argument(
+        "--new-image-tower", action="store_true",
+        help="--model is a text model: train a new, small ViT image tower into its space "
+        "(with --freeze-text the text vectors stay the model's own)",
+    )  # fmt: skip
+    images.add_argument(
+        "--image-size", type=int, default=None,
+        help=f"pixels of the new image tower's input (default 224; 64 for {SHAPE_PAIRS!r})",
+    )  # fmt: skip
+    images.add_argument(
         "--temperature", type=float, default=None,
         help="a fixed softmax temperature (default: learned, CLIP's logit scale)",
     )  # fmt: skip
@@ -377,12 +386,13 @@ def _finetune_image_text(args: argparse.Namespace) -> int:
         "steps": args.steps, "batch_size": args.batch_size or 64, "seed": args.seed,
         "temperature": args.temperature, "freeze_text": args.freeze_text,
         "workers": args.workers, "cpus_per_worker": args.cpus_per_worker,
-        "gpus_per_worker": args.gpus_per_worker,
+        "gpus_per_worker": args.gpus_per_worker, "new_image_tower": args.new_image_tower,
     }  # fmt: skip
     if args.pairs == SHAPE_PAIRS:
         report = train_shapes(
-            args.out, model=args.model, learning_rate=args.learning_rate or 5e-4, **options
-        )
+            args.out, model=args.model, learning_rate=args.learning_rate or 5e-4,
+            image_size=args.image_size or 64, **options,
+        )  # fmt: skip
     else:
         if args.model is None:
             raise EmbedlibError(
@@ -392,7 +402,8 @@ def _finetune_image_text(args: argparse.Namespace) -> int:
         report = finetune_image_text(
             args.pairs, args.out, model=args.model, image_column=args.image_column,
             caption_column=args.caption_column, eval_pairs=args.eval_pairs or 40,
-            learning_rate=args.learning_rate or 5e-5, **options,
+            learning_rate=args.learning_rate or 5e-5, image_size=args.image_size or 224,
+            **options,
         )  # fmt: skip
     print(report)
     return 0

@@ -32,8 +32,9 @@ def resolve_model_path(model: str) -> str:
 
 def is_image_model(model: str) -> bool:
     """Whether `model` (a local folder) is a CLIP-style model with an image tower: a
-    `transformers` folder with a vision config or an image processor, or a
-    sentence-transformers folder with a CLIP module."""
+    `transformers` folder with a vision config or an image processor, a
+    sentence-transformers folder with a CLIP module, or one whose router has an image
+    route (a text model with an image tower trained into its space)."""
     import json
     from pathlib import Path
 
@@ -41,6 +42,9 @@ def is_image_model(model: str) -> bool:
     if not folder.is_dir():
         return False
     if (folder / "preprocessor_config.json").exists() or any(folder.glob("*_CLIPModel")):
+        return True
+    router = folder / "router_config.json"
+    if router.exists() and "image" in json.loads(router.read_text()).get("structure", {}):
         return True
     config = folder / "config.json"
     return config.exists() and "vision_config" in json.loads(config.read_text())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import posixpath
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -109,19 +110,65 @@ def read_image_pairs(
     return images, captions, split
 
 
-def clip_folder(model: str) -> Path:
-    """The `transformers` CLIP folder of `model` (a CLIP folder, or a sentence-transformers
-    folder holding one as `0_CLIPModel`)."""
+def training_folder(model: str) -> tuple[Path, bool]:
+    """The folder training starts from, and whether it is a sentence-transformers model
+    with text and image routes (else a `transformers` CLIP folder, or a
+    sentence-transformers folder holding one as `0_CLIPModel`)."""
     folder = Path(resolve_model_path(model))
+    router = folder / "router_config.json"
+    if router.exists() and "image" in json.loads(router.read_text()).get("structure", {}):
+        return folder, True
     nested = sorted(folder.glob("*_CLIPModel"))
     if nested:
         folder = nested[0]
     config = folder / "config.json"
     if not config.exists() or "vision_config" not in json.loads(config.read_text()):
         raise EmbedlibError(
-            f"{model!r} is not a CLIP-style model folder (no config.json with a vision "
-            "tower); give a CLIP folder, e.g. sentence-transformers' clip-ViT-B-32"
+            f"{model!r} has no image tower (not a CLIP-style folder); give a CLIP folder "
+            "(e.g. sentence-transformers' clip-ViT-B-32), or train a new image tower beside "
+            "this text model with --new-image-tower"
         )
+    return folder, False
+
+
+def image_tower_model(
+    text_model: str, folder: Path, *, image_size: int = 224, width: int = 192,
+    layers: int = 4, patch: int = 16, seed: int = 0,
+) -> Path:  # fmt: skip
+    """Write into `folder` a sentence-transformers model that embeds text with
+    `text_model` (as it is) and images with a new, small ViT (random weights from
+    `seed`; mean-pooled, projected to the text model's dimension, normalized): the
+    start of training an image tower into a text model's space (`freeze_text`)."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    text = SentenceTransformer(str(resolve_model_path(text_model)), device="cpu")
+    dim = text.get_embedding_dimension()
+    if dim is None:
+        raise EmbedlibError(f"{text_model!r} does not say its vector dimension")
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        hidden_size=width, num_hidden_layers=layers, num_attention_heads=max(1, width // 64),
+        intermediate_size=4 * width, image_size=image_size, patch_size=patch,
+    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="embedlib-vit-") as scratch:
+        ViTModel(config).save_pretrained(scratch)
+        ViTImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(scratch)
+        vit = Transformer(scratch)
+        image_route = [vit, Pooling(width, pooling_mode="mean"), Dense(width, dim), Normalize()]
+        router = Router(
+            sub_modules={"text": [*text.children()], "image": image_route},  # type: ignore[list-item]
+            route_mappings={(None, "text"): "text", (None, "image"): "image"},
+        )
+        SentenceTransformer(modules=[router], device="cpu").save(str(folder))
     return folder
 
 
@@ -171,6 +218,69 @@ def _batches(captions: list[str], batch_size: int, steps: int, seed: int) -> lis
     return out
 
 
+class _ClipTowers:
+    """A `transformers` CLIP folder: both towers, CLIP's own learned `logit_scale`."""
+
+    def __init__(self, folder: str, device: Any) -> None:
+        from transformers import CLIPModel, CLIPProcessor
+
+        self.model: Any = CLIPModel.from_pretrained(folder)
+        self.model.to(device)
+        self.processor = CLIPProcessor.from_pretrained(folder)
+        self.device = device
+        self.text_modules: list[Any] = [self.model.text_model, self.model.text_projection]
+        self.logit_scale = self.model.logit_scale
+
+    def pixels(self, images: list[Any]) -> Any:
+        return self.processor(images=images, return_tensors="pt")["pixel_values"]
+
+    def images(self, pixels: Any) -> Any:
+        return _features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
+
+    def texts(self, captions: list[str]) -> Any:
+        tokens = self.processor.tokenizer(
+            captions, padding=True, truncation=True, return_tensors="pt"
+        )
+        return _features(self.model.get_text_features(**tokens.to(self.device)))
+
+    def save(self, out: Path) -> None:
+        self.model.cpu().save_pretrained(out)
+        self.processor.save_pretrained(out)
+
+
+class _SentenceTowers:
+    """A sentence-transformers model routing text and images to their own modules (see
+    `image_tower_model`); the temperature, when learned, is a parameter of the training
+    only (CLIP's initial 1/0.07)."""
+
+    def __init__(self, folder: str, device: Any) -> None:
+        import math
+
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.model: Any = SentenceTransformer(folder, device=str(device))
+        self.device = device
+        router: Any = self.model[0]
+        self.text_modules: list[Any] = [router.sub_modules["text"]]
+        self.logit_scale = torch.nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))
+
+    def pixels(self, images: list[Any]) -> Any:
+        return self.model.preprocess(images)["pixel_values"]
+
+    def images(self, pixels: Any) -> Any:
+        features = {"pixel_values": pixels.to(self.device), "modality": "image", "task": None}
+        return self.model(features)["sentence_embedding"]
+
+    def texts(self, captions: list[str]) -> Any:
+        features = self.model.preprocess(captions)
+        features = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in features.items()}
+        return self.model(features)["sentence_embedding"]
+
+    def save(self, out: Path) -> None:
+        self.model.cpu().save(str(out))
+
+
 def train_loop(config: dict[str, Any]) -> None:
     """The training, in this process or as a Ray Train worker's loop. With N workers each
     takes a contiguous 1/N of every batch, the towers' vectors are gathered (with their
@@ -178,7 +288,6 @@ def train_loop(config: dict[str, Any]) -> None:
     gradients are those of one process on the whole batch: N workers take the same steps."""
     import torch
     import torch.nn.functional as F
-    from transformers import CLIPModel, CLIPProcessor
 
     rank, world = 0, 1
     if config["workers"]:
@@ -189,19 +298,18 @@ def train_loop(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, config["threads"]))
     device = torch.device("cuda" if config["gpu"] and torch.cuda.is_available() else "cpu")
     torch.manual_seed(config["seed"])
-    folder = config["folder"]
-    model = CLIPModel.from_pretrained(folder)
-    model.to(device)  # type: ignore[arg-type]  # transformers annotates `to` oddly
-    processor = CLIPProcessor.from_pretrained(folder)
+    towers = (_SentenceTowers if config["sentence_transformers"] else _ClipTowers)(
+        config["folder"], device
+    )
     if config["freeze_text"]:
-        for module in (model.text_model, model.text_projection):
+        for module in towers.text_modules:
             module.requires_grad_(False)
-    if config["temperature"] is not None:
-        model.logit_scale.requires_grad_(False)
-    images = [decode_image(b) for b in config["images"]]
+    towers.logit_scale.requires_grad_(config["temperature"] is None)
     captions = config["captions"]
-    pixels = processor(images=images, return_tensors="pt")["pixel_values"]
-    params = [p for p in model.parameters() if p.requires_grad]
+    pixels = towers.pixels([decode_image(b) for b in config["images"]])
+    params = [p for p in towers.model.parameters() if p.requires_grad]
+    if config["temperature"] is None and not any(p is towers.logit_scale for p in params):
+        params.append(towers.logit_scale)
     optimizer = torch.optim.AdamW(params, lr=config["learning_rate"], weight_decay=0.01)
     steps = config["steps"]
     warmup = max(1, steps // 10)
@@ -209,19 +317,19 @@ def train_loop(config: dict[str, Any]) -> None:
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, (steps - s) / steps)
     )
     losses = []
-    model.train()
+    towers.model.train()
+    if config["freeze_text"]:
+        for module in towers.text_modules:
+            module.eval()  # no dropout in a tower that does not learn
     for batch in _batches(captions, config["batch_size"], steps, config["seed"]):
         share = len(batch) // world
         mine = batch[rank * share : (rank + 1) * share]  # this worker's rows of the batch
-        tokens = processor.tokenizer(
-            [captions[i] for i in mine], padding=True, truncation=True, return_tensors="pt"
-        )
-        img = _features(model.get_image_features(pixel_values=pixels[mine].to(device)))
-        txt = _features(model.get_text_features(**tokens.to(device)))
-        img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+        img = F.normalize(towers.images(pixels[mine]), dim=-1)
+        with torch.set_grad_enabled(not config["freeze_text"]):
+            txt = F.normalize(towers.texts([captions[i] for i in mine]), dim=-1)
         every_img, every_txt = _gather(img, world), _gather(txt, world)
         scale = (
-            model.logit_scale.exp().clamp(max=100)
+            towers.logit_scale.exp().clamp(max=100)
             if config["temperature"] is None
             else torch.tensor(1.0 / config["temperature"], device=device)
         )
@@ -249,8 +357,7 @@ def train_loop(config: dict[str, Any]) -> None:
         losses.append(float(value))
     if rank == 0:
         out = Path(config["out"])
-        model.cpu().save_pretrained(out)
-        processor.save_pretrained(out)
+        towers.save(out)
         (out / "losses.json").write_text(json.dumps(losses))
 
 
@@ -288,12 +395,16 @@ def finetune_image_text(
     cpus_per_worker: float = 1.0,
     gpus_per_worker: float = 0.0,
     gpu: bool | None = None,
+    new_image_tower: bool = False,
+    image_size: int = 224,
     seed: int = 0,
 ) -> ImageTextReport:
     """Train the CLIP-style `model` on the image-caption pairs at `pairs` (Parquet; a
     `split` column marks held-out "eval" pairs, else `eval_pairs` are held out at random)
-    and save it at `out` (a local folder) with its report. In this process it trains on
-    a GPU when torch sees one (unless `gpu` is False); on Ray, with `gpus_per_worker`."""
+    and save it at `out` (a local folder) with its report. With `new_image_tower`, `model`
+    is a text model and a new, small ViT (`image_size` pixels) is trained into its space
+    (usually with `freeze_text`). In this process it trains on a GPU when torch sees one
+    (unless `gpu` is False); on Ray, with `gpus_per_worker`."""
     start = time.perf_counter()
     if workers and batch_size % workers:
         raise EmbedlibError(
@@ -301,9 +412,24 @@ def finetune_image_text(
             "give a multiple of --workers"
         )
     target = Path(out)
-    if (target / "config.json").exists():
+    if (target / "config.json").exists() or (target / "modules.json").exists():
         raise EmbedlibError(f"{out!r} already holds a model; save the trained one elsewhere")
-    folder = clip_folder(model)
+    if new_image_tower:  # the start: beside the output (every Ray node sees it), then gone
+        start_folder = image_tower_model(model, target / "_start", image_size=image_size, seed=seed)
+        try:
+            report = finetune_image_text(
+                pairs, out, model=str(start_folder), image_column=image_column,
+                caption_column=caption_column, eval_pairs=eval_pairs, steps=steps,
+                batch_size=batch_size, learning_rate=learning_rate, temperature=temperature,
+                freeze_text=freeze_text, workers=workers, cpus_per_worker=cpus_per_worker,
+                gpus_per_worker=gpus_per_worker, gpu=gpu, seed=seed,
+            )  # fmt: skip
+        finally:
+            shutil.rmtree(start_folder, ignore_errors=True)
+        report.base_model = f"{model} + a new {image_size}px image tower"
+        (target / REPORT).write_text(json.dumps(asdict(report), indent=2))
+        return report
+    folder, sentence_transformers = training_folder(model)
     images, captions, split = read_image_pairs(
         pairs, image_column=image_column, caption_column=caption_column
     )
@@ -337,6 +463,7 @@ def finetune_image_text(
         "batch_size": batch_size, "learning_rate": learning_rate, "temperature": temperature,
         "freeze_text": freeze_text, "workers": workers, "threads": round(cpus_per_worker),
         "gpu": gpus_per_worker > 0 if workers else gpu is not False,
+        "sentence_transformers": sentence_transformers,
         "images": [images[i] for i in train], "captions": [captions[i] for i in train],
     }  # fmt: skip
     if workers:
