@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from embedlib import EmbeddingSet, EmbedOptions, QueryError, RunOptions, embed_corpus
+from embedlib.exceptions import IncompatibleOutputError, VectorError
 from embedlib.index import ShardedIndex, build_index
 from embedlib.uses.shapes import Shape, draw, make_tiny_clip
 from tests.ports import free_port
@@ -237,6 +238,16 @@ def test_a_table_with_an_image_column_embeds_images_or_text(tmp_path, corpus, cl
     captions = [SHAPES[1].caption, SHAPES[0].caption, SHAPES[0].caption, "nothing"]
     want = st_clip.encode(captions, normalize_embeddings=True)
     assert np.sum(vectors * want, axis=1).min() >= 0.9999
+    # one model, two modalities: one index of both is refused
+    with pytest.raises(VectorError, match="image vectors"):
+        build_index([str(tmp_path / "img"), str(tmp_path / "txt")], str(tmp_path / "idx"),
+                    run=LOCAL)  # fmt: skip
+    # another model into the same set: the fingerprint guard refuses to mix them
+    other = str(make_tiny_clip(tmp_path / "other-clip", seed=2))
+    with pytest.raises(IncompatibleOutputError):
+        embed_corpus(str(src), str(tmp_path / "img"), run=LOCAL,
+                     options=EmbedOptions(model=other, image_column="picture"))  # fmt: skip
+    assert EmbeddingSet(str(tmp_path / "img")).read_vectors()[0] == ["a", "d", "b"]
 
 
 @pytest.fixture(scope="module")

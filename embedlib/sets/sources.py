@@ -239,15 +239,15 @@ def open_sources(urls: Sequence[str], **kw: Any) -> VectorSource:
             raise VectorError(
                 f"{url!r} and {merged.urls[0]!r}: one has a text model and the other not; index them apart"
             )
-        if (src.chunking is None) != (merged.chunking is None):
-            raise VectorError(
-                f"{url!r} and {merged.urls[0]!r}: one holds chunks of documents and the other "
-                "whole documents; embed both with the same --chunking, or index them apart"
-            )
         if src.modality != merged.modality:
             raise VectorError(
                 f"{url!r} holds {src.modality} vectors and {merged.urls[0]!r} {merged.modality} "
                 "vectors; index them apart (a text query searches either with a CLIP model)"
+            )
+        if (src.chunking is None) != (merged.chunking is None):
+            raise VectorError(
+                f"{url!r} and {merged.urls[0]!r}: one holds chunks of documents and the other "
+                "whole documents; embed both with the same --chunking, or index them apart"
             )
         if src.fingerprint is not None and merged.fingerprint is not None:
             merged.fingerprint.require_compatible(
