@@ -3,8 +3,10 @@
     python jobs/finetune.py PAIRS OUT [--steps 300]
     ray job submit --working-dir . -- python jobs/finetune.py PAIRS OUT [--steps 300]
 
-The options are those of `embedlib finetune` (see --help). Training runs in the driver
-(one model, all of the node's cores).
+The options are those of `embedlib finetune` (see --help). Text pairs train in the
+driver (one model, all of the node's cores); image-caption pairs (`--image-column`, or
+`shapes`) train in the driver too, or data-parallel on Ray Train with `--workers N`
+(one worker per node or per GPU: `--gpus-per-worker 1`).
 """
 
 from __future__ import annotations
