@@ -109,9 +109,12 @@ def train_rows(work: Path, steps: int, env: dict[str, str]) -> list[list[str]]:
     rows: list[list[str]] = []
     first = 0.0  # the in-process run's wall time: the ratio's base
     runs = {
-        "this process": [],
-        "2 Ray Train workers": ["--workers", "2", "--cpus-per-worker", "0.9"],
-    }
+        "tiny CLIP, this process": [],
+        "tiny CLIP, 2 Ray Train workers": ["--workers", "2", "--cpus-per-worker", "0.9"],
+        "all-MiniLM-L6-v2 (frozen) + a new 64px ViT, this process": [
+            "--model", "default", "--new-image-tower", "--freeze-text",
+        ],
+    }  # fmt: skip
     for n, (name, flags) in enumerate(runs.items()):
         out = work / f"trained-{n}"
         seconds, _ = _timed([PY, "-m", "embedlib.cli", "finetune", "shapes", str(out),
