@@ -332,6 +332,9 @@ def test_text_and_image_queries_over_http(served, corpus):
     picture = base64.b64encode(files["4-circle.jpg"]).decode()
     status, body = _request("/v1/search", {"image": picture, "k": 3, "include": ["thumbnail"]})
     assert status == 200 and body["results"][0]["id"] == "4-circle.jpg"
+    assert body["results"][0]["score"] == pytest.approx(1.0, abs=1e-4)  # the image itself
+    library = index.query([Query(image=picture, k=3)])[0]
+    assert [h["id"] for h in body["results"]] == [h.id for h in library]
     assert all(base64.b64decode(h["thumbnail"])[:2] == b"\xff\xd8" for h in body["results"])
     assert all("image" not in h for h in body["results"])
     status, body = _request("/v1/search", {"image": picture, "k": 1, "include": ["image"]})
@@ -384,7 +387,6 @@ def test_training_on_drawn_shapes_lifts_held_out_recall_far_above_chance(tmp_pat
     training: near chance); the folder it writes embeds and serves as it is, and an index
     of the held-out images answers their captions as the report measured."""
     from embedlib.cli import main
-    from embedlib.uses.shapes import shape_pairs
 
     out = tmp_path / "trained"
     assert main(["finetune", "shapes", str(out), "--steps", "300", "--seed", "0"]) == 0
@@ -395,22 +397,29 @@ def test_training_on_drawn_shapes_lifts_held_out_recall_far_above_chance(tmp_pat
     assert before["recall_at_5"] < 2 * before["chance_at_5"]
     assert report["losses"][-1] < report["losses"][0] / 1.5
     # the trained folder, as it is, embeds the held-out drawings and answers by text
+    assert _index_recall_at_5(out, tmp_path) == pytest.approx(after["recall_at_5"], abs=0.05)
+
+
+def _index_recall_at_5(model: Path, work: Path) -> float:
+    """The held-out drawings embedded with `model` and indexed: the share of their
+    captions whose drawing is in the index's top 5."""
+    from embedlib import Query
+    from embedlib.uses.shapes import shape_pairs
+
     _, held_out = shape_pairs(8, seed=0)
-    folder = tmp_path / "held-out"
+    folder = work / "held-out"
     folder.mkdir()
     for n, (png, _) in enumerate(held_out):
         (folder / f"{n:02d}.png").write_bytes(png)
-    embed_corpus(str(folder), str(tmp_path / "set"), options=EmbedOptions(model=str(out)),
+    embed_corpus(str(folder), str(work / "set"), options=EmbedOptions(model=str(model)),
                  run=LOCAL)  # fmt: skip
-    build_index(str(tmp_path / "set"), str(tmp_path / "idx"), run=LOCAL)
-    from embedlib import Query
-
-    index = ShardedIndex(str(tmp_path / "idx"))
+    build_index(str(work / "set"), str(work / "idx"), run=LOCAL)
+    index = ShardedIndex(str(work / "idx"))
     found = [
         f"{n:02d}.png" in [h.id for h in index.query([Query(query=caption, k=5)])[0]]
         for n, (_, caption) in enumerate(held_out)
     ]
-    assert np.mean(found) == pytest.approx(after["recall_at_5"], abs=0.05)
+    return float(np.mean(found))
 
 
 @pytest.mark.slow  # Ray Train: two worker processes, torch.distributed over gloo (~60 s)
@@ -451,10 +460,8 @@ def test_a_new_image_tower_learns_the_text_models_space(tmp_path):
     all-MiniLM-L6-v2's space finds the held-out drawings by caption at recall@5 >= 5x
     chance; the text vectors stay the model's own; embed and index use the folder as
     it is and answer as the report measured."""
-    from embedlib import Query
     from embedlib.cli import main
     from embedlib.models.encoders import TextEncoder
-    from embedlib.uses.shapes import shape_pairs
 
     out = tmp_path / "tower"
     argv = ["finetune", "shapes", str(out), "--model", "default", "--new-image-tower",
@@ -467,17 +474,5 @@ def test_a_new_image_tower_learns_the_text_models_space(tmp_path):
     mine = TextEncoder(str(out)).encode([caption])[0][0]
     plain = TextEncoder("default", backend="torch").encode([caption])[0][0]
     assert float(mine @ plain) >= 0.9999
-    _, held_out = shape_pairs(8, seed=0)
-    folder = tmp_path / "held-out"
-    folder.mkdir()
-    for n, (png, _) in enumerate(held_out):
-        (folder / f"{n:02d}.png").write_bytes(png)
-    embed_corpus(str(folder), str(tmp_path / "set"), options=EmbedOptions(model=str(out)),
-                 run=LOCAL)  # fmt: skip
-    build_index(str(tmp_path / "set"), str(tmp_path / "idx"), run=LOCAL)
-    index = ShardedIndex(str(tmp_path / "idx"))
-    found = [
-        f"{n:02d}.png" in [h.id for h in index.query([Query(query=caption, k=5)])[0]]
-        for n, (_, caption) in enumerate(held_out)
-    ]
-    assert np.mean(found) == pytest.approx(report["after"]["recall_at_5"], abs=0.05)
+    recall = _index_recall_at_5(out, tmp_path)
+    assert recall == pytest.approx(report["after"]["recall_at_5"], abs=0.05)

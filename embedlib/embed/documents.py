@@ -53,6 +53,7 @@ class DocumentSpec:
     columns: tuple[str, ...] | None = None
     generate_missing_ids: bool = False
     image_column: str | None = None
+    thumbnails: bool = True  # image documents carry a thumbnail (the scan needs none)
 
 
 @dataclass
@@ -208,7 +209,7 @@ def prepare_images(
             continue
         try:
             data = reader(value) if isinstance(value, str) else bytes(value)
-            decoded = load_image(data)
+            decoded = load_image(data, thumbnail=spec.thumbnails)
         except ImageError as e:
             raw_value = value if isinstance(value, str) else f"<{len(value)} bytes>"
             quarantined.append(QuarantineRecord(file, row, e.reason, e.detail, raw_value[:500]))

@@ -38,10 +38,10 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """An image ready for the model, with its thumbnail."""
+    """An image ready for the model, with its thumbnail (None when not asked for)."""
 
     image: Image
-    thumbnail: bytes
+    thumbnail: bytes | None
 
 
 def decode_image(data: bytes, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image:
@@ -90,10 +90,10 @@ def make_thumbnail(image: Image, *, side: int = THUMBNAIL_SIDE) -> bytes:
     raise ImageError("bad_image", f"no {side}px JPEG thumbnail under {THUMBNAIL_MAX_BYTES} bytes")
 
 
-def load_image(data: bytes) -> DecodedImage:
-    """An image file's bytes, decoded and with its thumbnail."""
+def load_image(data: bytes, *, thumbnail: bool = True) -> DecodedImage:
+    """An image file's bytes, decoded and (with `thumbnail`) with its thumbnail."""
     image = decode_image(data)
-    return DecodedImage(image, make_thumbnail(image))
+    return DecodedImage(image, make_thumbnail(image) if thumbnail else None)
 
 
 def image_reader(read: Callable[[str], bytes]) -> Callable[[str], bytes]:

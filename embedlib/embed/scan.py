@@ -45,6 +45,7 @@ def scan_and_validate(
         columns=options.columns,
         generate_missing_ids=explicit_id is None,
         image_column=options.image_column,
+        thumbnails=False,  # the scan decodes images to find the bad ones; it writes nothing
     )
     ctx = SplitContext(fs_in, fs_out, out_path, spec, run.read_batch_rows, options.dtype)
     scans: dict[int, SplitScan] = {}

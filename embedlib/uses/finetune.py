@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pcsv
@@ -65,6 +66,35 @@ class FinetuneReport:
         )
 
 
+def read_pair_table(
+    source: str, *, storage_options: dict[str, Any] | None = None
+) -> tuple[pa.Table, fsspec.AbstractFileSystem, str]:
+    """A table of pairs from Parquet, JSON Lines or CSV (by extension), with the
+    filesystem and path it was read from."""
+    fs, path = url_to_fs(source, **(storage_options or {}))
+    if not fs.exists(path):
+        raise SourceError(f"{source!r} does not exist")
+    with fs.open(path, "rb") as fh:
+        if path.endswith((".jsonl", ".json")):
+            table = pjson.read_json(fh)
+        elif path.endswith((".csv", ".tsv")):
+            delimiter = "\t" if path.endswith(".tsv") else ","
+            table = pcsv.read_csv(fh, parse_options=pcsv.ParseOptions(delimiter=delimiter))
+        else:
+            table = pq.read_table(fh)
+    return table, fs, path
+
+
+def require_columns(table: pa.Table, source: str, columns: dict[str, str]) -> None:
+    """SourceError unless `table` holds each of `columns` (column -> the option naming it)."""
+    for column, option in columns.items():
+        if column not in table.column_names:
+            raise SourceError(
+                f"{source!r} has no column {column!r}; its columns are "
+                f"{', '.join(map(repr, table.column_names))}. Name it with {option}."
+            )
+
+
 def read_pairs(
     source: str,
     *,
@@ -77,24 +107,10 @@ def read_pairs(
     if source == DEMO_PAIRS:
         table = docstring_pairs()
     else:
-        fs, path = url_to_fs(source, **(storage_options or {}))
-        if not fs.exists(path):
-            raise SourceError(f"{source!r} does not exist")
-        with fs.open(path, "rb") as fh:
-            if path.endswith((".jsonl", ".json")):
-                table = pjson.read_json(fh)
-            elif path.endswith((".csv", ".tsv")):
-                delimiter = "\t" if path.endswith(".tsv") else ","
-                table = pcsv.read_csv(fh, parse_options=pcsv.ParseOptions(delimiter=delimiter))
-            else:
-                table = pq.read_table(fh)
-    for column, option in ((anchor_column, "--anchor-column"),
-                           (positive_column, "--positive-column")):  # fmt: skip
-        if column not in table.column_names:
-            raise SourceError(
-                f"{source!r} has no column {column!r}; its columns are "
-                f"{', '.join(map(repr, table.column_names))}. Name it with {option}."
-            )
+        table, _, _ = read_pair_table(source, storage_options=storage_options)
+    require_columns(
+        table, source, {anchor_column: "--anchor-column", positive_column: "--positive-column"}
+    )
     anchors = table.column(anchor_column).cast(pa.string()).to_pylist()
     positives = table.column(positive_column).cast(pa.string()).to_pylist()
     kept = [(a, p) for a, p in zip(anchors, positives, strict=True) if a and p]

@@ -24,12 +24,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from fsspec.core import url_to_fs
 
 from embedlib.embed.images import ImageError, decode_image
 from embedlib.exceptions import EmbedlibError, SourceError
 from embedlib.models.fingerprint import resolve_model_path
+from embedlib.uses.finetune import read_pair_table, require_columns
 
 REPORT = "training.json"
 
@@ -86,19 +85,12 @@ def read_image_pairs(
     storage_options: dict[str, Any] | None = None,
 ) -> tuple[list[bytes], list[str], list[str] | None]:
     """Images (file bytes), captions and, when the table has a `split` column, each
-    pair's split ("train" / "eval"), from Parquet. An image given as a path is read
-    relative to the table's folder."""
-    fs, path = url_to_fs(source, **(storage_options or {}))
-    if not fs.exists(path):
-        raise SourceError(f"{source!r} does not exist")
-    with fs.open(path, "rb") as fh:
-        table = pq.read_table(fh)
-    for column, option in ((image_column, "--image-column"), (caption_column, "--caption-column")):
-        if column not in table.column_names:
-            raise SourceError(
-                f"{source!r} has no column {column!r}; its columns are "
-                f"{', '.join(map(repr, table.column_names))}. Name it with {option}."
-            )
+    pair's split ("train" / "eval"), from Parquet, JSON Lines or CSV. An image given as a
+    path is read relative to the table's folder."""
+    table, fs, path = read_pair_table(source, storage_options=storage_options)
+    require_columns(
+        table, source, {image_column: "--image-column", caption_column: "--caption-column"}
+    )
     root = posixpath.dirname(path)
     images: list[bytes] = []
     for value in table.column(image_column).to_pylist():
@@ -399,7 +391,7 @@ def finetune_image_text(
     image_size: int = 224,
     seed: int = 0,
 ) -> ImageTextReport:
-    """Train the CLIP-style `model` on the image-caption pairs at `pairs` (Parquet; a
+    """Train the CLIP-style `model` on the image-caption pairs at `pairs` (Parquet, JSONL or CSV; a
     `split` column marks held-out "eval" pairs, else `eval_pairs` are held out at random)
     and save it at `out` (a local folder) with its report. With `new_image_tower`, `model`
     is a text model and a new, small ViT (`image_size` pixels) is trained into its space

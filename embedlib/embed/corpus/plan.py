@@ -66,9 +66,7 @@ def plan_splits(
     pieces: list[tuple[SourceFile, SplitKind, int, int, int]] = []
     images = [f for f in files if f.format == "image"]
     for f in files:
-        if f.size == 0 and f.format != "image":  # an empty image file is quarantined
-            continue
-        if f.format == "image":
+        if f.format == "image" or f.size == 0:  # images: split below (an empty one is quarantined)
             continue
         if f.format == "parquet" and not f.compression:
             pieces.extend(

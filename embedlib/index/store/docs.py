@@ -109,13 +109,16 @@ class ShardDocs:
         vector as a float32 array, read from the vector file; with `images`, the image
         file's bytes, read for these rows only)."""
         out = []
+        image_groups: dict[int, pa.ChunkedArray] = {}  # read once per call, not cached
         for p in positions.tolist():
             g = int(np.searchsorted(self.group_starts, p, side="right") - 1)
             group = self._group(g)
             r = p - int(self.group_starts[g])
             row = {c: v[r] for c, v in group.items()}
             if images and IMAGE in self.columns:
-                row[IMAGE] = self._image(g, r)
+                if g not in image_groups:
+                    image_groups[g] = self._images(g)
+                row[IMAGE] = image_groups[g][r].as_py()
             out.append(row)
         if vectors and self.vector_file is not None and len(out):
             for row, vector in zip(out, self.vector_file.get(positions), strict=True):
@@ -183,12 +186,10 @@ class ShardDocs:
             self._groups[g] = cols
         return cols
 
-    def _image(self, g: int, r: int) -> bytes | None:
-        """The image file's bytes of row `r` of row group `g` (not cached: asked rarely)."""
+    def _images(self, g: int) -> pa.ChunkedArray:
+        """The image files' bytes of row group `g` (not cached: asked rarely)."""
         with self.fs.open(self.path, "rb") as fh:
-            column = pq.ParquetFile(fh).read_row_group(g, columns=[IMAGE]).column(IMAGE)
-        value: bytes | None = column[r].as_py()
-        return value
+            return pq.ParquetFile(fh).read_row_group(g, columns=[IMAGE]).column(IMAGE)
 
 
 class DocsLookup:
