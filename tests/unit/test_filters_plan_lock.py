@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fsspec
+import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -96,3 +97,16 @@ def test_a_lost_lease_never_comes_back_and_cannot_act(tmp_path, monkeypatch):
                 pass
         assert not (tmp_path / LOCK).exists()
     assert not (tmp_path / LOCK).exists() and not list(tmp_path.glob(".lock.beat-*"))
+
+
+def test_tuning_recall_counts_only_the_neighbours_there_are():
+    """An index of 7 vectors has 6 neighbours to find, not 10: finding all 6 is recall 1
+    (it reported 0.6 and warned that the target was missed)."""
+    from embedlib.index.build.tune import _recall
+
+    truth = np.array([[1, 2, 3, 4, 5, 6, -1, -1, -1, -1]])
+    found = np.array([[0, 1, 2, 3, 4, 5, 6, -1, -1, -1, -1]])  # the query itself first
+    assert _recall(found, truth, np.array([0])) == 1.0
+    assert _recall(found[:, :4], truth, np.array([0])) == 0.5
+    full = np.arange(1, 11)[None]
+    assert _recall(np.arange(0, 11)[None], full, np.array([0])) == 1.0

@@ -43,10 +43,13 @@ def _without(row: np.ndarray, query_id: int) -> np.ndarray:
 
 
 def _recall(found: np.ndarray, truth: np.ndarray, query_ids: np.ndarray) -> float:
-    hits = [
-        len(set(_without(f, q)[:K_TUNE].tolist()) & set(t.tolist())) / K_TUNE
-        for f, t, q in zip(found, truth, query_ids, strict=True)
-    ]
+    """recall@10 against the exact neighbours; an index of fewer than 11 vectors has
+    fewer than 10 to find (the padding, id -1, is not a neighbour)."""
+    hits = []
+    for f, t, q in zip(found, truth, query_ids, strict=True):
+        wanted = set(t[t >= 0].tolist())
+        if wanted:
+            hits.append(len(set(_without(f, q)[:K_TUNE].tolist()) & wanted) / len(wanted))
     return float(np.mean(hits)) if hits else 1.0
 
 
