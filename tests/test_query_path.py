@@ -83,7 +83,7 @@ def test_a_filter_selects_documents_inside_the_search(index):
     assert [h.id for h in text_hits[0]] == [h.id for h in hits]
     with pytest.raises(FilterError, match=r"'colour'.*it has 'lang', 'year'"):
         index.search(query[None], 3, filter={"colour": "red"})
-    with pytest.raises(FilterError, match="must be a value or"):
+    with pytest.raises(QueryError, match="must be a value or"):  # the contract's shape
         index.search(query[None], 3, filter={"lang": {"like": "e%"}})
     assert index.search(query[None], 5, filter={"lang": "xx"})[0] == []
 
@@ -93,8 +93,11 @@ def test_excluded_ids_are_left_out_and_k_hits_remain(index):
     top = [h.id for h in index.search(query, 12, include=())[0]]
     hits = index.search(query, 10, exclude=top[:2], include=())[0]
     assert [h.id for h in hits] == top[2:12]
-    with pytest.raises(QueryError, match="'nope' is not in the index"):
-        index.search(query, 3, exclude=["nope"])
+    # an id the index does not hold excludes nothing (as a filter matching no row)
+    with_unknown = index.search(query, 10, exclude=[*top[:2], "nope"], include=())[0]
+    assert [h.id for h in with_unknown] == top[2:12]
+    with pytest.raises(QueryError, match="'nope' is not in the index"):  # an input is needed
+        index.most_similar(positive=["nope"], k=3)
 
 
 def test_vector_arithmetic_by_ids_texts_and_vectors(index):

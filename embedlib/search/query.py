@@ -60,6 +60,10 @@ MAX_EXCLUDE = 10_000  # ids one query leaves out
 MAX_FILTER_VALUES = 10_000  # values in one filter, all its conditions together
 MAX_QUERY_CHARS = 20_000  # one query text (the model reads its first 256 tokens)
 MAX_QUERY_IMAGE_BYTES = 8 * 1024 * 1024  # one query image file
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # a larger value is infinite as float32
+BASE64_PATTERN = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+# a vector's values as JSON Schema states them: numbers that float32 holds
+VECTOR_ITEM: dict[str, Any] = {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX}
 
 
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
@@ -88,9 +92,13 @@ class _Contract(BaseModel):
 def _as_vector(value: Any) -> np.ndarray:
     """A vector given as a list of numbers or an array: float32, one dimension, finite."""
     try:
-        x = np.asarray(value, dtype=np.float32)
+        given = np.asarray(value)
     except (TypeError, ValueError):
         raise ValueError("a vector is a list of numbers") from None
+    if given.dtype.kind not in "iuf" and given.size:  # not strings, booleans or objects
+        raise ValueError("a vector is a list of numbers")
+    with np.errstate(over="ignore"):  # a value float32 cannot hold is refused below
+        x = given.astype(np.float32)
     if x.ndim != 1 or len(x) == 0:
         raise ValueError("a vector is a non-empty list of numbers")
     if not np.isfinite(x).all():
@@ -102,7 +110,7 @@ Vector = Annotated[
     np.ndarray,
     PlainValidator(_as_vector),
     PlainSerializer(lambda x: x.tolist(), return_type=list[float]),
-    WithJsonSchema({"type": "array", "items": {"type": "number"}, "minItems": 1}),
+    WithJsonSchema({"type": "array", "items": VECTOR_ITEM, "minItems": 1}),
 ]
 
 
@@ -130,6 +138,8 @@ ImageBytes = Annotated[
         {
             "type": "string",
             "contentEncoding": "base64",
+            "pattern": BASE64_PATTERN,
+            "minLength": 4,
             "description": "an image file (JPEG, PNG, WebP, GIF), base64",
         }
     ),
@@ -168,12 +178,47 @@ ArithmeticItem = Annotated[
     BeforeValidator(_item),
     Field(description='a document id, {"text": ...} to embed, or {"vector": [...]}'),
 ]
+FILTER_SCALAR: dict[str, Any] = {"type": ["string", "number", "boolean"]}
+
+
+def filter_condition(scalar: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of one filter condition on a column of values like `scalar`: the
+    value itself, or {"in": [values]}."""
+    listed = {"type": "object", "properties": {"in": {"type": "array", "items": scalar}},
+              "required": ["in"], "additionalProperties": False}  # fmt: skip
+    return {"anyOf": [scalar, listed]}
+
+
+def _check_filter_shape(value: Any) -> Any:
+    """A filter is {column: value or {"in": [values]}}; values are strings, numbers or
+    booleans (whether the column exists and takes them is checked against the index)."""
+    if not isinstance(value, dict):
+        raise ValueError('a filter is an object: {"column": value or {"in": [values]}}')
+    for column, cond in value.items():
+        values = cond.get("in") if isinstance(cond, dict) and set(cond) == {"in"} else [cond]
+        if not isinstance(values, list) or (isinstance(cond, list | dict) and values == [cond]):
+            raise ValueError(
+                f'filter on {column!r} must be a value or {{"in": [values]}}, got {cond!r}'
+            )
+        for v in values:
+            if v is None or isinstance(v, list | dict):
+                raise ValueError(
+                    f"filter on {column!r}: values are strings, numbers or booleans, got {v!r}"
+                )
+    return value
+
+
 Filter = Annotated[
     dict[str, Any],
-    Field(
-        description='metadata conditions, all of which must hold: {"lang": "en", '
-        '"year": {"in": [2020, 2021]}}',
-        examples=[{"lang": "en"}],
+    BeforeValidator(_check_filter_shape),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "additionalProperties": filter_condition(FILTER_SCALAR),
+            "description": "metadata conditions, all of which must hold: "
+            '{"lang": "en", "year": {"in": [2020, 2021]}}',
+            "examples": [{"lang": "en"}],
+        }
     ),
 ]
 
@@ -208,7 +253,9 @@ class SearchOptions(_Contract):
         default_factory=lambda: list(DEFAULT_INCLUDE), description="fields of each hit"
     )
     exclude: list[str] = Field(
-        default_factory=list, max_length=MAX_EXCLUDE, description="document ids to leave out"
+        default_factory=list,
+        max_length=MAX_EXCLUDE,
+        description="document ids to leave out (ids the index does not hold are ignored)",
     )
     passages: int = Field(
         default=1, ge=1, le=MAX_PASSAGES,
@@ -262,18 +309,29 @@ class SearchOptions(_Contract):
 
 def _drop_empty_items(data: Any) -> Any:
     """`positive: []` or `negative: []` say nothing: as if not given."""
-    if isinstance(data, dict) and (not data.get("positive") or not data.get("negative")):
-        return {k: v for k, v in data.items() if k not in ("positive", "negative") or v}
+    if isinstance(data, dict):
+        empty = [k for k in ("positive", "negative") if isinstance(data.get(k), list | tuple)
+                 and not data[k]]  # fmt: skip
+        if empty:
+            return {k: v for k, v in data.items() if k not in empty}
     return data
 
 
-# the JSON schema states the rule `_one_kind` enforces: exactly one kind of query
+# the JSON schema states the rules `_one_kind` and `Searcher.mode` enforce: exactly one
+# kind of query (a field sent as null is not given), and only text is ranked lexically
+DENSE_ONLY: dict[str, Any] = {"enum": ["dense", None]}
 ONE_KIND: dict[str, Any] = {
     "oneOf": [
-        {"required": ["query"]},
-        {"required": ["vector"]},
-        {"required": ["image"]},
-        {"anyOf": [{"required": ["positive"]}, {"required": ["negative"]}]},
+        {"required": ["query"], "properties": {"query": {"type": "string"}}},
+        {"required": ["vector"], "properties": {"vector": {"type": "array"}, "mode": DENSE_ONLY}},
+        {"required": ["image"], "properties": {"image": {"type": "string"}, "mode": DENSE_ONLY}},
+        {  # an empty list says nothing: as if not given
+            "anyOf": [
+                {"required": [side], "properties": {side: {"type": "array", "minItems": 1}}}
+                for side in ("positive", "negative")
+            ],
+            "properties": {"mode": DENSE_ONLY},
+        },
     ]
 }
 
@@ -292,13 +350,14 @@ class Query(SearchOptions):
         min_length=1,
         max_length=MAX_QUERY_CHARS,
         description="text, embedded with the index's model",
+        json_schema_extra={"pattern": r"\S"},  # not blank (`_not_blank`)
     )
     vector: Vector | None = None
     image: ImageBytes | None = Field(
         default=None, description="an image, embedded with the index model's image tower"
     )
-    positive: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
-    negative: list[ArithmeticItem] = Field(default_factory=list, min_length=1, max_length=MAX_ITEMS)
+    positive: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+    negative: list[ArithmeticItem] = Field(default_factory=list, max_length=MAX_ITEMS)
 
     _empty_items = model_validator(mode="before")(_drop_empty_items)
 
@@ -320,6 +379,11 @@ class Query(SearchOptions):
         if kinds != 1:
             raise ValueError(
                 "give exactly one of: text (query), an image, a vector, or positive/negative"
+            )
+        if self.mode not in (None, "dense") and self.text is None:
+            raise ValueError(
+                f"mode {self.mode} needs a text query; vectors, images and vector arithmetic "
+                "are searched by their vectors (mode dense)"
             )
         if len(self.positive) + len(self.negative) > MAX_ITEMS:
             raise ValueError(f"at most {MAX_ITEMS} positive and negative items together")
@@ -348,9 +412,36 @@ class VectorBatch(SearchOptions):
     values, row after row (as the OpenAI embeddings API returns them). Its hits carry
     only id and score unless `include` asks for more."""
 
-    vectors: str | list[list[Annotated[float, Field(allow_inf_nan=False)]]] = Field(min_length=1)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [  # the rule `_format_matches` enforces
+                {
+                    "properties": {
+                        "vectors": {"type": "array"},
+                        "encoding_format": {"const": "float"},
+                    }
+                },
+                {
+                    "required": ["encoding_format"],
+                    "properties": {
+                        "vectors": {"type": "string"},
+                        "encoding_format": {"const": "base64"},
+                    },
+                },
+            ]
+        }
+    )
+
+    vectors: (
+        Annotated[str, Field(min_length=1, pattern=BASE64_PATTERN)]
+        | Annotated[
+            list[list[Annotated[float, Field(ge=-FLOAT32_MAX, le=FLOAT32_MAX)]]],
+            Field(min_length=1),
+        ]
+    )
     encoding_format: Literal["float", "base64"] = "float"
     include: list[Include] = Field(default_factory=list, description="fields of each hit")
+    mode: Literal["dense"] | None = Field(default=None, description="vectors are ranked densely")
 
     @model_validator(mode="after")
     def _format_matches(self) -> VectorBatch:

@@ -143,11 +143,11 @@ def prepare_queries(vectors: np.ndarray, *, dim: int, metric: str) -> np.ndarray
         raise QueryError(f"query vectors have dimension {x.shape[1]}; the index has {dim}")
     if not np.isfinite(x).all():
         raise QueryError("query vectors hold NaN or infinite values")
-    if metric == "cosine":
-        norms = np.linalg.norm(x, axis=1, keepdims=True)
+    if metric == "cosine":  # norms in float64: squares of float32's largest values overflow
+        norms = np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
         if (norms == 0).any():
             raise QueryError("a zero query vector has no direction to compare by cosine")
-        x = x / norms
+        x = (x / norms).astype(np.float32)
     return x
 
 
@@ -155,8 +155,9 @@ def combine(vectors: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarr
     """gensim's most_similar arithmetic: the mean of the weighted unit-length inputs."""
     units = []
     for v, w in zip(vectors, weights, strict=True):
-        norm = np.linalg.norm(v)
-        units.append(w * (v / norm if norm > 0 else v))
+        v64 = np.asarray(v, dtype=np.float64)
+        norm = np.linalg.norm(v64)
+        units.append(w * (v64 / norm if norm > 0 else v64))
     return np.mean(units, axis=0).astype(np.float32)
 
 
@@ -570,7 +571,11 @@ class Searcher:
         return self.defaults.override(nprobe=nprobe, ef_search=q.ef_search, rescore=q.rescore)
 
     def _excluded(self, ids: Sequence[str]) -> frozenset[int]:
-        return frozenset(i for doc in ids for i in self.docs.iids_of(doc)) if ids else frozenset()
+        """The int64 ids of the documents `exclude` names; an id the index does not hold
+        leaves out nothing (it may have been deleted since the caller saw it)."""
+        if not ids:
+            return frozenset()
+        return frozenset(i for doc in ids for i in self.docs.iids_of(doc, missing_ok=True))
 
     def _query_vectors(
         self,

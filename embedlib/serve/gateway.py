@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import posixpath
 import time
 from collections.abc import Callable, Mapping
@@ -44,16 +43,12 @@ from embedlib.models.encoders import QueryModels
 from embedlib.search.query import Query, hits_json
 from embedlib.serve.collection import ServedCollection
 from embedlib.serve.config import GatewayConfig
-from embedlib.serve.http import (
-    FastJSONResponse,
-    GatewayRoute,
-    ServedFacts,
-    declared_body,
-    openapi_with_key,
-)
+from embedlib.serve.http import FastJSONResponse, GatewayRoute
 from embedlib.serve.metrics import RequestMetrics, metrics_endpoints, scrape
+from embedlib.serve.openapi import ServedFacts, declared_body, openapi_with_key
 from embedlib.serve.schemas import (
     MAX_BATCH_VECTORS,
+    RESERVED_COLUMNS,
     BatchRequest,
     BatchSearchResponse,
     CollectionsResponse,
@@ -168,16 +163,29 @@ class Gateway:
                              posixpath.basename(s.version_url.rstrip("/")))  # fmt: skip
         self.recommender = Recommender(o.recommender, o.storage_options) if o.recommender else None
         self.switch = switch  # deploys other versions of this application
-        dims = {c.manifest.dim for c in self.collections.values()}
-        facts = ServedFacts(
-            tuple(self.collections),
-            tuple(sorted({n for c in self.collections.values() if c.manifest.text_model
-                          for n in c.model_names})),
-            dims.pop() if len(dims) == 1 else None,
-        )  # fmt: skip
         api.openapi_schema = None  # this replica's document states what it serves
-        api.openapi = partial(openapi_with_key, api, facts)  # type: ignore[method-assign]
+        api.openapi = partial(openapi_with_key, api, self._facts())  # type: ignore[method-assign]
         self.keeper: Any = None
+
+    def _facts(self) -> ServedFacts:
+        """What this replica serves, for its OpenAPI document."""
+        served = list(self.collections.values())
+        dims = {c.manifest.dim for c in served}
+        metadata: dict[str, pa.DataType] = {}
+        for c in served:
+            metadata |= c.searcher.docs.metadata_types
+        models = {n for c in served if c.manifest.text_model for n in c.model_names}
+        return ServedFacts(
+            collections=tuple(self.collections),
+            models=tuple(sorted(models)),
+            dim=dims.pop() if len(dims) == 1 else None,
+            metadata=metadata,
+            reserved=RESERVED_COLUMNS | {c.manifest.text_column or "text" for c in served},
+            cosine=all(c.metric == "cosine" for c in served),
+            image_queries=any(c.info()["image_queries"] for c in served),
+            lexical=any(c.manifest.lexical for c in served),
+            recommender=self.recommender is not None,
+        )
 
     def __del__(self) -> None:
         """Serve calls it when the replica stops: its leases go (else they lapse)."""
@@ -470,7 +478,15 @@ def _check_fits(c: ServedCollection, documents: list[UpsertDocument]) -> None:
             raise ApiError(422, "reserved_metadata", f"metadata key {text_column!r} is the "
                            "index's text column; send the text as `text`")  # fmt: skip
     schema = unify_schemas([docs.schema for docs in c.searcher.docs.shards])
-    rows = pa.Table.from_pylist([d.metadata for d in documents])
+    try:
+        rows = pa.Table.from_pylist([d.metadata for d in documents])
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as e:  # one key, values of several types
+        raise ApiError(
+            422,
+            "metadata_type",
+            "the documents' metadata give one key values of "
+            f"different types ({e}): an index keeps one type per column",
+        ) from None
     try:
         fitted_schema(schema, rows)
     except SourceError as e:
@@ -491,7 +507,7 @@ def _batch_matrix(c: ServedCollection, body: VectorBatchRequest) -> np.ndarray:
         return c.searcher.vector_rows(body.vectors)
     try:
         raw = base64.b64decode(body.vectors, validate=True)
-    except binascii.Error as e:
+    except ValueError as e:  # binascii.Error, or a character outside ASCII
         raise QueryError(f"vectors is not valid base64: {e}") from None
     dim = c.manifest.dim
     row_bytes = 4 * dim

@@ -12,16 +12,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
-from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException
 from starlette.types import Message
@@ -36,9 +34,9 @@ from embedlib.exceptions import (
 from embedlib.search.deadline import deadline_in
 from embedlib.search.query import validation_message
 from embedlib.serve.metrics import RequestMetrics
+from embedlib.serve.openapi import OPEN_ROUTES
 
 log = logging.getLogger(__name__)
-OPEN_ROUTES = frozenset({"/", "/search.js", "/healthz", "/readyz"})  # the page holds no data
 # routes that change what is served: the admin key only (EMBEDLIB_API_KEY), never the
 # read key (EMBEDLIB_READ_KEY), which opens every other route
 ADMIN_ROUTES = frozenset({
@@ -75,72 +73,6 @@ class OrjsonRequest(Request):
         if not hasattr(self, "_json"):
             self._json = orjson.loads(await self.body())
         return self._json
-
-
-def openapi_with_key(app: FastAPI, served: ServedFacts | None = None) -> dict[str, Any]:
-    """The app's OpenAPI document, declaring the API key (bearer) on every route but the
-    open ones, so /docs offers to send it. Declared here rather than as a dependency of
-    each route: `GatewayRoute` checks the key before the body is read, and a dependency
-    would cost its solving on every request."""
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
-        )
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "HTTPBearer": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "the server's EMBEDLIB_API_KEY",
-            }
-        }
-        for path, operations in schema.get("paths", {}).items():
-            if path not in OPEN_ROUTES:
-                for operation in operations.values():
-                    operation["security"] = [{"HTTPBearer": []}]
-        if served is not None:
-            served.state(schema)
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
-@dataclass(frozen=True)
-class ServedFacts:
-    """What a server's OpenAPI document can state beyond the classes: the collections it
-    serves (the `{collection}` of the paths), its models (`model` of /v1/embeddings) and,
-    when every collection has one, the vectors' dimension."""
-
-    collections: tuple[str, ...]
-    models: tuple[str, ...]
-    dim: int | None
-
-    def state(self, schema: dict[str, Any]) -> None:
-        for operations in schema.get("paths", {}).values():
-            for operation in operations.values():
-                for param in operation.get("parameters", []):
-                    if param.get("name") == "collection" and param.get("in") == "path":
-                        param["schema"] = {"type": "string", "enum": list(self.collections)}
-        bodies = schema.get("components", {}).get("schemas", {})
-        embeddings = bodies.get("EmbeddingsRequest", {}).get("properties", {})
-        if "model" in embeddings:
-            names = {"type": "string", "enum": list(self.models)}
-            embeddings["model"] = (
-                {"anyOf": [names, {"type": "null"}]} if self.models else {"type": "null"}
-            )
-        if self.dim is None:
-            return
-        if "dimensions" in embeddings:
-            embeddings["dimensions"] = {"anyOf": [{"type": "integer", "enum": [self.dim]},
-                                                  {"type": "null"}]}  # fmt: skip
-        sized = {"minItems": self.dim, "maxItems": self.dim}
-        for name in ("Query", "VectorItem"):
-            vector = bodies.get(name, {}).get("properties", {}).get("vector", {})
-            for option in vector.get("anyOf", [vector]):
-                if option.get("type") == "array":
-                    option.update(sized)
-        vectors = bodies.get("VectorBatchRequest", {}).get("properties", {}).get("vectors", {})
-        for option in vectors.get("anyOf", []):
-            if option.get("type") == "array":
-                option["items"].update(sized)
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -297,11 +229,3 @@ def _render(e: Exception, timeout_s: float) -> Response | None:
     if isinstance(e, HTTPException):
         return error_response(e.status_code, "http_error", str(e.detail))
     return None
-
-
-def declared_body(model: type[BaseModel]) -> dict[str, Any]:
-    """`openapi_extra` declaring a JSON body of `model` for a route that reads the request
-    itself (the hot search route: FastAPI's body dependency costs ~0.1 ms a request). The
-    model is in the document's components through the routes that take it as a body."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}

@@ -12,6 +12,7 @@ from pydantic import (
     Discriminator,
     Field,
     Tag,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -143,12 +144,31 @@ class RecommendRequest(BaseModel):
     include: list[Include] = Field(default_factory=list)
 
 
+INT64 = (-(2**63), 2**63 - 1)
+# what `UpsertDocument._plain_metadata` enforces, stated in the JSON schema (the server
+# states the index's own columns and their types on top: openapi.ServedFacts)
+METADATA_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": MAX_METADATA_KEYS,
+    "propertyNames": {"minLength": 1, "maxLength": MAX_METADATA_KEY_CHARS, "pattern": "^[^_]",
+                      "not": {"enum": sorted(RESERVED_COLUMNS)}},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_METADATA_VALUE_CHARS},
+            {"type": "integer", "minimum": INT64[0], "maximum": INT64[1]},
+            {"type": "number", "not": {"type": "integer"}}, {"type": "boolean"},
+            {"type": "null"},
+        ]
+    },
+}  # fmt: skip
+
+
 class UpsertDocument(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(min_length=1)
     text: str = Field(min_length=1)
-    metadata: dict[str, Any] = Field(
+    metadata: Annotated[dict[str, Any], WithJsonSchema(METADATA_SCHEMA)] = Field(
         default_factory=dict,
         max_length=MAX_METADATA_KEYS,
         description=f"at most {MAX_METADATA_KEYS} keys of up to {MAX_METADATA_KEY_CHARS} "
@@ -171,6 +191,8 @@ class UpsertDocument(BaseModel):
                 raise ValueError(
                     f"metadata {key!r}: a value is null, a boolean, a number or a string"
                 )
+            if isinstance(item, int) and not INT64[0] <= item <= INT64[1]:
+                raise ValueError(f"metadata {key!r}: integers are 64-bit (got {item})")
             if isinstance(item, str) and len(item) > MAX_METADATA_VALUE_CHARS:
                 raise ValueError(
                     f"metadata {key!r}: a string of up to {MAX_METADATA_VALUE_CHARS} characters"

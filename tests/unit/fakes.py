@@ -46,9 +46,9 @@ class FakeCorpus:
         }
 
     # -- the DocsLookup the searcher uses ------------------------------------------------
-    def iids_of(self, doc_id: str) -> list[int]:
+    def iids_of(self, doc_id: str, *, missing_ok: bool = False) -> list[int]:
         found = [n for n, r in enumerate(self.rows) if r.doc == doc_id]
-        if not found:
+        if not found and not missing_ok:
             raise QueryError(f"id {doc_id!r} is not in the index")
         return found
 

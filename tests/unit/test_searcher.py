@@ -72,8 +72,8 @@ def test_filters_select_inside_the_search_and_unknown_columns_are_refused():
     assert {h.id for h in hits} == {"b", "c", "d", "e"}
     with pytest.raises(FilterError, match="no such metadata column"):
         s.run([Query(vector=E[0], filter={"colour": "red"})], c)
-    with pytest.raises(FilterError, match="must be a value or"):
-        s.run([Query(vector=E[0], filter={"lang": {"not": "en"}})], c)
+    with pytest.raises(QueryError, match="must be a value or"):  # the contract's shape
+        Query(vector=E[0], filter={"lang": {"not": "en"}})
 
 
 def test_queries_with_other_parameters_are_answered_each_as_if_alone():
@@ -194,6 +194,19 @@ def test_query_vectors_are_checked():
         s.run([Query(vector=[0.0, 0.0, 0.0, 0.0])], c)
     with pytest.raises(QueryError, match="not in the index"):
         s.run([Query(positive=["nobody"])], c)
+    huge = [3e38, 3e38, 0.0, 0.0]  # float32 holds each value; their squares overflow it
+    assert (
+        s.run([Query(vector=huge, k=1)], c).hits == s.run([Query(vector=[1, 1, 0, 0], k=1)], c).hits
+    )
+
+
+def test_an_excluded_id_the_index_does_not_hold_excludes_nothing():
+    c = corpus()
+    s = searcher(c)
+    plain = s.run([Query(vector=[1.0, 0.0, 0.0, 0.0], k=3)], c).hits[0]
+    ids = [h.id for h in plain]
+    left = s.run([Query(vector=[1.0, 0.0, 0.0, 0.0], k=3, exclude=[ids[0], "nobody"])], c).hits[0]
+    assert [h.id for h in left][:2] == ids[1:]
 
 
 def test_nprobe_past_the_list_count_is_clamped_before_grouping():
