@@ -321,6 +321,7 @@ def test_vector_batch_in_base64_equals_float_rows_and_the_library(served):
     for body, status in (
         ({"vectors": packed[:-8], "encoding_format": "base64"}, 422),  # not whole rows
         ({"vectors": "not base64!", "encoding_format": "base64"}, 422),
+        ({"vectors": "\u00c0AAA", "encoding_format": "base64"}, 422),  # not ASCII: was a 500
         ({"vectors": nan, "encoding_format": "base64"}, 422),
         ({"vectors": packed}, 422),  # a string needs encoding_format base64
         ({"vectors": [[0.1, 0.2]]}, 422),  # wrong dimension
@@ -346,6 +347,8 @@ def test_vector_batch_in_base64_equals_float_rows_and_the_library(served):
         ({"query": "x", "bogus": 1}, None, 422),
         ({"query": "x", "filter": {"colour": "red"}}, None, 422),
         ({"query": "x", "filter": {"lang": {"like": "e%"}}}, None, 422),
+        ({"vector": [3.5e38] * 384}, None, 422),  # over float32's range
+        ({"positive": ["0"], "mode": "lexical"}, None, 422),  # lexical ranks text only
     ],
 )
 def test_bad_requests_get_json_errors(served, body, raw, status):
@@ -640,6 +643,13 @@ def test_upsert_and_delete_over_http_switch_versions_without_dropping_queries(se
             doc = {"id": "9", "text": "volcanoes", "metadata": bad}
             status, body = _request("/upd/v1/upsert", {"documents": [doc]})
             assert status == 422 and next(iter(bad)) in body["error"]["message"], (bad, body)
+        mixed = [{"id": "9", "text": "a", "metadata": {"shelf": 1}},  # one new key, two types
+                 {"id": "10", "text": "b", "metadata": {"shelf": "top"}}]  # fmt: skip
+        status, body = _request("/upd/v1/upsert", {"documents": mixed})
+        assert status == 422 and body["error"]["code"] == "metadata_type", body
+        status, body = _request("/upd/v1/upsert", {"documents": [
+            {"id": "9", "text": "a", "metadata": {"shelf": 2**63}}]})  # fmt: skip
+        assert status == 422 and "64-bit" in body["error"]["message"], body
         new = {"id": "9", "text": "volcanoes erupt with lava and ash", "metadata": {"lang": "en"}}
         status, body = _request("/upd/v1/upsert", {"documents": [new]})
         assert status == 202 and body["status"] in ("queued", "running"), body
