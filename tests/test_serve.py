@@ -1364,26 +1364,38 @@ def test_metrics_count_every_request_once_across_gateway_replicas(served):
         serve.delete("two")
 
 
-@pytest.mark.slow  # schemathesis generates ~2,000 requests: 1-2 min
+@pytest.mark.slow  # schemathesis generates ~3,000 requests: 2-3 min
 def test_generated_requests_find_no_server_error_and_no_unstated_rule(served, tmp_path):
     """schemathesis reads /openapi.json and sends requests generated from it (examples,
     boundaries and random bodies, valid and invalid): no 5xx, every answer conforms to its
-    declared schema, and no operation refuses nearly every request the document calls
-    valid (its "schema validation mismatch" warning: a rule the document does not state)."""
+    declared schema, and no read operation refuses nearly every request the document
+    calls valid (its "schema validation mismatch" warning: a rule the document does not
+    state). The writes run apart, checked for 5xx and conformance only: each accepted
+    one changes the index the document described (a new metadata column keeps its type
+    from then on) and the bounded write queue answers 429, so how many they accept
+    depends on timing."""
+    writes = "(upsert|delete|reload)$"
+    reads = _schemathesis(tmp_path / "reads", "--exclude-path-regex", writes)
+    assert "validation mismatch" not in reads.lower(), reads[-6000:]
+    generated = re.search(r"(\d+) generated, \1 passed", reads)
+    assert generated and int(generated.group(1)) > 500, reads[-3000:]
+    _schemathesis(tmp_path / "writes", "--include-path-regex", writes)
+
+
+def _schemathesis(report: Path, *selection: str) -> str:
+    """Run schemathesis against the served app; its output, once it exited 0 (no failure)."""
     import subprocess
     import sys
 
     st = Path(sys.executable).parent / "st"
     run = subprocess.run(
-        [str(st), "run", f"http://127.0.0.1:{PORT}/openapi.json",
+        [str(st), "run", f"http://127.0.0.1:{PORT}/openapi.json", *selection,
          "-H", f"Authorization: Bearer {KEY}",
          "--checks", "not_a_server_error,response_schema_conformance",
          "--phases", "examples,coverage,fuzzing", "--max-examples", "40",
-         "--seed", "1", "--workers", "1", "--report", "ndjson", "--report-dir", str(tmp_path)],
+         "--seed", "1", "--workers", "1", "--report", "ndjson", "--report-dir", str(report)],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-6000:]
-    assert "validation mismatch" not in out.lower(), out[-6000:]
-    generated = re.search(r"(\d+) generated, \1 passed", out)
-    assert generated and int(generated.group(1)) > 500, out[-3000:]
+    return out
