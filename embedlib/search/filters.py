@@ -30,19 +30,29 @@ def check_filter(spec: Filter, columns: Collection[str] | Mapping[str, pa.DataTy
             raise FilterError(
                 f"cannot filter on {column!r}: the index has no such metadata column (it has {known})"
             )
-        values = _values(column, cond)
+        values = condition_values(column, cond)
         if isinstance(columns, Mapping):
             _wanted(column, values, columns[column])
 
 
-def _values(column: str, cond: Any) -> list[Any]:
-    if not isinstance(cond, dict):
-        return [cond]
-    if set(cond) != {"in"} or not isinstance(cond["in"], list):
+def condition_values(column: str, cond: Any) -> list[Any]:
+    """The values a condition admits: `cond` itself, or its "in" list; FilterError (a
+    ValueError: the contract validates filters with it) for another shape or a value
+    that is not a string, number or boolean."""
+    if isinstance(cond, dict) and set(cond) == {"in"} and isinstance(cond["in"], list):
+        values = list(cond["in"])
+    elif isinstance(cond, dict | list):
         raise FilterError(
             f'filter on {column!r} must be a value or {{"in": [values]}}, got {cond!r}'
         )
-    return list(cond["in"])
+    else:
+        values = [cond]
+    for v in values:
+        if v is None or isinstance(v, list | dict):
+            raise FilterError(
+                f"filter on {column!r}: values are strings, numbers or booleans, got {v!r}"
+            )
+    return values
 
 
 def filter_mask(table: pa.Table, spec: Filter) -> np.ndarray:
@@ -50,7 +60,7 @@ def filter_mask(table: pa.Table, spec: Filter) -> np.ndarray:
     against the whole index: a column only other shards have matches no row here)."""
     mask = np.ones(table.num_rows, dtype=bool)
     for column, cond in spec.items():
-        values = _values(column, cond)
+        values = condition_values(column, cond)
         if column not in table.column_names:
             return np.zeros(table.num_rows, dtype=bool)
         col = table.column(column)

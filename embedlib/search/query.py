@@ -38,6 +38,7 @@ from typing_extensions import TypedDict
 
 from embedlib.exceptions import QueryError
 from embedlib.options import Mode
+from embedlib.search.filters import condition_values
 
 Include = Literal["text", "metadata", "vector", "thumbnail", "image"]
 INCLUDE_FIELDS: frozenset[str] = frozenset(get_args(Include))
@@ -195,16 +196,7 @@ def _check_filter_shape(value: Any) -> Any:
     if not isinstance(value, dict):
         raise ValueError('a filter is an object: {"column": value or {"in": [values]}}')
     for column, cond in value.items():
-        values = cond.get("in") if isinstance(cond, dict) and set(cond) == {"in"} else [cond]
-        if not isinstance(values, list) or (isinstance(cond, list | dict) and values == [cond]):
-            raise ValueError(
-                f'filter on {column!r} must be a value or {{"in": [values]}}, got {cond!r}'
-            )
-        for v in values:
-            if v is None or isinstance(v, list | dict):
-                raise ValueError(
-                    f"filter on {column!r}: values are strings, numbers or booleans, got {v!r}"
-                )
+        condition_values(column, cond)
     return value
 
 

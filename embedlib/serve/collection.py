@@ -60,6 +60,12 @@ class ServedCollection:
         """The search modes it answers."""
         return ["dense", *(["lexical", "hybrid"] if self.manifest.lexical else [])]
 
+    @property
+    def image_queries(self) -> bool:
+        """Whether its model has an image tower: it embeds {"image": base64} queries."""
+        m = self.manifest
+        return bool(m.text_model and m.model and is_image_model(m.model.name))
+
     def info(self) -> dict[str, Any]:
         """What /v1/collections and /v1/indexes say of it."""
         m = self.manifest
@@ -74,5 +80,5 @@ class ServedCollection:
             "metadata_columns": sorted(self.searcher.docs.metadata_columns),
             "lexical": m.lexical.language if m.lexical else None, "modes": self.modes,
             "chunked": self.searcher.docs.chunked, "modality": m.modality,
-            "image_queries": bool(m.text_model and m.model and is_image_model(m.model.name)),
+            "image_queries": self.image_queries,
         }  # fmt: skip

@@ -182,7 +182,7 @@ class Gateway:
             metadata=metadata,
             reserved=RESERVED_COLUMNS | {c.manifest.text_column or "text" for c in served},
             cosine=all(c.metric == "cosine" for c in served),
-            image_queries=any(c.info()["image_queries"] for c in served),
+            image_queries=any(c.image_queries for c in served),
             lexical=any(c.manifest.lexical for c in served),
             recommender=self.recommender is not None,
         )

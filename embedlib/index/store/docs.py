@@ -258,8 +258,8 @@ class DocsLookup:
 
     def iids_of(self, doc_id: str, *, missing_ok: bool = False) -> list[int]:
         """The int64 ids of a document's rows (its chunks); QueryError when the index does
-        not hold it (with `missing_ok`, none). A binary search over the ids in sorted order (made on the first
-        lookup: a permutation array, 8 bytes a row)."""
+        not hold it (with `missing_ok`, none). A binary search over the ids in sorted
+        order (made on the first lookup: a permutation array, 8 bytes a row)."""
         with self._id_lock:
             if self._id_order is None:
                 ids = (
